@@ -1,0 +1,39 @@
+# Two commands do all set-up on a fresh machine:
+#   make demo   run the whole DAG on the embedded simulated cohorts and build the report
+#   make test   run the test suite (unit, workflow, and the demo end to end)
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed-$(shell sha1sum requirements.lock | cut -c1-12)
+CORES ?= all
+
+.PHONY: venv demo test test-fast lint clean-demo
+
+venv: $(STAMP)
+
+$(STAMP): requirements.lock
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade "pip==26.3"
+	# torch==2.13.0 resolves to the local CPU wheel on these machines (see README)
+	$(BIN)/pip install --quiet -r requirements.lock
+	rm -f $(VENV)/.installed-*
+	touch $@
+
+demo: venv
+	$(BIN)/snakemake --configfile config/demo.yaml --cores $(CORES)
+	$(BIN)/snakemake --configfile config/demo.yaml --report results/report.html
+	@echo "report: results/report.html"
+
+test: venv
+	$(BIN)/python -m pytest
+
+test-fast: venv
+	$(BIN)/python -m pytest -m "not slow"
+
+lint: venv
+	$(BIN)/snakemake --lint --configfile config/demo.yaml
+	$(BIN)/snakefmt --check Snakefile rules/
+
+clean-demo:
+	rm -rf results logs .snakemake

@@ -1,0 +1,28 @@
+# genbrain-pipeline: reproduce GenBrain (a diffusion-transformer foundation model of
+# multimodal brain MRI) end to end, or run the same DAG on the embedded simulated cohorts.
+#   snakemake --profile profiles/default --configfile config/demo.yaml   # embedded default
+#   snakemake --profile profiles/slurm                                   # the paper, on Slurm
+from snakemake.utils import min_version
+
+min_version("9.0")
+
+
+# config/config.yaml unless --configfile is given; the two are never merged, so the demo
+# does not inherit the paper's real cohorts.
+if not config:
+
+    configfile: f"{workflow.basedir}/config/config.yaml"
+
+
+report: "workflow/report/workflow.rst"
+
+
+include: "rules/common.smk"
+include: "rules/simulate.smk"
+include: "rules/preprocess.smk"
+
+
+rule all:
+    default_target: True
+    input:
+        get_all_outputs(),

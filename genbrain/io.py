@@ -1,0 +1,111 @@
+"""Files: validated NIfTI reading, atomic writes, and tables.
+
+Every writer goes through :func:`atomic_path`, which writes to a temporary file in the target
+folder and renames it into place, so a killed job leaves either the whole output or nothing.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import gzip
+import os
+import tempfile
+import zlib
+from collections.abc import Iterator
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pandas as pd
+
+from genbrain.errors import GenbrainInputError
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
+    """Yield a temporary path beside ``path``; on success rename it to ``path``.
+
+    The temporary name keeps the full suffix (``.nii.gz``, ``.npy``) so writers that choose the
+    format from the name behave.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    suffix = "".join(path.suffixes) or ".tmp"
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name.split('.')[0]}.", suffix=suffix,
+                               dir=path.parent)
+    os.close(fd)
+    tmp = Path(tmp)
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+def save_nifti(img: nib.Nifti1Image, path: str | os.PathLike) -> None:
+    """Write a NIfTI image atomically."""
+    with atomic_path(path) as tmp:
+        nib.save(img, tmp)
+
+
+def save_npy(array: np.ndarray, path: str | os.PathLike) -> None:
+    """Write a .npy array atomically."""
+    with atomic_path(path) as tmp:
+        with open(tmp, "wb") as fh:
+            np.save(fh, array)
+
+
+def save_tsv(df: pd.DataFrame, path: str | os.PathLike) -> None:
+    """Write a tab-separated table (no index, 'n/a' for missing, BIDS style) atomically."""
+    with atomic_path(path) as tmp:
+        df.to_csv(tmp, sep="\t", index=False, na_rep="n/a")
+
+
+def read_tsv(path: str | os.PathLike) -> pd.DataFrame:
+    """Read a BIDS-style TSV ('n/a' = missing), with a one-line error if it is unreadable."""
+    path = Path(path)
+    if not path.exists():
+        raise GenbrainInputError(f"{path}: file not found")
+    try:
+        return pd.read_csv(path, sep="\t", na_values=["n/a"], keep_default_na=True,
+                           dtype={"participant_id": str, "site": str})
+    except (pd.errors.ParserError, UnicodeDecodeError, ValueError) as err:
+        raise GenbrainInputError(f"{path}: not a readable tab-separated table ({err})") from err
+
+
+def load_volume(path: str | os.PathLike) -> tuple[nib.Nifti1Image, np.ndarray]:
+    """Load a 3D NIfTI image and its float32 data, checking it can be used.
+
+    Accepted: a 3D image, or 4D with a single volume. Refused with a one-line
+    :class:`GenbrainInputError` naming the file: missing, unreadable/corrupt/truncated,
+    more than one volume, no finite voxels, or any NaN/inf voxel.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise GenbrainInputError(f"{path}: image not found")
+    try:
+        img = nib.load(path)
+        data = np.asanyarray(img.dataobj).astype(np.float32)
+    except (nib.filebasedimages.ImageFileError, EOFError, OSError, zlib.error,
+            gzip.BadGzipFile, ValueError) as err:
+        raise GenbrainInputError(
+            f"{path}: cannot read NIfTI image (corrupt or truncated file: "
+            f"{type(err).__name__}: {err})"
+        ) from err
+    if data.ndim == 4 and data.shape[3] == 1:
+        data = data[..., 0]
+    if data.ndim != 3:
+        raise GenbrainInputError(
+            f"{path}: expected a 3D image, got shape {tuple(data.shape)}"
+            + (" (a 4D series; give one volume per file)" if data.ndim == 4 else "")
+        )
+    bad = ~np.isfinite(data)
+    if bad.any():
+        i, j, k = (int(x) for x in np.argwhere(bad)[0])
+        raise GenbrainInputError(
+            f"{path}: {int(bad.sum())} NaN/inf voxels (first at voxel {i},{j},{k}); "
+            "expected finite values everywhere (set background to 0)"
+        )
+    img3 = nib.Nifti1Image(data, img.affine, img.header if data.ndim == img.ndim else None)
+    return img3, data

@@ -1,0 +1,74 @@
+"""Quality control: registration tables and mosaics of preprocessed images."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+
+import numpy as np
+import pandas as pd
+
+from genbrain.io import atomic_path, read_tsv, save_tsv
+from genbrain.space import standard_space, template_t1
+from genbrain.store import ImageStore
+
+QC_COLUMNS = ["participant_id", "site", "input", "qc_modality", "qc_corr", "qc_pass"]
+
+
+def registration_table(index_paths: Sequence[str | os.PathLike], out_path: str | os.PathLike,
+                       threshold: float) -> pd.DataFrame:
+    """One row per subject (site, how the input reached standard space, QC r, pass flag),
+    sorted by QC r so failures come first; written atomically."""
+    frames = [read_tsv(p) for p in index_paths]
+    df = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=QC_COLUMNS)
+    df = df.drop_duplicates("participant_id")[QC_COLUMNS].copy()
+    df["qc_threshold"] = threshold
+    df = df.sort_values(["qc_pass", "qc_corr"], kind="stable").reset_index(drop=True)
+    save_tsv(df, out_path)
+    return df
+
+
+def mosaic(store_index: str | os.PathLike, site: str, modality: str, n_subjects: int,
+           out_png: str | os.PathLike, title: str = "") -> None:
+    """PNG: for up to ``n_subjects`` subjects of ``site``, axial/coronal/sagittal slices of the
+    preprocessed ``modality`` with the MNI152 template's brain outline in red (150 dpi)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    space = standard_space()
+    store = ImageStore(store_index, modalities=[modality])
+    rows = store.table.index[store.table["site"] == site][:n_subjects]
+    outline = space.mask.astype(float)
+    tpl = template_t1()
+    cut = (45, 54, 36)  # voxel indices through the basal ganglia
+    n = max(len(rows), 1)
+    fig, axes = plt.subplots(n, 3, figsize=(6.0, 2.1 * n), squeeze=False)
+    for r, item in enumerate(rows):
+        vol = space.to_volume(store[item])
+        meta = store.table.iloc[item]
+        for c, (name, sl) in enumerate([("axial", np.s_[:, :, cut[2]]),
+                                        ("coronal", np.s_[:, cut[1], :]),
+                                        ("sagittal", np.s_[cut[0], :, :])]):
+            ax = axes[r, c]
+            img = vol[sl].T
+            lo, hi = np.percentile(vol[space.mask], [1, 99])
+            ax.imshow(img, origin="lower", cmap="gray", vmin=lo, vmax=hi)
+            ax.contour(outline[sl].T, levels=[0.5], colors="red", linewidths=0.6)
+            ax.contour(tpl[sl].T, levels=[0.45], colors="yellow", linewidths=0.3, alpha=0.6)
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if c == 0:
+                ax.set_ylabel(f"{meta['participant_id']}\nr={meta.get('qc_corr', np.nan):.2f}",
+                              fontsize=7)
+            if r == 0:
+                ax.set_title(name, fontsize=8)
+    if not len(rows):
+        axes[0, 0].text(0.5, 0.5, f"no {modality} images at site {site}", ha="center")
+    fig.suptitle(title or f"site {site}: {modality} in MNI152NLin6Asym 2 mm "
+                          "(red: brain mask, yellow: template)", fontsize=8)
+    fig.tight_layout()
+    with atomic_path(out_png) as tmp:
+        fig.savefig(tmp, dpi=150, format="png")
+    plt.close(fig)

@@ -1,0 +1,20 @@
+"""The embedded default: simulated multi-site cohorts with known ground truth."""
+
+from genbrain.simulate.cohort import (
+    SIMULATED_MODALITIES,
+    Generator,
+    ground_truth,
+    participants,
+    site_specs,
+)
+from genbrain.simulate.write import write_chunk, write_truth
+
+__all__ = [
+    "SIMULATED_MODALITIES",
+    "Generator",
+    "ground_truth",
+    "participants",
+    "site_specs",
+    "write_chunk",
+    "write_truth",
+]

@@ -1,0 +1,323 @@
+"""Simulated multi-site cohorts with known ground truth (the embedded default).
+
+A subject is generated in standard space as voxel vectors, then written as NIfTI either on the
+standard 2 mm grid or, for *native* sites, on a site-specific grid (other voxel size and field of
+view) after a random head pose and size (an affine recorded as ground truth), so that
+preprocessing has real registration work to do.
+
+Generative model (per subject, all in-mask voxels):
+- anatomy: ICBM GM/WM priors sampled through a smooth random displacement field (~1.5 mm);
+- grey matter: multiplicative regional effects of age (fronto-temporal + hippocampus, loss with
+  age), sex (signed regions) and diagnosis (temporo-insular, medial frontal, thalamic loss);
+  CSF = 1 - GM - WM, so atrophy enlarges CSF spaces and ventricles;
+- modalities: T1w and FLAIR are tissue mixtures (FLAIR gets age-related periventricular
+  hyperintensities), VBM is the modulated GM, FA follows WM (declines with age; the clinical
+  score adds a left perisylvian lesion), three seed-based FC maps are network maps whose subject
+  strength varies with age and individually, and two task contrasts are linear functions of the
+  FC maps plus regional activation, so rest -> task synthesis is learnable;
+- sites: intensity scale, smooth bias field, noise level, smoothness and a VBM offset.
+
+Every random draw comes from ``numpy.random.default_rng([seed, crc32(cohort), crc32(site), i])``
+so a subject is identical whichever chunk or process generates it.
+
+Ground truth: per modality, the exact noise-free change of the image per year of age, male minus
+female, patient minus control and per unit of score (finite differences of the generator with
+noise and deformation switched off), in the modality's raw units.
+"""
+
+from __future__ import annotations
+
+import zlib
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+from scipy import ndimage as ndi
+
+from genbrain.errors import GenbrainInputError
+from genbrain.simulate.anatomy import REGIONS, anatomy
+from genbrain.space import standard_space
+
+SIMULATED_MODALITIES = (
+    "T1w", "VBM", "FLAIR", "FA", "fc01", "fc02", "fc03", "task_shapes", "task_faces",
+)
+KINDS = ("population", "disorder", "clinical")
+EFFECTS = ("age", "sex", "diagnosis", "score")
+
+
+def _crc(text: str) -> int:
+    return zlib.crc32(text.encode())
+
+
+@dataclass(frozen=True)
+class SiteSpec:
+    """One simulated site.
+
+    n: subjects; native: write on a site-specific grid after a random head pose;
+    voxel_size: native voxel size (mm); scale, bias, noise, fwhm, vbm_offset: acquisition
+    effects (intensity scale, bias-field amplitude, noise sd relative to WM intensity,
+    smoothing FWHM in mm, additive GM offset).
+    """
+
+    name: str
+    n: int
+    native: bool
+    voxel_size: tuple[float, float, float]
+    scale: float
+    bias: float
+    noise: float
+    fwhm: float
+    vbm_offset: float
+
+
+def site_specs(cohort: str, spec: Mapping, seed: int) -> list[SiteSpec]:
+    """Site parameters: those given in ``spec['sites'][name]``, the rest drawn from the seed."""
+    out = []
+    for name, s in spec["sites"].items():
+        rng = np.random.default_rng([seed, _crc(cohort), _crc(name), 2**31 - 1])
+        drawn = dict(
+            scale=float(rng.uniform(0.8, 1.25)),
+            bias=float(rng.uniform(0.0, 0.12)),
+            noise=float(rng.uniform(0.01, 0.04)),
+            fwhm=float(rng.choice([0.0, 0.0, 2.0, 3.0])),
+            vbm_offset=float(rng.uniform(-0.03, 0.03)),
+        )
+        drawn.update({k: float(v) for k, v in s.items() if k in drawn})
+        vs = tuple(float(v) for v in s.get("voxel_size", (1.5, 1.5, 1.5)))
+        out.append(SiteSpec(name=name, n=int(s["n"]), native=bool(s.get("native", False)),
+                            voxel_size=vs, **drawn))
+    return out
+
+
+def participants(cohort: str, spec: Mapping, seed: int) -> pd.DataFrame:
+    """The participants table of a simulated cohort (BIDS participants.tsv columns).
+
+    Cheap and deterministic: the workflow calls it at parse time to plan the chunks.
+    Columns: participant_id, site, age, sex (M/F), diagnosis, and ``score`` for clinical cohorts.
+    """
+    kind = spec["kind"]
+    if kind not in KINDS:
+        raise GenbrainInputError(f"config key 'cohorts.{cohort}.simulate.kind': expected one of "
+                                 f"{KINDS}, got '{kind}'")
+    lo, hi = spec.get("age", (45.0, 82.0))
+    rows = []
+    for site in site_specs(cohort, spec, seed):
+        rng = np.random.default_rng([seed, _crc(cohort), _crc(site.name), 2**31 - 2])
+        frac = float(spec.get("patient_fraction", 0.5)) if kind == "disorder" else 0.0
+        for i in range(site.n):
+            age = round(float(rng.uniform(lo, hi)), 1)
+            sex = "M" if rng.random() < 0.5 else "F"
+            row = {"participant_id": f"sub-{site.name}{i + 1:04d}", "site": site.name,
+                   "age": age, "sex": sex}
+            if kind == "disorder":
+                row["diagnosis"] = spec.get("patient_label", "SCZ") if rng.random() < frac else "CN"
+            elif kind == "clinical":
+                row["diagnosis"] = spec.get("patient_label", "stroke")
+                row["score"] = round(float(np.clip(rng.gamma(2.0, 5.0), 0, 42)), 1)
+            else:
+                row["diagnosis"] = "CN"
+            rows.append(row)
+    return pd.DataFrame(rows)
+
+
+class _Fields:
+    """Smooth random fields sampled at the in-mask voxels from a coarse Gaussian grid."""
+
+    def __init__(self, coarse: tuple[int, int, int] = (10, 12, 10)):
+        space = standard_space()
+        self.coarse = coarse
+        ijk = space.voxel_indices.astype(np.float32)
+        scale = (np.array(coarse, dtype=np.float32) - 1) / (np.array(space.shape) - 1)
+        self.coords = ijk * scale[:, None]
+
+    def sample(self, rng: np.random.Generator, n: int = 1) -> np.ndarray:
+        """(n, V) fields with unit-ish standard deviation."""
+        out = []
+        for _ in range(n):
+            g = rng.standard_normal(self.coarse).astype(np.float32)
+            f = ndi.map_coordinates(g, self.coords, order=3, mode="nearest")
+            out.append(f / 0.6)
+        return np.stack(out)
+
+
+class Generator:
+    """Turns a participants row into raw standard-space voxel vectors per modality."""
+
+    def __init__(self, kind: str, disease_effect: float = 0.10, lesion_effect: float = 0.25):
+        space = standard_space()
+        anat = anatomy()
+        self.space = space
+        self.kind = kind
+        self.disease_effect = disease_effect
+        self.lesion_effect = lesion_effect
+        self.fields = _Fields()
+        self.gm = anat.gm
+        self.wm = anat.wm
+        self.ijk = space.voxel_indices.astype(np.float32)
+        v = space.to_vector
+        self.w = {
+            "age": v(anat.region(REGIONS["age_gm"], 8.0)),
+            "sex": v(anat.region(REGIONS["sex_pos"], 8.0) - anat.region(REGIONS["sex_neg"], 8.0)),
+            "disease": v(anat.region(REGIONS["disease_gm"], 8.0)),
+            "wmh": v(anat.region(REGIONS["ventricles"], 14.0)),
+            "lesion": v(anat.region(REGIONS["lesion"], 16.0)),
+            "dmn": v(anat.region(REGIONS["net_dmn"], 8.0)),
+            "visual": v(anat.region(REGIONS["net_visual"], 8.0)),
+            "motor": v(anat.region(REGIONS["net_motor"], 8.0)),
+            "faces": v(anat.region(REGIONS["task_faces"], 8.0)),
+            "shapes": v(anat.region(REGIONS["task_shapes"], 8.0)),
+        }
+        # slowly varying multiplicative bias-field basis (per site)
+        self.gm_v = v(self.gm)
+        self.wm_v = v(self.wm)
+
+    def subject(self, row: Mapping, site: SiteSpec | None, rng: np.random.Generator | None,
+                modalities: Sequence[str]) -> dict[str, np.ndarray]:
+        """Raw (V,) float32 vectors for ``modalities``. ``rng=None`` gives the noise-free,
+        undeformed mean subject for the row's covariates (used for the ground truth)."""
+        age_c = (float(row["age"]) - 60.0) / 10.0
+        sex = 0.5 if row["sex"] == "M" else -0.5
+        dis = 1.0 if row.get("diagnosis") not in (None, "CN") and self.kind == "disorder" else 0.0
+        score = float(row.get("score", 0.0) or 0.0) if self.kind == "clinical" else 0.0
+        w = self.w
+        if rng is not None:
+            disp = self.fields.sample(rng, 3) * 0.5  # (3, V) voxels, ~1 mm
+            coords = self.ijk + disp
+            gm = ndi.map_coordinates(self.gm, coords, order=1)
+            wm = ndi.map_coordinates(self.wm, coords, order=1)
+            indiv = self.fields.sample(rng, 4)  # (4, V) individual spatial variation
+            subj = rng.standard_normal(6)
+        else:
+            gm, wm = self.gm_v.copy(), self.wm_v.copy()
+            indiv = np.zeros((4, self.space.n_voxels), np.float32)
+            subj = np.zeros(6)
+        gm = gm * (1.0 - 0.06 * age_c * w["age"] - 0.015 * age_c + 0.05 * sex * w["sex"]
+                   - self.disease_effect * dis * w["disease"] + 0.04 * indiv[0])
+        wm = wm * (1.0 - 0.02 * age_c + 0.02 * sex)
+        gm = np.clip(gm, 0.0, 1.0)
+        wm = np.clip(wm, 0.0, 1.0 - gm)
+        csf = 1.0 - gm - wm
+        out: dict[str, np.ndarray] = {}
+        if "T1w" in modalities:
+            out["T1w"] = 0.30 * csf + 0.62 * gm + 0.95 * wm
+        if "FLAIR" in modalities:
+            wmh = 0.35 * max(age_c + 1.0, 0.0) * w["wmh"] * wm
+            out["FLAIR"] = 0.10 * csf + 0.75 * gm + 0.55 * wm + wmh
+        if "VBM" in modalities:
+            out["VBM"] = gm.copy()
+        if "FA" in modalities:
+            lesion = self.lesion_effect * (score / 20.0) * w["lesion"]
+            out["FA"] = (0.12 + 0.55 * wm**1.5 * (1.0 - 0.04 * age_c) - lesion * wm
+                         + 0.01 * indiv[1])
+        strength = {
+            "dmn": 0.55 * (1.0 - 0.05 * age_c) * np.exp(0.2 * subj[0]),
+            "visual": 0.50 * np.exp(0.2 * subj[1]),
+            "motor": 0.45 * (1.0 + 0.05 * sex) * np.exp(0.2 * subj[2]),
+        }
+        tissue = 0.3 + 0.7 * gm
+        fc = {
+            net: 0.05 + strength[net] * w[net] * tissue + 0.04 * indiv[2 + (k % 2)] * w[net]
+            for k, net in enumerate(("dmn", "visual", "motor"))
+        }
+        for name, net in (("fc01", "dmn"), ("fc02", "visual"), ("fc03", "motor")):
+            if name in modalities:
+                out[name] = fc[net]
+        if "task_shapes" in modalities:
+            out["task_shapes"] = (10.0 * fc["visual"] + 4.0 * fc["motor"]
+                                  + 4.0 * np.exp(0.2 * subj[3]) * w["shapes"] * tissue)
+        if "task_faces" in modalities:
+            out["task_faces"] = (8.0 * fc["visual"] + 6.0 * fc["dmn"]
+                                 + 5.0 * np.exp(0.2 * subj[4]) * w["faces"] * tissue)
+        return {k: v.astype(np.float32) for k, v in out.items()}
+
+    def apply_site(self, images: dict[str, np.ndarray], site: SiteSpec,
+                   rng: np.random.Generator) -> dict[str, np.ndarray]:
+        """Acquisition effects: scale, bias field, smoothing, noise, VBM offset."""
+        bias = 1.0 + site.bias * self.fields.sample(rng, 1)[0]
+        out = {}
+        for name, x in images.items():
+            if name in ("T1w", "FLAIR"):
+                x = x * site.scale * bias
+            elif name == "VBM":
+                x = np.clip(x + site.vbm_offset * (x > 0.05), 0, 1)
+            if site.fwhm > 0:
+                vol = self.space.to_volume(x)
+                vol = ndi.gaussian_filter(vol, site.fwhm / 2.3548 / 2.0)
+                x = self.space.to_vector(vol)
+            noise_sd = {"T1w": 1.0, "FLAIR": 1.0, "VBM": 1.0, "FA": 0.6}.get(name)
+            if noise_sd is None:  # FC and task maps: noise relative to their own spread
+                noise_sd = float(np.std(x)) * 1.5
+            x = x + rng.standard_normal(x.shape).astype(np.float32) * site.noise * noise_sd
+            if name in ("VBM", "FA"):
+                x = np.clip(x, 0.0, 1.0)
+            out[name] = x.astype(np.float32)
+        return out
+
+
+def subject_rng(seed: int, cohort: str, site: str, index: int) -> np.random.Generator:
+    """The per-subject random stream (independent of chunking)."""
+    return np.random.default_rng([seed, _crc(cohort), _crc(site), index])
+
+
+def native_pose(rng: np.random.Generator) -> np.ndarray:
+    """Random head pose and size: 4x4 affine mapping standard (MNI, mm) to native world (mm).
+
+    Rotations up to 8 degrees about each axis, translations up to 12 mm, isotropic scale
+    0.92-1.08 (head size).
+    """
+    ang = np.deg2rad(rng.uniform(-8, 8, 3))
+    cx, cy, cz = np.cos(ang)
+    sx, sy, sz = np.sin(ang)
+    rx = np.array([[1, 0, 0], [0, cx, -sx], [0, sx, cx]])
+    ry = np.array([[cy, 0, sy], [0, 1, 0], [-sy, 0, cy]])
+    rz = np.array([[cz, -sz, 0], [sz, cz, 0], [0, 0, 1]])
+    a = np.eye(4)
+    a[:3, :3] = rz @ ry @ rx * rng.uniform(0.92, 1.08)
+    a[:3, 3] = rng.uniform(-12, 12, 3)
+    return a
+
+
+def native_grid(voxel_size: Sequence[float]) -> tuple[tuple[int, int, int], np.ndarray]:
+    """A native acquisition grid covering a 200 x 236 x 190 mm field of view (RAS)."""
+    vs = np.asarray(voxel_size, dtype=float)
+    fov = np.array([200.0, 236.0, 190.0])
+    shape = tuple(int(np.ceil(f / v)) for f, v in zip(fov, vs))
+    aff = np.diag([*vs, 1.0])
+    aff[:3, 3] = -fov / 2 + np.array([0.0, -18.0, 12.0])
+    return shape, aff
+
+
+def to_native(volume: np.ndarray, pose: np.ndarray, shape: tuple[int, int, int],
+              affine: np.ndarray) -> np.ndarray:
+    """Resample a standard-space volume into a native grid, given the pose (std -> native)."""
+    space = standard_space()
+    ijk = np.indices(shape, dtype=np.float32).reshape(3, -1)
+    native_world = affine[:3, :3] @ ijk + affine[:3, 3:4]
+    to_std_vox = np.linalg.inv(space.affine) @ np.linalg.inv(pose)
+    vox = to_std_vox[:3, :3] @ native_world + to_std_vox[:3, 3:4]
+    out = ndi.map_coordinates(volume, vox, order=1, mode="constant", cval=0.0)
+    return out.reshape(shape).astype(np.float32)
+
+
+def ground_truth(cohort: str, spec: Mapping, modalities: Sequence[str]) -> dict[str, np.ndarray]:
+    """Noise-free effect maps ``{f"{modality}_{effect}": (V,)}`` in raw units.
+
+    age: change per year at age 60; sex: male minus female; diagnosis: patient minus control
+    (disorder cohorts); score: change per unit of score at score 0 (clinical cohorts).
+    """
+    gen = Generator(spec["kind"], float(spec.get("disease_effect", 0.10)),
+                    float(spec.get("lesion_effect", 0.25)))
+    base = {"age": 60.0, "sex": "F", "diagnosis": "CN", "score": 0.0}
+    ref = gen.subject(base, None, None, modalities)
+    changes = {"age": {"age": 61.0}, "sex": {"sex": "M"}}
+    if spec["kind"] == "disorder":
+        changes["diagnosis"] = {"diagnosis": spec.get("patient_label", "SCZ")}
+    if spec["kind"] == "clinical":
+        changes["score"] = {"score": 1.0}
+    out = {}
+    for effect, change in changes.items():
+        moved = gen.subject({**base, **change}, None, None, modalities)
+        for m in modalities:
+            out[f"{m}_{effect}"] = moved[m] - ref[m]
+    return out

@@ -1,0 +1,99 @@
+"""Image stores: many standard-space images as memory-mapped voxel-vector arrays.
+
+Layout of a cohort store (``results/stores/<cohort>/``)::
+
+    index.tsv                          one row per image: participant_id, site, age, sex, ...,
+                                       modality, modality_index, shard, row, qc columns
+    site-<site>/chunk-<k>/<modality>.npy   (n_images, V) float16/float32, rows in index order
+
+``shard`` paths in the index are relative to the index file, so a store can be moved.
+Loading an item is O(1): the index is read once into arrays; each item is one memmap row.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from genbrain.errors import GenbrainInputError
+from genbrain.io import read_tsv, save_npy, save_tsv
+
+INDEX_COLUMNS = ("participant_id", "site", "age", "sex", "modality", "modality_index", "shard",
+                 "row")
+
+
+def write_shard(vectors: np.ndarray, path: str | os.PathLike, dtype: str = "float16") -> None:
+    """Write an (n_images, V) array as one shard, atomically. float16 halves the disk and I/O
+    (values are normalised, so float16's ~3 significant digits are ample)."""
+    if dtype not in ("float16", "float32"):
+        raise GenbrainInputError(f"store dtype must be float16 or float32, got '{dtype}'")
+    save_npy(np.ascontiguousarray(vectors, dtype=dtype), path)
+
+
+def merge_indices(index_paths: Sequence[str | os.PathLike], out_path: str | os.PathLike) -> pd.DataFrame:
+    """Concatenate chunk indices into one store index whose ``shard`` paths are relative to
+    ``out_path``'s folder; write it atomically and return it."""
+    out_dir = Path(out_path).parent.resolve()
+    frames = []
+    for p in index_paths:
+        df = read_tsv(p)
+        base = Path(p).parent.resolve()
+        df["shard"] = [os.path.relpath(base / s, out_dir) for s in df["shard"]]
+        frames.append(df)
+    merged = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=INDEX_COLUMNS)
+    save_tsv(merged, out_path)
+    return merged
+
+
+class ImageStore:
+    """Random access to the images of one store, optionally restricted to some modalities.
+
+    ``store[i]`` returns the (V,) float32 vector of index row ``i`` in O(1); ``store.table`` is
+    the index (a DataFrame, one row per image, in item order).
+    """
+
+    def __init__(self, index_path: str | os.PathLike, modalities: Sequence[str] | None = None,
+                 query: pd.Series | None = None):
+        self.index_path = Path(index_path)
+        table = read_tsv(self.index_path)
+        missing = [c for c in INDEX_COLUMNS if c not in table.columns]
+        if missing:
+            raise GenbrainInputError(f"{self.index_path}: not an image-store index "
+                                     f"(missing columns {missing})")
+        if modalities is not None:
+            table = table[table["modality"].isin(list(modalities))]
+        self.table = table.reset_index(drop=True)
+        root = self.index_path.parent
+        self._shard_names = sorted(self.table["shard"].unique())
+        code = {s: i for i, s in enumerate(self._shard_names)}
+        self._shard_of = self.table["shard"].map(code).to_numpy(np.int64)
+        self._row_of = self.table["row"].to_numpy(np.int64)
+        self._arrays: list[np.ndarray | None] = [None] * len(self._shard_names)
+        self._root = root
+        self.n_voxels = self._array(0).shape[1] if len(self._shard_names) else 0
+
+    def _array(self, k: int) -> np.ndarray:
+        arr = self._arrays[k]
+        if arr is None:
+            path = self._root / self._shard_names[k]
+            if not path.exists():
+                raise GenbrainInputError(f"{self.index_path}: shard '{self._shard_names[k]}' "
+                                         "listed in the index is missing")
+            arr = np.load(path, mmap_mode="r")
+            self._arrays[k] = arr
+        return arr
+
+    def __len__(self) -> int:
+        return len(self.table)
+
+    def __getitem__(self, i: int) -> np.ndarray:
+        return np.asarray(self._array(self._shard_of[i])[self._row_of[i]], dtype=np.float32)
+
+    def batch(self, items: Sequence[int]) -> np.ndarray:
+        """(len(items), V) float32 array of the given items."""
+        return np.stack([self[i] for i in items]) if len(items) else np.zeros((0, self.n_voxels),
+                                                                               np.float32)

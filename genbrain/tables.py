@@ -1,0 +1,122 @@
+"""Participants tables: vectorised validation against the participants JSON schema.
+
+Validating 50,000 rows one by one with jsonschema takes seconds at every DAG build; here each
+column is checked at once and the first offending row is named (file, line, participant, value).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+import pandas as pd
+
+from genbrain.config import load_yaml
+from genbrain.errors import GenbrainInputError
+
+
+def _first_bad(df: pd.DataFrame, bad: np.ndarray) -> tuple[int, str]:
+    i = int(np.flatnonzero(bad)[0])
+    pid = df["participant_id"].iloc[i] if "participant_id" in df else "?"
+    return i + 2, str(pid)  # +1 for 0-based, +1 for the header line
+
+
+def validate_participants(
+    df: pd.DataFrame,
+    schema_path: str | os.PathLike,
+    source: str,
+    *,
+    sites: Sequence[str] | None = None,
+    age_range: Sequence[float] | None = None,
+    diagnosis_levels: Sequence[str] | None = None,
+    scores: Sequence[str] = (),
+) -> pd.DataFrame:
+    """Check a participants table; return it with numeric columns as floats.
+
+    Raises :class:`GenbrainInputError` naming ``source`` and the first bad line/participant.
+    Checks: required columns (schema + ``scores`` + ``diagnosis`` when levels are given),
+    missing values in them, types, patterns, enums, schema bounds and ``age_range``, duplicate
+    participant ids, sites outside ``sites``, diagnoses outside ``diagnosis_levels``.
+    """
+    schema = load_yaml(schema_path)
+    props: Mapping = schema["properties"]
+    required = list(schema.get("required", [])) + list(scores)
+    if diagnosis_levels:
+        required.append("diagnosis")
+    for col in required:
+        if col not in df.columns:
+            raise GenbrainInputError(f"{source}: missing column '{col}' (required columns: "
+                                     f"{required}; found {list(df.columns)})")
+    if len(df) == 0:
+        raise GenbrainInputError(f"{source}: the table has no rows")
+    df = df.copy()
+    for col in required:
+        bad = df[col].isna().to_numpy()
+        if bad.any():
+            line, pid = _first_bad(df, bad)
+            raise GenbrainInputError(f"{source}: line {line} ({pid}): missing value in "
+                                     f"required column '{col}'")
+    numeric = [c for c, p in props.items() if p.get("type") in ("number", "integer")]
+    for col in [c for c in numeric + list(scores) if c in df.columns]:
+        values = pd.to_numeric(df[col], errors="coerce")
+        bad = (values.isna() & df[col].notna()).to_numpy()
+        if bad.any():
+            line, pid = _first_bad(df, bad)
+            raise GenbrainInputError(f"{source}: line {line} ({pid}): column '{col}' must be a "
+                                     f"number, got '{df[col].iloc[line - 2]}'")
+        df[col] = values.astype(float)
+    for col, p in props.items():
+        if col not in df.columns:
+            continue
+        present = df[col].notna().to_numpy()
+        if p.get("type") == "string":
+            df[col] = df[col].astype("string").astype(object).where(df[col].notna(), None)
+        if "pattern" in p:
+            rx = re.compile(p["pattern"])
+            bad = present & ~np.array([bool(rx.search(str(v))) for v in df[col]])
+            if bad.any():
+                line, pid = _first_bad(df, bad)
+                raise GenbrainInputError(f"{source}: line {line}: column '{col}' value "
+                                         f"'{df[col].iloc[line - 2]}' does not match "
+                                         f"{p['pattern']}")
+        if "enum" in p:
+            bad = present & ~df[col].isin(p["enum"]).to_numpy()
+            if bad.any():
+                line, pid = _first_bad(df, bad)
+                raise GenbrainInputError(f"{source}: line {line} ({pid}): column '{col}' must be "
+                                         f"one of {p['enum']}, got '{df[col].iloc[line - 2]}'")
+        lo = p.get("minimum", -np.inf)
+        hi = p.get("maximum", np.inf)
+        if col == "age" and age_range is not None:
+            lo, hi = max(lo, age_range[0]), min(hi, age_range[1])
+        if col in numeric and (np.isfinite(lo) or np.isfinite(hi)):
+            v = df[col].to_numpy(float)
+            bad = present & ((v < lo) | (v > hi))
+            if bad.any():
+                line, pid = _first_bad(df, bad)
+                raise GenbrainInputError(f"{source}: line {line} ({pid}): {col} "
+                                         f"{v[line - 2]:g} is out of range; expected "
+                                         f"{lo:g} to {hi:g}")
+    dup = df["participant_id"].duplicated().to_numpy()
+    if dup.any():
+        line, pid = _first_bad(df, dup)
+        first = int(np.flatnonzero((df["participant_id"] == pid).to_numpy())[0]) + 2
+        raise GenbrainInputError(f"{source}: line {line}: duplicate participant_id '{pid}' "
+                                 f"(first at line {first})")
+    if sites:
+        bad = ~df["site"].isin(list(sites)).to_numpy()
+        if bad.any():
+            line, pid = _first_bad(df, bad)
+            raise GenbrainInputError(f"{source}: line {line} ({pid}): unknown site "
+                                     f"'{df['site'].iloc[line - 2]}'; expected one of "
+                                     f"{list(sites)} (the cohort's 'sites' in the config)")
+    if diagnosis_levels:
+        bad = ~df["diagnosis"].isin(list(diagnosis_levels)).to_numpy()
+        if bad.any():
+            line, pid = _first_bad(df, bad)
+            raise GenbrainInputError(f"{source}: line {line} ({pid}): unknown diagnosis "
+                                     f"'{df['diagnosis'].iloc[line - 2]}'; expected one of "
+                                     f"{list(diagnosis_levels)}")
+    return df

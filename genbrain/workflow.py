@@ -1,0 +1,107 @@
+"""Planning helpers the Snakemake files call at parse time (no snakemake import here).
+
+:func:`load_cohorts` validates every cohort's participants table once and groups it into
+(site, chunk) batches, so input functions answer in O(chunk) without re-reading tables.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pandas as pd
+
+from genbrain.chunks import assign_chunks
+from genbrain.errors import GenbrainInputError
+from genbrain.io import read_tsv
+from genbrain.simulate.cohort import participants as simulated_participants
+from genbrain.tables import validate_participants
+
+SIM_ROOT = "results/simulated"
+
+
+def simulated_pattern(cohort: str) -> str:
+    """Where the simulator writes a cohort's images (same placeholders as real patterns)."""
+    return f"{SIM_ROOT}/{cohort}/{{participant_id}}/{{participant_id}}_{{modality}}.nii.gz"
+
+
+@dataclass
+class Cohort:
+    """One cohort: its config entry, validated table (with ``chunk``) and image pattern."""
+
+    name: str
+    spec: Mapping
+    table: pd.DataFrame
+    participants: str
+    pattern: str
+    simulated: bool
+    native_sites: frozenset[str]
+    _groups: dict = field(default_factory=dict, repr=False)
+
+    def __post_init__(self):
+        self._groups = {(str(s), int(c)): g for (s, c), g in
+                        self.table.groupby(["site", "chunk"], sort=True)}
+
+    @property
+    def modalities(self) -> list[str]:
+        return list(self.spec["modalities"])
+
+    @property
+    def sites(self) -> list[str]:
+        return sorted(self.table["site"].unique())
+
+    def chunks(self) -> list[tuple[str, int]]:
+        """Sorted (site, chunk) pairs."""
+        return sorted(self._groups)
+
+    def rows(self, site: str, chunk: int | str) -> pd.DataFrame:
+        key = (str(site), int(chunk))
+        if key not in self._groups:
+            raise GenbrainInputError(f"cohort '{self.name}' has no chunk {chunk} at site '{site}'")
+        return self._groups[key]
+
+    def is_native(self, site: str) -> bool:
+        return self.spec.get("space") == "native" or site in self.native_sites
+
+    def images(self, rows: pd.DataFrame) -> dict[str, dict[str, str]]:
+        """participant_id -> {modality: path} for ``rows``."""
+        return {pid: {m: self.pattern.format(participant_id=pid, modality=m)
+                      for m in self.modalities} for pid in rows["participant_id"]}
+
+    def image_paths(self, site: str, chunk: int | str) -> list[str]:
+        return [p for d in self.images(self.rows(site, chunk)).values() for p in d.values()]
+
+
+def load_cohorts(config: Mapping, schema_path: str | os.PathLike,
+                 chunk_size: int) -> dict[str, Cohort]:
+    """Validate and chunk every cohort of a (validated) config."""
+    out = {}
+    for name, spec in config["cohorts"].items():
+        if "simulate" in spec:
+            table = simulated_participants(name, spec["simulate"], int(config["seed"]))
+            participants = f"{SIM_ROOT}/{name}/participants.tsv"
+            pattern = simulated_pattern(name)
+            native = {s for s, v in spec["simulate"]["sites"].items() if v.get("native")}
+            source = f"simulated cohort '{name}'"
+        else:
+            participants = spec["participants"]
+            if not Path(participants).exists():
+                raise GenbrainInputError(
+                    f"{participants}: participants table of cohort '{name}' not found "
+                    f"(config key 'cohorts.{name}.participants'; to try the pipeline without "
+                    "data use --configfile config/demo.yaml)")
+            table = read_tsv(participants)
+            pattern = spec["images"]
+            native = set(spec.get("native_sites") or [])
+            source = participants
+        table = validate_participants(
+            table, schema_path, source,
+            sites=spec.get("sites"), age_range=spec.get("age_range"),
+            diagnosis_levels=spec.get("diagnosis_levels"), scores=spec.get("scores", []),
+        )
+        out[name] = Cohort(name=name, spec=spec, table=assign_chunks(table, chunk_size),
+                           participants=participants, pattern=pattern,
+                           simulated="simulate" in spec, native_sites=frozenset(native))
+    return out

@@ -1,0 +1,28 @@
+import subprocess
+
+from tests.workflow.helpers import BIN, ROOT, snakemake
+
+
+def test_snakemake_lint_is_clean():
+    res = snakemake("--lint", "--configfile", str(ROOT / "config" / "demo.yaml"))
+    assert res.returncode == 0, res.stdout + res.stderr
+
+
+def test_snakefmt_check_is_clean():
+    res = subprocess.run([str(BIN / "snakefmt"), "--check", "Snakefile", "rules/"], cwd=ROOT,
+                         capture_output=True, text=True)
+    assert res.returncode == 0, res.stdout + res.stderr
+
+
+def test_every_rule_has_log_conda_and_a_docstring():
+    import re
+
+    for smk in sorted((ROOT / "rules").glob("*.smk")):
+        text = smk.read_text()
+        for block in re.split(r"\n(?=rule )", text):
+            if not block.startswith("rule "):
+                continue
+            name = block.split(":")[0][5:]
+            assert '"""' in block.split("\n")[1], f"{smk.name}:{name} has no docstring"
+            assert "\n    log:" in block, f"{smk.name}:{name} has no log"
+            assert "\n    conda:" in block, f"{smk.name}:{name} has no conda env"
