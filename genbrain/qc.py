@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 
 from genbrain.io import atomic_path, read_tsv, save_tsv
-from genbrain.space import standard_space, template_t1
+from genbrain.space import standard_space
 from genbrain.store import ImageStore
 
 QC_COLUMNS = ["participant_id", "site", "input", "qc_modality", "qc_corr", "qc_pass"]
@@ -31,7 +31,8 @@ def registration_table(index_paths: Sequence[str | os.PathLike], out_path: str |
 def mosaic(store_index: str | os.PathLike, site: str, modality: str, n_subjects: int,
            out_png: str | os.PathLike, title: str = "") -> None:
     """PNG: for up to ``n_subjects`` subjects of ``site``, axial/coronal/sagittal slices of the
-    preprocessed ``modality`` with the MNI152 template's brain outline in red (150 dpi)."""
+    preprocessed ``modality`` with the MNI152 brain-mask outline in red (150 dpi); a
+    misregistered subject shows brain outside or gaps inside the outline."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -41,7 +42,6 @@ def mosaic(store_index: str | os.PathLike, site: str, modality: str, n_subjects:
     store = ImageStore(store_index, modalities=[modality])
     rows = store.table.index[store.table["site"] == site][:n_subjects]
     outline = space.mask.astype(float)
-    tpl = template_t1()
     cut = (45, 54, 36)  # voxel indices through the basal ganglia
     n = max(len(rows), 1)
     fig, axes = plt.subplots(n, 3, figsize=(6.0, 2.1 * n), squeeze=False)
@@ -52,11 +52,10 @@ def mosaic(store_index: str | os.PathLike, site: str, modality: str, n_subjects:
                                         ("coronal", np.s_[:, cut[1], :]),
                                         ("sagittal", np.s_[cut[0], :, :])]):
             ax = axes[r, c]
-            img = vol[sl].T
             lo, hi = np.percentile(vol[space.mask], [1, 99])
+            img = np.where(space.mask[sl], vol[sl], lo).T
             ax.imshow(img, origin="lower", cmap="gray", vmin=lo, vmax=hi)
             ax.contour(outline[sl].T, levels=[0.5], colors="red", linewidths=0.6)
-            ax.contour(tpl[sl].T, levels=[0.45], colors="yellow", linewidths=0.3, alpha=0.6)
             ax.set_xticks([])
             ax.set_yticks([])
             if c == 0:
@@ -67,7 +66,7 @@ def mosaic(store_index: str | os.PathLike, site: str, modality: str, n_subjects:
     if not len(rows):
         axes[0, 0].text(0.5, 0.5, f"no {modality} images at site {site}", ha="center")
     fig.suptitle(title or f"site {site}: {modality} in MNI152NLin6Asym 2 mm "
-                          "(red: brain mask, yellow: template)", fontsize=8)
+                          "(red: template brain-mask outline)", fontsize=8)
     fig.tight_layout()
     with atomic_path(out_png) as tmp:
         fig.savefig(tmp, dpi=150, format="png")

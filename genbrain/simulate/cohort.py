@@ -122,23 +122,34 @@ def participants(cohort: str, spec: Mapping, seed: int) -> pd.DataFrame:
 
 
 class _Fields:
-    """Smooth random fields sampled at the in-mask voxels from a coarse Gaussian grid."""
+    """Smooth random fields: Gaussian noise on a coarse grid, interpolated to the in-mask
+    voxels with separable Gaussian-kernel weights (three small matrix products per batch,
+    ~10x cheaper than spline interpolation at every voxel)."""
 
-    def __init__(self, coarse: tuple[int, int, int] = (10, 12, 10)):
+    def __init__(self, coarse: tuple[int, int, int] = (10, 12, 10), width: float = 0.7):
         space = standard_space()
         self.coarse = coarse
-        ijk = space.voxel_indices.astype(np.float32)
-        scale = (np.array(coarse, dtype=np.float32) - 1) / (np.array(space.shape) - 1)
-        self.coords = ijk * scale[:, None]
+        self.mask = space.mask
+        self.axes = []
+        for n_fine, n_coarse in zip(space.shape, coarse):
+            x = np.linspace(0, n_coarse - 1, n_fine)[:, None]
+            w = np.exp(-0.5 * ((x - np.arange(n_coarse)[None, :]) / width) ** 2)
+            self.axes.append((w / w.sum(axis=1, keepdims=True)).astype(np.float32))
+        # scale so that fields have unit standard deviation inside the brain on average
+        probe = self._interp(np.random.default_rng(0).standard_normal((64, *coarse)))
+        self.scale = np.float32(1.0 / probe.std())
+
+    def _interp(self, g: np.ndarray) -> np.ndarray:
+        ax, ay, az = self.axes
+        vol = np.einsum("nijk,ai->najk", g.astype(np.float32), ax)
+        vol = np.einsum("najk,bj->nabk", vol, ay)
+        vol = np.einsum("nabk,ck->nabc", vol, az)
+        return vol[:, self.mask]
 
     def sample(self, rng: np.random.Generator, n: int = 1) -> np.ndarray:
-        """(n, V) fields with unit-ish standard deviation."""
-        out = []
-        for _ in range(n):
-            g = rng.standard_normal(self.coarse).astype(np.float32)
-            f = ndi.map_coordinates(g, self.coords, order=3, mode="nearest")
-            out.append(f / 0.6)
-        return np.stack(out)
+        """(n, V) float32 fields with unit standard deviation."""
+        g = rng.standard_normal((n, *self.coarse)).astype(np.float32)
+        return self._interp(g) * self.scale
 
 
 class Generator:

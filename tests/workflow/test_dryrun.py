@@ -16,8 +16,14 @@ def test_demo_dry_run_plans_every_stage(tmp_path):
     for rule in ("simulate_truth", "simulate_cohort", "preprocess_chunk", "pack_store",
                  "qc_registration", "qc_mosaic"):
         assert f"{rule} " in out
-    # 300 + 640 + 72 subjects in chunks of 30 within sites
-    assert "preprocess_chunk       35" in out
+    cfg = yaml.safe_load((ROOT / "config" / "demo.yaml").read_text())
+    size = cfg["preprocess"]["chunk_size"]
+    n_chunks = sum(-(-site["n"] // size) for c in cfg["cohorts"].values()
+                   for site in c["simulate"]["sites"].values())
+    counts = dict(line.split() for line in out.splitlines()
+                  if line.split()[:1] and line.split()[0] in ("preprocess_chunk", "simulate_cohort")
+                  and len(line.split()) == 2)
+    assert int(counts["preprocess_chunk"]) == int(counts["simulate_cohort"]) == n_chunks
 
 
 def _fake_dataset(root, n_per_site=(3, 2)):
