@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import copy
 import difflib
+import string
 import os
 from collections.abc import Mapping
 from pathlib import Path
@@ -17,6 +18,8 @@ import yaml
 
 from genbrain.errors import GenbrainInputError
 from genbrain.modalities import registry_from_config
+
+PATTERN_FIELDS = ("participant_id", "site", "modality")
 
 
 def load_yaml(path: str | os.PathLike) -> dict:
@@ -103,6 +106,12 @@ def _cross_checks(config: Mapping, source: str) -> None:
                         f"{source}: missing key '{key}.{k}' (a real cohort needs a participants "
                         "table and an image pattern; fill it in, or run the embedded demo with "
                         "--configfile config/demo.yaml)")
+            fields = {f for _, f, _, _ in string.Formatter().parse(c["images"]) if f}
+            unknown = sorted(fields - set(PATTERN_FIELDS))
+            if unknown:
+                raise GenbrainInputError(f"{source}: '{key}.images' uses unknown placeholder "
+                                         f"{{{unknown[0]}}}; expected some of "
+                                         f"{['{' + f + '}' for f in PATTERN_FIELDS]}")
             if "{modality}" not in c["images"] and len(c["modalities"]) > 1:
                 raise GenbrainInputError(f"{source}: '{key}.images' must contain {{modality}} "
                                          "when the cohort has several modalities")
@@ -137,4 +146,3 @@ def _cross_checks(config: Mapping, source: str) -> None:
         if lo >= hi:
             raise GenbrainInputError(f"{source}: '{key}.age_range' must be [min, max] with "
                                      f"min < max, got {c['age_range']}")
-        del sites

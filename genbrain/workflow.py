@@ -66,9 +66,11 @@ class Cohort:
         return self.spec.get("space") == "native" or site in self.native_sites
 
     def images(self, rows: pd.DataFrame) -> dict[str, dict[str, str]]:
-        """participant_id -> {modality: path} for ``rows``."""
-        return {pid: {m: self.pattern.format(participant_id=pid, modality=m)
-                      for m in self.modalities} for pid in rows["participant_id"]}
+        """participant_id -> {modality: path} for ``rows`` (pattern placeholders:
+        ``{participant_id}``, ``{site}``, ``{modality}``)."""
+        return {pid: {m: self.pattern.format(participant_id=pid, site=site, modality=m)
+                      for m in self.modalities}
+                for pid, site in zip(rows["participant_id"], rows["site"])}
 
     def image_paths(self, site: str, chunk: int | str) -> list[str]:
         return [p for d in self.images(self.rows(site, chunk)).values() for p in d.values()]

@@ -24,8 +24,6 @@ try:
 except GenbrainInputError as err:
     raise WorkflowError(str(err)) from None
 
-SIMULATED = [name for name, c in COHORTS.items() if c.simulated]
-
 
 wildcard_constraints:
     cohort="|".join(COHORTS),

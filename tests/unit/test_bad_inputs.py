@@ -229,3 +229,13 @@ def test_malformed_yaml(tmp_path):
     with pytest.raises(GenbrainInputError) as e:
         load_yaml(p)
     assert "c.yaml: line" in one_line(e) and "not valid YAML" in one_line(e)
+
+
+def test_image_pattern_with_an_unknown_placeholder(demo_config):
+    scz = demo_config["cohorts"]["scz"]
+    scz.pop("simulate")
+    scz["participants"] = "p.tsv"
+    scz["images"] = "/data/{participant_id}/{session}_{modality}.nii.gz"
+    with pytest.raises(GenbrainInputError) as e:
+        validate_config(demo_config, SCHEMA, "demo.yaml")
+    assert "'cohorts.scz.images' uses unknown placeholder {session}" in one_line(e)

@@ -34,7 +34,7 @@ def _fake_dataset(root, n_per_site=(3, 2)):
             rows.append({"participant_id": pid, "site": s, "age": 40 + i, "sex": "MF"[i % 2],
                          "diagnosis": ["CN", "SCZ"][i % 2]})
             for m in ("T1w", "VBM"):
-                p = root / "derivatives" / pid / f"{pid}_{m}.nii.gz"
+                p = root / "derivatives" / s / pid / f"{pid}_{m}.nii.gz"
                 p.parent.mkdir(parents=True, exist_ok=True)
                 nib.save(nib.Nifti1Image(np.zeros((2, 2, 2), np.float32), AFFINE), p)
     pd.DataFrame(rows).to_csv(root / "participants.tsv", sep="\t", index=False)
@@ -44,7 +44,7 @@ def _paper_config_for(root, tmp_path, **cohort_overrides):
     cfg = yaml.safe_load((ROOT / "config" / "config.yaml").read_text())
     scz = cfg["cohorts"]["scz"]
     scz["participants"] = str(root / "participants.tsv")
-    scz["images"] = str(root / "derivatives" / "{participant_id}" /
+    scz["images"] = str(root / "derivatives" / "{site}" / "{participant_id}" /
                         "{participant_id}_{modality}.nii.gz")
     scz.update(cohort_overrides)
     cfg["cohorts"] = {"scz": scz}
@@ -70,7 +70,7 @@ def test_missing_image_is_reported_by_name(tmp_path):
     data = tmp_path / "data"
     data.mkdir()
     _fake_dataset(data)
-    (data / "derivatives" / "sub-siteX01" / "sub-siteX01_VBM.nii.gz").unlink()
+    (data / "derivatives" / "siteX" / "sub-siteX01" / "sub-siteX01_VBM.nii.gz").unlink()
     cfg = _paper_config_for(data, tmp_path)
     res = snakemake("-n", "--configfile", str(cfg), "-d", str(tmp_path / "work"))
     assert res.returncode != 0
