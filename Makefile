@@ -12,10 +12,11 @@ CORES ?= all
 
 venv: $(STAMP)
 
+# The stamp names the lock's hash, so editing requirements.lock reinstalls. torch==2.13.0 in the
+# lock resolves to the local CPU wheel on the project's machines (see README).
 $(STAMP): requirements.lock
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade "pip==26.3"
-	# torch==2.13.0 resolves to the local CPU wheel on these machines (see README)
 	$(BIN)/pip install --quiet -r requirements.lock
 	rm -f $(VENV)/.installed-*
 	touch $@
