@@ -23,6 +23,16 @@ def _first_bad(df: pd.DataFrame, bad: np.ndarray) -> tuple[int, str]:
     return i + 2, str(pid)  # +1 for 0-based, +1 for the header line
 
 
+def _check_levels(df: pd.DataFrame, col: str, allowed: Sequence[str], source: str, what: str,
+                  hint: str) -> None:
+    bad = ~df[col].isin(list(allowed)).to_numpy()
+    if bad.any():
+        line, pid = _first_bad(df, bad)
+        raise GenbrainInputError(f"{source}: line {line} ({pid}): unknown {what} "
+                                 f"'{df[col].iloc[line - 2]}'; expected one of {list(allowed)}"
+                                 f"{hint}")
+
+
 def validate_participants(
     df: pd.DataFrame,
     schema_path: str | os.PathLike,
@@ -106,17 +116,8 @@ def validate_participants(
         raise GenbrainInputError(f"{source}: line {line}: duplicate participant_id '{pid}' "
                                  f"(first at line {first})")
     if sites:
-        bad = ~df["site"].isin(list(sites)).to_numpy()
-        if bad.any():
-            line, pid = _first_bad(df, bad)
-            raise GenbrainInputError(f"{source}: line {line} ({pid}): unknown site "
-                                     f"'{df['site'].iloc[line - 2]}'; expected one of "
-                                     f"{list(sites)} (the cohort's 'sites' in the config)")
+        _check_levels(df, "site", sites, source, "site",
+                      " (the cohort's 'sites' in the config)")
     if diagnosis_levels:
-        bad = ~df["diagnosis"].isin(list(diagnosis_levels)).to_numpy()
-        if bad.any():
-            line, pid = _first_bad(df, bad)
-            raise GenbrainInputError(f"{source}: line {line} ({pid}): unknown diagnosis "
-                                     f"'{df['diagnosis'].iloc[line - 2]}'; expected one of "
-                                     f"{list(diagnosis_levels)}")
+        _check_levels(df, "diagnosis", diagnosis_levels, source, "diagnosis", "")
     return df
