@@ -15,14 +15,6 @@ N_MOD = 5
 T_TEST = torch.tensor([0, 1, 2, 10, 250, 500, 998, 999])
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny models run fastest on one thread (and do not fight a busy machine for cores)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
 
 def reference_abar() -> tuple[np.ndarray, np.ndarray]:
     betas = np.linspace(1e-4, 0.02, 1000)

@@ -15,14 +15,6 @@ V = 1000
 N_MOD = 5
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny models run fastest on one thread (and do not fight a busy machine for cores)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
 
 def perturb(model: DiT, seed: int = 0, std: float = 0.05) -> DiT:
     """Randomise every zero-initialised layer so that checks are not trivially 0 == 0."""
