@@ -93,6 +93,12 @@ class ImageStore:
     def __getitem__(self, i: int) -> np.ndarray:
         return np.asarray(self._array(self._shard_of[i])[self._row_of[i]], dtype=np.float32)
 
+    def row(self, i: int) -> np.ndarray:
+        """(V,) copy of item ``i`` in the store's own dtype. For float16 stores this is ~10x
+        faster than ``store[i]``: numpy's float16 -> float32 conversion costs ~450 us per image,
+        so training loaders ship float16 and let torch convert whole batches (~50 us/image)."""
+        return np.array(self._array(self._shard_of[i])[self._row_of[i]])
+
     def batch(self, items: Sequence[int]) -> np.ndarray:
         """(len(items), V) float32 array of the given items."""
         return np.stack([self[i] for i in items]) if len(items) else np.zeros((0, self.n_voxels),
