@@ -273,6 +273,22 @@ class VoxelDataset(Dataset):
         item.update({k: torch.tensor(v[i]) for k, v in self._labels.items()})
         return item
 
+    def __getitems__(self, indices: Sequence[int]) -> dict[str, Tensor]:
+        """A whole micro-batch, already collated: ``x`` (n, 1, V) in the store's dtype, labels
+        (n,). DataLoader calls this instead of n ``__getitem__`` calls; rows of each store are
+        read together (:meth:`ImageStore.rows`)."""
+        idx = np.asarray(indices, dtype=np.int64)
+        x = None
+        for s in np.unique(self._store[idx]):
+            sel = np.flatnonzero(self._store[idx] == s)
+            block = self.stores[int(s)].rows(self._row[idx[sel]])  # (m, V)
+            if x is None:
+                x = np.empty((len(idx), block.shape[1]), dtype=block.dtype)
+            x[sel] = block
+        batch = {"x": torch.from_numpy(x).unsqueeze(1)}  # (n, 1, V)
+        batch.update({k: torch.from_numpy(v[idx]) for k, v in self._labels.items()})
+        return batch
+
     @property
     def n_voxels(self) -> int:
         """V of the first store that has items."""
@@ -369,6 +385,11 @@ class MicroBatchSampler(Sampler[list[int]]):
             position = self.order.advance(position, self.global_batch)
             for k in range(0, share, self.micro_batch):
                 yield mine[k: k + self.micro_batch].tolist()
+
+
+def _collated(batch: dict[str, Tensor]) -> dict[str, Tensor]:
+    """DataLoader collate for :meth:`VoxelDataset.__getitems__`, which returns a ready batch."""
+    return batch
 
 
 def _seed(*keys: int) -> int:
@@ -705,7 +726,7 @@ def _train(config: TrainConfig, stores: StoreLike | Sequence[StoreLike], out_dir
     order = ItemOrder(len(data), config.seed)
     loader = DataLoader(data, batch_sampler=MicroBatchSampler(order, position, B, micro, rank,
                                                               world),
-                        num_workers=num_workers, pin_memory=cuda,
+                        collate_fn=_collated, num_workers=num_workers, pin_memory=cuda,
                         generator=torch.Generator())  # keeps DataLoader off the global RNG
     batches = iter(loader)
 

@@ -51,3 +51,16 @@ def test_store_errors(tmp_path):
         ImageStore(tmp_path / "bad.tsv")
     with pytest.raises(GenbrainInputError, match="float16 or float32"):
         write_shard(np.zeros((1, 2)), tmp_path / "z.npy", "int8")
+
+
+def test_batched_rows_equal_item_by_item_reads_in_any_order(tmp_path):
+    d1, a = _chunk(tmp_path, "a", 3, 0)
+    d2, b = _chunk(tmp_path, "b", 2, 10_000)
+    out = tmp_path / "store" / "index.tsv"
+    merge_indices([d1 / "index.tsv", d2 / "index.tsv"], out)
+    store = ImageStore(out)
+    items = [4, 0, 2, 2, 3, 1]  # across shards, unsorted, repeated
+    rows = store.rows(items)
+    assert rows.dtype == np.float32  # the shards were written as float32
+    np.testing.assert_array_equal(rows, np.stack([store[i] for i in items]))
+    assert store.rows([]).shape == (0, 50)

@@ -334,3 +334,18 @@ def test_score_head_learns_a_standardised_score(tmp_path):
     assert model.score_embedder.mlp[2].weight.abs().sum() > 0  # zero at surgery, trained
     with pytest.raises(GenbrainInputError, match="model has no score head; use add_score_head"):
         train(cfg, clinical, tmp_path / "headless", init_checkpoint=pre)
+
+
+def test_batched_fetch_equals_item_by_item_fetch(tmp_path):
+    from genbrain.store import ImageStore
+    from genbrain.train import VoxelDataset
+
+    stores = [ImageStore(make_store(tmp_path / "a", 5, seed=0)),
+              ImageStore(make_store(tmp_path / "b", 4, seed=1, index=1))]
+    data = VoxelDataset(stores)
+    idx = [7, 0, 3, 8, 3]
+    batch = data.__getitems__(idx)
+    items = [data[i] for i in idx]
+    assert batch["x"].shape == (5, 1, V)
+    for key, value in batch.items():
+        torch.testing.assert_close(value, torch.stack([it[key] for it in items]), rtol=0, atol=0)
