@@ -118,5 +118,4 @@ class ImageStore:
 
     def batch(self, items: Sequence[int]) -> np.ndarray:
         """(len(items), V) float32 array of the given items."""
-        return np.stack([self[i] for i in items]) if len(items) else np.zeros((0, self.n_voxels),
-                                                                               np.float32)
+        return self.rows(items).astype(np.float32, copy=False)
