@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import copy
 import difflib
-import string
 import os
+import string
 from collections.abc import Mapping
 from pathlib import Path
 

@@ -17,6 +17,7 @@ from genbrain.chunks import assign_chunks
 from genbrain.errors import GenbrainInputError
 from genbrain.io import read_tsv
 from genbrain.simulate.cohort import participants as simulated_participants
+from genbrain.simulate.write import image_path
 from genbrain.tables import validate_participants
 
 SIM_ROOT = "results/simulated"
@@ -68,8 +69,7 @@ class Cohort:
     def images(self, rows: pd.DataFrame) -> dict[str, dict[str, str]]:
         """participant_id -> {modality: path} for ``rows`` (pattern placeholders:
         ``{participant_id}``, ``{site}``, ``{modality}``)."""
-        return {pid: {m: self.pattern.format(participant_id=pid, site=site, modality=m)
-                      for m in self.modalities}
+        return {pid: {m: image_path(self.pattern, pid, site, m) for m in self.modalities}
                 for pid, site in zip(rows["participant_id"], rows["site"])}
 
     def image_paths(self, site: str, chunk: int | str) -> list[str]:

@@ -28,9 +28,10 @@ from genbrain.space import standard_space
 log = logging.getLogger(__name__)
 
 
-def image_path(pattern: str, participant_id: str, modality: str) -> str:
-    """Fill an image path pattern (placeholders ``{participant_id}``, ``{modality}``)."""
-    return pattern.format(participant_id=participant_id, modality=modality)
+def image_path(pattern: str, participant_id: str, site: str, modality: str) -> str:
+    """Fill an image path pattern; the same placeholders as a real cohort's ``images``
+    (``{participant_id}``, ``{site}``, ``{modality}``)."""
+    return pattern.format(participant_id=participant_id, site=site, modality=modality)
 
 
 def write_chunk(cohort: str, spec: Mapping, seed: int, rows: pd.DataFrame,
@@ -66,7 +67,7 @@ def write_chunk(cohort: str, spec: Mapping, seed: int, rows: pd.DataFrame,
             # int16 + scl_slope, as scanners and most pipelines store images: half the bytes
             # to compress and write, ~1e-4 relative precision
             img.set_data_dtype(np.int16)
-            path = image_path(pattern, row["participant_id"], modality)
+            path = image_path(pattern, row["participant_id"], site.name, modality)
             save_nifti(img, path)
             records.append({"participant_id": row["participant_id"], "modality": modality,
                             "path": path, "space": "native" if site.native else "MNI152NLin6Asym",
