@@ -205,6 +205,11 @@ class GaussianDiffusion:
         return (self._extract("sqrt_recip_alphas_cumprod", t, x_t) * x_t
                 - self._extract("sqrt_recipm1_alphas_cumprod", t, x_t) * eps)
 
+    def predict_eps_from_xstart(self, x_t: Tensor, t: Tensor, x0: Tensor) -> Tensor:
+        """epsilon = (x_t / sqrt(abar_t) - x_0) / sqrt(1 / abar_t - 1), all (N, C, V)."""
+        return ((self._extract("sqrt_recip_alphas_cumprod", t, x_t) * x_t - x0)
+                / self._extract("sqrt_recipm1_alphas_cumprod", t, x_t))
+
     def p_mean_variance(self, model_output: Tensor, x_t: Tensor, t: Tensor) -> dict[str, Tensor]:
         """Model output (N, 2C, V) = [eps, v] at x_t (N, C, V), steps t (N,) -> dict of
         ``mean``, ``variance``, ``log_variance`` (N, C, V), ``pred_xstart`` and ``eps``."""
@@ -257,13 +262,22 @@ class DDIMSampler:
         guidance_scale: CFG scale s on epsilon (1.2 in the paper); ``None`` samples the
             conditional model alone (no null branch; s = 1 gives the same result at twice the cost).
         eta: DDIM stochasticity (0 = deterministic given the initial noise).
+        clip_x0: clamp the predicted x_0 to [-clip_x0, clip_x0] at every step and recompute
+            epsilon from it (improved-diffusion's ``clip_denoised`` with a data-scale bound);
+            None (the paper's setting) leaves x_0 unbounded. Data here are z-scored, so a
+            bound of ~5 only bites where a briefly trained model's x_0 estimate at high noise
+            (amplified by 1/sqrt(alpha_bar), ~160x at t = 999) would blow up.
     """
 
     def __init__(self, diffusion: GaussianDiffusion, steps: int | str | Sequence[int] = 50,
-                 guidance_scale: float | None = 1.2, eta: float = 0.0):
+                 guidance_scale: float | None = 1.2, eta: float = 0.0,
+                 clip_x0: float | None = None):
         self.diffusion = diffusion.respace(space_timesteps(diffusion.num_timesteps, steps))
         self.guidance_scale = guidance_scale
         self.eta = eta
+        if clip_x0 is not None and not clip_x0 > 0:
+            raise GenbrainInputError(f"clip_x0 must be > 0 or None, got {clip_x0}")
+        self.clip_x0 = clip_x0
 
     def _noise(self, shape: tuple[int, ...], generator: torch.Generator, like: Tensor) -> Tensor:
         return torch.randn(shape, generator=generator, device=generator.device).to(like.device)
@@ -293,6 +307,9 @@ class DDIMSampler:
         d = self.diffusion
         eps = model_output[:, : x.shape[1]]  # (B, C, V)
         x0 = d.predict_xstart_from_eps(x, t, eps)  # (B, C, V)
+        if self.clip_x0 is not None:
+            x0 = x0.clamp(-self.clip_x0, self.clip_x0)
+            eps = d.predict_eps_from_xstart(x, t, x0)  # consistent with the clamped x_0
         abar = d._extract("alphas_cumprod", t, x)  # (B, 1, 1)
         abar_prev = d._extract("alphas_cumprod_prev", t, x)  # (B, 1, 1)
         sigma = (self.eta * torch.sqrt((1 - abar_prev) / (1 - abar))
@@ -305,13 +322,16 @@ class DDIMSampler:
     @torch.no_grad()
     def sample(self, model: Callable[..., Tensor], labels: Mapping[str, Tensor], n_voxels: int,
                generator: torch.Generator, *, n_channels: int = 1, x_cond: Tensor | None = None,
-               k: int = 1) -> Tensor:
+               k: int = 1, noise: Tensor | None = None) -> Tensor:
         """Draw images for N label rows -> (N, n_channels, n_voxels), each the mean of ``k``
         independent samples (all N * k in one batch, or 2 N k rows with guidance).
 
         ``model(x, t, force_drop=..., **labels)`` is e.g. a :class:`~genbrain.model.dit.DiT`;
         ``labels`` maps names to (N,) tensors on the model's device (age standardised);
         ``x_cond`` (N, C_extra, V) are image-conditioning channels appended to x.
+        ``noise`` (N k, C, V): the initial x_T (rows in label order, the k samples of a label
+        row adjacent); drawn from ``generator`` when None. Passing per-row noise makes each
+        image independent of how rows are batched or sharded.
         """
         first = next(iter(labels.values())) if labels else x_cond
         if first is None:
@@ -319,7 +339,12 @@ class DDIMSampler:
         N = first.shape[0]
         labels = {name: v.repeat_interleave(k, dim=0) for name, v in labels.items()}  # (N k,)
         x_cond = None if x_cond is None else x_cond.repeat_interleave(k, dim=0)  # (N k, C_e, V)
-        x = self._noise((N * k, n_channels, n_voxels), generator, first)  # (N k, C, V)
+        shape = (N * k, n_channels, n_voxels)
+        if noise is not None and tuple(noise.shape) != shape:
+            raise GenbrainInputError(f"sampling noise has shape {tuple(noise.shape)}; "
+                                     f"expected {shape}")
+        x = self._noise(shape, generator, first) if noise is None else \
+            noise.to(first.device, torch.float32)  # (N k, C, V)
         for i in reversed(range(self.diffusion.num_timesteps)):
             t = torch.full((N * k,), i, dtype=torch.long, device=x.device)  # (N k,)
             out = self.guided_output(model, x, t, labels, x_cond)  # (N k, 2C, V)
