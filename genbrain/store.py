@@ -13,7 +13,7 @@ Loading an item is O(1): the index is read once into arrays; each item is one me
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -50,14 +50,15 @@ def merge_indices(index_paths: Sequence[str | os.PathLike], out_path: str | os.P
 
 
 class ImageStore:
-    """Random access to the images of one store, optionally restricted to some modalities.
+    """Random access to the images of one store, optionally restricted to some modalities
+    and some participants.
 
     ``store[i]`` returns the (V,) float32 vector of index row ``i`` in O(1); ``store.table`` is
     the index (a DataFrame, one row per image, in item order).
     """
 
     def __init__(self, index_path: str | os.PathLike, modalities: Sequence[str] | None = None,
-                 query: pd.Series | None = None):
+                 participants: Collection[str] | None = None):
         self.index_path = Path(index_path)
         table = read_tsv(self.index_path)
         missing = [c for c in INDEX_COLUMNS if c not in table.columns]
@@ -66,6 +67,8 @@ class ImageStore:
                                      f"(missing columns {missing})")
         if modalities is not None:
             table = table[table["modality"].isin(list(modalities))]
+        if participants is not None:  # e.g. the training split of a cohort
+            table = table[table["participant_id"].isin(set(participants))]
         self.table = table.reset_index(drop=True)
         root = self.index_path.parent
         self._shard_names = sorted(self.table["shard"].unique())

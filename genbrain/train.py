@@ -23,7 +23,8 @@ scalings are saved in the checkpoint (``config.norms``) so that sampling applies
 
 A checkpoint (``out_dir/checkpoint.pt``; written atomically by rank 0 every ``checkpoint_every``
 steps and at the end) holds ``model``, ``ema`` (state dicts), ``optimizer``, ``step``,
-``data_position`` (epoch, offset, n_items), ``rng`` (the global torch and CUDA states) and
+``data_position`` (epoch, offset, n_items), ``rng`` (the global torch and CUDA states),
+``losses`` (float64 tensor: the mean loss of every step since step 1, for loss curves) and
 ``config`` = {train: TrainConfig as a dict, model: DiT.spec(), norms, surgeries,
 init_checkpoint}.
 
@@ -704,7 +705,9 @@ def _train(config: TrainConfig, stores: StoreLike | Sequence[StoreLike], out_dir
     opt, masks = _optimizer(model, rules, config)
     params = dict(model.named_parameters())
     step, position, saved = 0, (0, 0), None
+    history: list[float] = []  # every step's loss since step 1, kept in the checkpoint
     if resume is not None:
+        history = resume.get("losses", torch.zeros(0)).tolist()[: resume["step"]]
         model.load_state_dict(resume["model"])
         ema.load_state_dict(resume["ema"])
         opt.load_state_dict(resume["optimizer"])
@@ -737,6 +740,7 @@ def _train(config: TrainConfig, stores: StoreLike | Sequence[StoreLike], out_dir
                                    "n_items": len(data)},
                  "rng": {"torch": torch.get_rng_state(),
                          "cuda": torch.cuda.get_rng_state(device) if cuda else None},
+                 "losses": torch.tensor(history, dtype=torch.float64),
                  "config": run_config, "versions": {"torch": str(torch.__version__)}}
         with atomic_path(ckpt_path) as tmp:
             torch.save(state, tmp)
@@ -785,6 +789,7 @@ def _train(config: TrainConfig, stores: StoreLike | Sequence[StoreLike], out_dir
         step += 1
         position = order.advance(position, B)
         losses.append(loss)
+        history.append(loss)
         window.append(loss)
         if rank == 0 and (step % config.log_every == 0 or step == config.steps):
             now = time.perf_counter()
@@ -817,3 +822,13 @@ def load_for_sampling(checkpoint_path: str | os.PathLike, weights: str | None = 
         model = dit_from_spec(ckpt["config"]["model"])
     model.load_state_dict(ckpt[weights])
     return model.to(device).eval(), ckpt["config"]["norms"], config
+
+
+def loss_history(checkpoint_path: str | os.PathLike) -> np.ndarray:
+    """The mean loss of every optimizer step (1..step) recorded in a checkpoint, float64."""
+    ckpt = _read_checkpoint(checkpoint_path)
+    losses = ckpt.get("losses")
+    if losses is None:
+        raise GenbrainInputError(f"{checkpoint_path}: the checkpoint holds no loss history "
+                                 "(written by an older version)")
+    return losses.numpy().astype(np.float64)

@@ -25,7 +25,7 @@ from genbrain.io import save_tsv
 from genbrain.model.diffusion import GaussianDiffusion
 from genbrain.store import write_shard
 from genbrain.train import (ItemOrder, MicroBatchSampler, TrainConfig, TrainingDiverged,
-                            load_for_sampling, train)
+                            load_for_sampling, loss_history, train)
 
 ROOT = Path(__file__).resolve().parents[2]
 V = 512
@@ -162,6 +162,8 @@ def test_resume_after_sigkill_is_bitwise_exact(tmp_path):
 
     resumed = train(cfg, index, tmp_path / "cut")
     assert resumed.step == 12 and resumed.losses == whole.losses[6:]
+    # the checkpoint's loss history runs across the kill as one curve
+    assert loss_history(resumed.checkpoint).tolist() == whole.losses
     for key in ("model", "ema"):
         assert_states_equal(state(resumed.checkpoint, key), state(whole.checkpoint, key))
     assert not torch.equal(state(whole.checkpoint, "ema")["blocks.0.attn.qkv.weight"],
