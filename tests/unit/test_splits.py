@@ -1,0 +1,60 @@
+"""Hold-out split and evaluation cohorts: seeded, per site, non-overlapping, clear errors."""
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from genbrain.errors import GenbrainInputError
+from genbrain.splits import evaluation_cohorts, holdout_split, similarity_covariates
+
+
+def people(n_a: int = 40, n_b: int = 20) -> pd.DataFrame:
+    rng = np.random.default_rng(0)
+    n = n_a + n_b
+    return pd.DataFrame({"participant_id": [f"sub-{i:03d}" for i in range(n)],
+                         "site": ["A"] * n_a + ["B"] * n_b, "age": rng.uniform(40, 80, n),
+                         "sex": rng.choice(["M", "F"], n)})
+
+
+def test_holdout_is_per_site_seeded_and_order_free():
+    table = people()
+    split = holdout_split(table, 0.25, seed=1)
+    counts = split.groupby(["site", "split"]).size()
+    assert counts[("A", "holdout")] == 10 and counts[("B", "holdout")] == 5
+    assert split["participant_id"].tolist() == table["participant_id"].tolist()
+    shuffled = holdout_split(table.sample(frac=1, random_state=3), 0.25, seed=1)
+    held = set(split.loc[split.split == "holdout", "participant_id"])
+    assert set(shuffled.loc[shuffled.split == "holdout", "participant_id"]) == held
+    other = holdout_split(table, 0.25, seed=2)
+    assert set(other.loc[other.split == "holdout", "participant_id"]) != held
+
+
+def test_a_site_keeps_a_training_subject_and_bad_fractions_are_refused():
+    split = holdout_split(people(1, 2), 0.9, seed=0)
+    assert (split.groupby("site")["split"].apply(lambda s: (s == "train").sum()) >= 1).all()
+    with pytest.raises(GenbrainInputError, match="holdout_fraction must be in"):
+        holdout_split(people(), 1.0, seed=0)
+
+
+def test_evaluation_cohorts_do_not_overlap_and_come_from_the_holdout():
+    split = holdout_split(people(), 0.5, seed=0)
+    cohorts = evaluation_cohorts(split, 6, 4, seed=5)
+    assert len(cohorts) == 24 and cohorts["participant_id"].is_unique
+    assert cohorts.groupby("replicate").size().tolist() == [6, 6, 6, 6]
+    held = set(split.loc[split.split == "holdout", "participant_id"])
+    assert set(cohorts["participant_id"]) <= held
+    assert cohorts.equals(evaluation_cohorts(split, 6, 4, seed=5))
+    with pytest.raises(GenbrainInputError, match=r"needs 5 x 7 = 35 hold-out participants but "
+                                                 r"the pretraining cohort holds out 30"):
+        evaluation_cohorts(split, 7, 5, seed=0)
+
+
+def test_similarity_covariates_mirror_every_member_k_times_per_modality():
+    split = holdout_split(people(), 0.5, seed=0)
+    cohorts = evaluation_cohorts(split, 3, 2, seed=0)
+    cov = similarity_covariates(cohorts, ["VBM", "T1w"], k=2)
+    assert len(cov) == 6 * 2 * 2
+    assert cov["synthetic_id"].tolist() == list(range(24))
+    first = cov[(cov.modality == "VBM") & (cov.participant_id == cohorts.participant_id[0])]
+    assert first["sample"].tolist() == [0, 1]
+    assert (first["age"] == cohorts.age[0]).all() and (first["sex"] == cohorts.sex[0]).all()
