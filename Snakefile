@@ -20,6 +20,7 @@ report: "workflow/report/workflow.rst"
 include: "rules/common.smk"
 include: "rules/simulate.smk"
 include: "rules/preprocess.smk"
+include: "rules/report.smk"
 
 
 rule all:

@@ -86,7 +86,17 @@ def get_cohort_chunks(wildcards):
     return [_chunk_dir(cohort.name, s, c) for s, c in cohort.chunks()]
 
 
-def get_all_outputs():
+def get_provenance_inputs(wildcards):
+    """The participants tables whose checksums the provenance page records, and every
+    other final output, so that provenance runs after the rest of the DAG."""
+    return {
+        "participants": [c.participants for c in COHORTS.values()],
+        "outputs": get_all_outputs(provenance=False),
+    }
+
+
+def get_all_outputs(provenance=True):
+    """Every final output; the provenance page last (it needs all the others)."""
     outputs = []
     for name, cohort in COHORTS.items():
         outputs.append(f"results/stores/{name}/index.tsv")
@@ -96,4 +106,6 @@ def get_all_outputs():
         ]
         if cohort.simulated:
             outputs.append(f"results/simulated/{name}/participants.tsv")
+    if provenance:
+        outputs.append("results/provenance/provenance.html")
     return outputs
