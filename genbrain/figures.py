@@ -1,0 +1,111 @@
+"""Figures of the evaluation stage (PNG, 150 dpi, written atomically).
+
+- :func:`similarity_figure`: the paper's Fig. 2a, cosine similarity with the reference t-maps
+  per modality, one panel per effect (age, sex), mean and 95% CI over replicates per kind.
+- :func:`audit_histogram`: the paper's Fig. 2b as a distribution, the best Pearson r of every
+  synthetic image with the training images of its modality, and the gate's threshold.
+"""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import pandas as pd
+
+from genbrain.io import atomic_path
+
+DPI = 150
+KIND_STYLE = {  # kind -> (label, colour); the paper's order and its three colours
+    "real": ("real", "0.45"),
+    "synthetic": ("synthetic", "C0"),
+    "synthetic_avg": ("synthetic, mean of k", "C3"),
+}
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _save(fig, out_png: str | os.PathLike) -> None:
+    plt = _pyplot()
+    with atomic_path(out_png) as tmp:
+        fig.savefig(tmp, dpi=DPI, format="png")
+    plt.close(fig)
+
+
+def similarity_figure(table: pd.DataFrame, out_png: str | os.PathLike, title: str = "") -> None:
+    """Cosine similarity per modality (x) and kind (colour): replicates as dots, mean and 95%
+    CI (t over replicates) as a bar; one panel per effect. ``table``: the tidy table of
+    :func:`genbrain.stats.similarity.similarity_protocol` (several modalities concatenated)."""
+    from genbrain.stats.similarity import summarise_similarity
+
+    plt = _pyplot()
+    summary = summarise_similarity(table)
+    modalities = list(pd.unique(table["modality"]))
+    effects = [e for e in ("age", "sex") if e in set(table["effect"])]
+    kinds = [k for k in KIND_STYLE if k in set(table["kind"])]
+    width = max(4.0, 0.55 * len(modalities) * max(len(kinds), 1) / 2 + 1.5)
+    fig, axes = plt.subplots(len(effects), 1, figsize=(min(width, 16), 2.6 * len(effects)),
+                             squeeze=False, sharex=True)
+    x = np.arange(len(modalities))
+    step = 0.8 / max(len(kinds), 1)
+    for ax, effect in zip(axes[:, 0], effects):
+        for j, kind in enumerate(kinds):
+            label, colour = KIND_STYLE[kind]
+            off = x - 0.4 + step * (j + 0.5)
+            s = summary[(summary["effect"] == effect) & (summary["kind"] == kind)]
+            s = s.set_index("modality").reindex(modalities)
+            ax.bar(off, s["cosine_mean"], width=step * 0.9, color=colour, alpha=0.35,
+                   label=label)
+            err = np.vstack([s["cosine_mean"] - s["ci_low"], s["ci_high"] - s["cosine_mean"]])
+            ax.errorbar(off, s["cosine_mean"], yerr=np.nan_to_num(err), fmt="none",
+                        ecolor=colour, capsize=2, lw=1)
+            d = table[(table["effect"] == effect) & (table["kind"] == kind)]
+            pos = off[[modalities.index(m) for m in d["modality"]]]
+            ax.scatter(pos, d["cosine"], s=6, color=colour, zorder=3)
+        ax.axhline(0, color="0.8", lw=0.6)
+        ax.set_ylabel(f"{effect}: cosine with\nreference t-map", fontsize=8)
+        ax.tick_params(labelsize=7)
+    axes[-1, 0].set_xticks(x, modalities, rotation=45 if len(modalities) > 6 else 0,
+                           ha="right" if len(modalities) > 6 else "center")
+    # legend above the panels: bars near 1 leave no free corner inside
+    axes[0, 0].legend(frameon=False, fontsize=7, ncol=len(kinds), loc="lower left",
+                      bbox_to_anchor=(0, 1.0))
+    if title:
+        fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    _save(fig, out_png)
+
+
+def audit_histogram(audit: pd.DataFrame, out_png: str | os.PathLike, threshold: float = 0.95,
+                    title: str = "") -> None:
+    """Histogram of ``max_r`` (best training match of every synthetic image), one colour per
+    modality when there are at most 8, with the gate's threshold as a dashed line and the count
+    above it in the legend. ``audit``: :func:`genbrain.audit.memorisation_audit`'s table."""
+    plt = _pyplot()
+    r = pd.to_numeric(audit["max_r"], errors="coerce")
+    fig, ax = plt.subplots(figsize=(5.5, 3.2))
+    lo = float(np.nanmin(np.append(r.to_numpy(), threshold))) if len(r) else 0.0
+    bins = np.linspace(max(-1.0, lo - 0.02), 1.0, 51)  # the threshold always in range
+    modalities = list(pd.unique(audit["modality"]))
+    if 1 < len(modalities) <= 8:
+        ax.hist([r[audit["modality"] == m].dropna() for m in modalities], bins=bins,
+                stacked=True, label=modalities)
+    else:
+        ax.hist(r.dropna(), bins=bins, color="C0",
+                label=modalities[0] if len(modalities) == 1 else f"{len(modalities)} modalities")
+    n_over = int((r > threshold).sum())
+    ax.axvline(threshold, color="C3", ls="--", lw=1.2,
+               label=f"threshold r = {threshold:g} ({n_over} above)")
+    ax.set_xlabel("max Pearson r with a training image (same modality)")
+    ax.set_ylabel("synthetic images")
+    ax.legend(frameon=False, fontsize=7)
+    ax.set_title(title or f"memorisation audit: {len(audit)} synthetic images", fontsize=9)
+    fig.tight_layout()
+    _save(fig, out_png)

@@ -1,0 +1,25 @@
+"""Statistics of the evaluation stages: voxelwise maps streamed over memory-mapped cohorts.
+
+- :mod:`genbrain.stats.rows`: :class:`ImageRows`, (members x voxel range) blocks of an array
+  or an image store (k-sample averages included), without holding a cohort in memory.
+- :mod:`genbrain.stats.similarity`: age/sex t-maps, cosine similarity with a reference cohort
+  and the paper's real-vs-synthetic protocol (Fig. 2a).
+
+The memorisation audit (Fig. 2b) is :mod:`genbrain.audit`.
+"""
+
+from genbrain.stats.rows import ImageRows
+from genbrain.stats.similarity import (
+    Cohort,
+    correlation_maps,
+    cosine_similarity,
+    draw_cohorts,
+    sex_codes,
+    similarity_protocol,
+    summarise_similarity,
+    t_from_r,
+    tmaps,
+)
+
+__all__ = ["Cohort", "ImageRows", "correlation_maps", "cosine_similarity", "draw_cohorts",
+           "sex_codes", "similarity_protocol", "summarise_similarity", "t_from_r", "tmaps"]
