@@ -120,8 +120,10 @@ def token_centroids(coords: np.ndarray, patch_size: int = 256) -> np.ndarray:
 
 
 def modulate(x: Tensor, shift: Tensor, scale: Tensor) -> Tensor:
-    """adaLN modulation of tokens (N, T, D) by per-sample shift/scale (N, D)."""
-    return x * (1 + scale.unsqueeze(1)) + shift.unsqueeze(1)
+    """adaLN modulation ``x (1 + scale) + shift`` of tokens (N, T, D) by per-sample shift/scale
+    (N, 1, D). One fused pass over the tokens instead of a multiply and an add (on CPU these
+    elementwise passes are a large share of a small model's time)."""
+    return torch.addcmul(shift, x, 1 + scale)  # (N, T, D)
 
 
 class TimestepEmbedder(nn.Module):
@@ -202,9 +204,10 @@ class DiTBlock(nn.Module):
 
     def forward(self, x: Tensor, c: Tensor) -> Tensor:
         shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp = (
-            self.adaLN_modulation(c).chunk(6, dim=1))  # 6 x (N, D)
-        x = x + gate_msa.unsqueeze(1) * self.attn(modulate(self.norm1(x), shift_msa, scale_msa))
-        x = x + gate_mlp.unsqueeze(1) * self.mlp(modulate(self.norm2(x), shift_mlp, scale_mlp))
+            self.adaLN_modulation(c).unsqueeze(1).chunk(6, dim=2))  # 6 x (N, 1, D)
+        # gated residuals x + gate * f(x), each one fused pass
+        x = torch.addcmul(x, gate_msa, self.attn(modulate(self.norm1(x), shift_msa, scale_msa)))
+        x = torch.addcmul(x, gate_mlp, self.mlp(modulate(self.norm2(x), shift_mlp, scale_mlp)))
         return x  # (N, T, D)
 
 
@@ -218,7 +221,7 @@ class FinalLayer(nn.Module):
         self.adaLN_modulation = nn.Sequential(nn.SiLU(), nn.Linear(hidden_size, 2 * hidden_size))
 
     def forward(self, x: Tensor, c: Tensor) -> Tensor:
-        shift, scale = self.adaLN_modulation(c).chunk(2, dim=1)  # 2 x (N, D)
+        shift, scale = self.adaLN_modulation(c).unsqueeze(1).chunk(2, dim=2)  # 2 x (N, 1, D)
         return self.linear(modulate(self.norm_final(x), shift, scale))  # (N, T, P * C_out)
 
 
@@ -391,7 +394,10 @@ class DiT(nn.Module):
             cond = torch.where(drop[:, None, None], torch.zeros_like(cond), cond)
             x = torch.cat([x[:, : self.out_channels], cond], dim=1)  # (N, C_in, V)
         x = F.pad(x, (0, self.n_tokens * self.patch_size - V))  # (N, C_in, T * P)
-        x = self.x_embedder(x).transpose(1, 2) + self.pos_embed  # (N, T, D)
+        # contiguous (N, T, D): the transposed conv output would otherwise set the layout of the
+        # whole residual stream (elementwise ops keep their first input's strides), and every
+        # LayerNorm and Linear would copy it
+        x = self.x_embedder(x).transpose(1, 2).contiguous() + self.pos_embed  # (N, T, D)
         for block in self.blocks:
             x = block(x, c)  # (N, T, D)
         x = self.final_layer(x, c)  # (N, T, P * 2 * C_out)
