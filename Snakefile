@@ -20,6 +20,9 @@ report: "workflow/report/workflow.rst"
 include: "rules/common.smk"
 include: "rules/simulate.smk"
 include: "rules/preprocess.smk"
+include: "rules/pretrain.smk"
+include: "rules/synthesize.smk"
+include: "rules/evaluate.smk"
 include: "rules/report.smk"
 
 

@@ -4,6 +4,9 @@
   per modality, one panel per effect (age, sex), mean and 95% CI over replicates per kind.
 - :func:`audit_histogram`: the paper's Fig. 2b as a distribution, the best Pearson r of every
   synthetic image with the training images of its modality, and the gate's threshold.
+- :func:`loss_curve`: the pretraining loss per step and its running mean.
+- :func:`synthetic_vs_real`: the paper's Fig. 2c, slices of synthetic and real images per
+  modality for one condition.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ import pandas as pd
 from genbrain.io import atomic_path
 
 DPI = 150
+CUTS = (45, 54, 36)  # voxel indices (x, y, z) through the basal ganglia
 KIND_STYLE = {  # kind -> (label, colour); the paper's order and its three colours
     "real": ("real", "0.45"),
     "synthetic": ("synthetic", "C0"),
@@ -107,5 +111,51 @@ def audit_histogram(audit: pd.DataFrame, out_png: str | os.PathLike, threshold: 
     ax.set_ylabel("synthetic images")
     ax.legend(frameon=False, fontsize=7)
     ax.set_title(title or f"memorisation audit: {len(audit)} synthetic images", fontsize=9)
+    fig.tight_layout()
+    _save(fig, out_png)
+
+
+def loss_curve(table: pd.DataFrame, out_png: str | os.PathLike, title: str = "") -> None:
+    """Per-step training loss (light) and its running mean (dark) on a log scale."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(5.5, 3.2))
+    ax.plot(table["step"], table["loss"], color="0.75", lw=0.6, label="loss per step")
+    ax.plot(table["step"], table["smoothed"], color="C0", lw=1.5, label="running mean")
+    ax.set_yscale("log")
+    ax.set_xlabel("optimizer step")
+    ax.set_ylabel("IDDPM hybrid loss")
+    ax.legend(frameon=False, fontsize=8)
+    ax.set_title(title, fontsize=9)
+    fig.tight_layout()
+    _save(fig, out_png)
+
+
+def synthetic_vs_real(real: np.ndarray, synthetic: np.ndarray, names: Sequence[str],
+                      out_png: str | os.PathLike, real_labels: Sequence[str] = (),
+                      title: str = "") -> None:
+    """One row per modality: axial and coronal slices of a real image and of a synthetic one,
+    both on the real image's 1-99th percentile intensity window (so a synthetic image that
+    misses the contrast shows it). real, synthetic: (n_modalities, V)."""
+    from genbrain.space import standard_space
+
+    plt = _pyplot()
+    space = standard_space()
+    n = len(names)
+    fig, axes = plt.subplots(n, 4, figsize=(6.4, 1.75 * n), squeeze=False)
+    views = [("axial", np.s_[:, :, CUTS[2]]), ("coronal", np.s_[:, CUTS[1], :])]
+    for r, name in enumerate(names):
+        lo, hi = np.percentile(real[r], [1, 99])
+        for c, (kind, vec) in enumerate([("real", real[r]), ("synthetic", synthetic[r])]):
+            vol = space.to_volume(vec, fill=np.nan)
+            for v, (view, sl) in enumerate(views):
+                ax = axes[r, 2 * c + v]
+                ax.imshow(vol[sl].T, origin="lower", cmap="gray", vmin=lo, vmax=hi)
+                ax.set_xticks([])
+                ax.set_yticks([])
+                if r == 0:
+                    ax.set_title(f"{kind} {view}", fontsize=7)
+        label = name if not real_labels else f"{name}\n{real_labels[r]}"
+        axes[r, 0].set_ylabel(label, fontsize=7)
+    fig.suptitle(title, fontsize=8)
     fig.tight_layout()
     _save(fig, out_png)

@@ -107,3 +107,68 @@ def load_cohorts(config: Mapping, schema_path: str | os.PathLike,
                            participants=participants, pattern=pattern,
                            simulated="simulate" in spec, native_sites=frozenset(native))
     return out
+
+
+def pretrain_cohort(cohorts: Mapping[str, Cohort]) -> str | None:
+    """The name of the cohort with role ``pretrain`` (None without one; two is an error)."""
+    names = [n for n, c in cohorts.items() if c.spec["role"] == "pretrain"]
+    if len(names) > 1:
+        raise GenbrainInputError(f"config: cohorts {names} both have role 'pretrain'; the model "
+                                 "is pretrained on one cohort (merge their tables)")
+    return names[0] if names else None
+
+
+@dataclass(frozen=True)
+class SyntheticCohort:
+    """A synthetic cohort the workflow draws: its covariate table has ``n_rows`` rows, sampled
+    in shards of ``shard_size`` rows (one job each); ``real`` is the cohort whose training
+    images the memorisation audit compares it with."""
+
+    name: str
+    n_rows: int
+    shard_size: int
+    real: str
+    modalities: tuple[str, ...]
+
+    @property
+    def n_shards(self) -> int:
+        return max(1, -(-self.n_rows // self.shard_size))
+
+    def shard_rows(self, shard: int) -> slice:
+        if not 0 <= shard < self.n_shards:
+            raise GenbrainInputError(f"synthetic cohort '{self.name}' has shards "
+                                     f"0..{self.n_shards - 1}, not {shard}")
+        return slice(shard * self.shard_size, min((shard + 1) * self.shard_size, self.n_rows))
+
+
+def synthetic_cohorts(config: Mapping, cohorts: Mapping[str, Cohort],
+                      pretrain: str | None) -> dict[str, SyntheticCohort]:
+    """The synthetic cohorts of the configured stages, sized at parse time so that shards are
+    known before any job runs. Today: ``pretrain``, the evaluation cohort of the pretrained
+    model (the paper's Fig. 2a-b): for each of ``n_cohorts`` hold-out cohorts of
+    ``cohort_size``, every member's age and sex, every similarity modality, ``k`` samples."""
+    from genbrain.splits import holdout_split
+
+    if pretrain is None:
+        return {}
+    sim = config["evaluate"]["similarity"]
+    own = cohorts[pretrain].modalities
+    mods = sim["modalities"] or own
+    for m in mods:
+        if m not in own:
+            raise GenbrainInputError(f"config: 'evaluate.similarity.modalities' lists '{m}', "
+                                     f"which the pretraining cohort '{pretrain}' lacks; "
+                                     f"expected some of {own}")
+    split = holdout_split(cohorts[pretrain].table, config["pretrain"]["holdout_fraction"],
+                          int(config["seed"]))
+    n_hold = int((split["split"] == "holdout").sum())
+    need = sim["cohort_size"] * sim["n_cohorts"]
+    if n_hold < need:
+        raise GenbrainInputError(
+            f"config: evaluate.similarity needs {sim['n_cohorts']} x {sim['cohort_size']} = "
+            f"{need} hold-out participants but pretrain.holdout_fraction "
+            f"{config['pretrain']['holdout_fraction']} holds out {n_hold} of cohort "
+            f"'{pretrain}'; lower cohort_size or n_cohorts, or raise the fraction")
+    n_rows = need * len(mods) * sim["k"]
+    return {"pretrain": SyntheticCohort("pretrain", n_rows, config["synthesize"]["shard_size"],
+                                        pretrain, tuple(mods))}

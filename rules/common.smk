@@ -8,7 +8,7 @@ sys.path.insert(0, str(Path(workflow.basedir)))
 
 from genbrain.config import validate_config
 from genbrain.errors import GenbrainInputError
-from genbrain.workflow import load_cohorts
+from genbrain.workflow import load_cohorts, pretrain_cohort, synthetic_cohorts
 
 SCHEMAS = Path(workflow.basedir) / "workflow" / "schemas"
 
@@ -25,10 +25,19 @@ except GenbrainInputError as err:
     raise WorkflowError(str(err)) from None
 
 
+try:
+    PRETRAIN = pretrain_cohort(COHORTS)
+    SYNTHETIC = synthetic_cohorts(config, COHORTS, PRETRAIN)
+except GenbrainInputError as err:
+    raise WorkflowError(str(err)) from None
+
+
 wildcard_constraints:
     cohort="|".join(COHORTS),
     site="[A-Za-z0-9]+",
     chunk=r"\d+",
+    shard=r"\d+",
+    synth="|".join(SYNTHETIC) or "none",
 
 
 def _chunk_dir(cohort, site, chunk):
@@ -86,6 +95,46 @@ def get_cohort_chunks(wildcards):
     return [_chunk_dir(cohort.name, s, c) for s, c in cohort.chunks()]
 
 
+def get_pretrain_participants(wildcards):
+    return COHORTS[PRETRAIN].participants
+
+
+def get_pretrain_store(wildcards):
+    return f"results/stores/{PRETRAIN}/index.tsv"
+
+
+def get_sampling(wildcards):
+    """SamplingConfig keys from the synthesize section (k is set per use)."""
+    s = config["synthesize"]
+    return {
+        "steps": s["ddim_steps"],
+        "guidance": s["guidance"],
+        "batch_size": s["batch_size"],
+        "seed": config["seed"],
+        "weights": s["weights"],
+        "clip_x0": s["clip_x0"],
+    }
+
+
+def get_synth_shards(wildcards):
+    synth = SYNTHETIC[wildcards.synth]
+    return [
+        f"results/synthetic/{wildcards.synth}/shard-{k:03d}"
+        for k in range(synth.n_shards)
+    ]
+
+
+def get_synth_shard_rows(wildcards):
+    """(start, stop) covariate rows of one synthesis shard."""
+    rows = SYNTHETIC[wildcards.synth].shard_rows(int(wildcards.shard))
+    return [rows.start, rows.stop]
+
+
+def get_synth_real_store(wildcards):
+    """Index of the real store whose images a synthetic cohort is compared with."""
+    return f"results/stores/{SYNTHETIC[wildcards.synth].real}/index.tsv"
+
+
 def get_provenance_inputs(wildcards):
     """The participants tables whose checksums the provenance page records, and every
     other final output, so that provenance runs after the rest of the DAG."""
@@ -98,6 +147,17 @@ def get_provenance_inputs(wildcards):
 def get_all_outputs(provenance=True):
     """Every final output; the provenance page last (it needs all the others)."""
     outputs = []
+    if PRETRAIN:
+        outputs += [
+            "results/figures/pretrain/loss_curve.png",
+            "results/figures/pretrain/samples.png",
+        ]
+    for name in SYNTHETIC:
+        outputs += [
+            f"results/evaluate/similarity/{name}.tsv",
+            f"results/evaluate/audit/{name}_gate.tsv",
+            f"results/export/{name}",
+        ]
     for name, cohort in COHORTS.items():
         outputs.append(f"results/stores/{name}/index.tsv")
         outputs.append(f"results/qc/{name}/registration.tsv")

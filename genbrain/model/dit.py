@@ -59,7 +59,8 @@ PRESETS: dict[str, dict[str, int]] = {
     "L/256": {"depth": 24, "hidden_size": 1024, "num_heads": 16, "patch_size": 256},  # paper, ~460M
     "B/256": {"depth": 12, "hidden_size": 768, "num_heads": 12, "patch_size": 256},
     "S/256": {"depth": 12, "hidden_size": 384, "num_heads": 6, "patch_size": 256},
-    "tiny/256": {"depth": 4, "hidden_size": 128, "num_heads": 4, "patch_size": 256},  # CPU demo
+    "demo/256": {"depth": 2, "hidden_size": 256, "num_heads": 4, "patch_size": 256},  # make demo
+    "tiny/256": {"depth": 4, "hidden_size": 128, "num_heads": 4, "patch_size": 256},  # CPU tests
     "nano/256": {"depth": 2, "hidden_size": 64, "num_heads": 2, "patch_size": 256},  # unit tests
 }
 POS_EMBEDS = ("raster2d", "centroid3d")

@@ -132,14 +132,14 @@ def test_build_dit_unknown_preset_names_the_choices():
         build_dit("XL/2", V)
     msg = str(err.value)
     assert "\n" not in msg and "'XL/2'" in msg
-    assert all(name in msg for name in ("L/256", "B/256", "S/256", "tiny/256", "nano/256"))
+    assert all(name in msg for name in ("L/256", "B/256", "S/256", "demo/256", "tiny/256", "nano/256"))
 
 
 def test_presets_sizes():
     with torch.device("meta"):  # shapes only, no memory
         n = {k: sum(p.numel() for p in build_dit(k, 228_483).parameters()) for k in PRESETS}
     assert 455e6 < n["L/256"] < 465e6  # the paper's ~460M
-    assert n["L/256"] > n["B/256"] > n["S/256"] > n["tiny/256"] > n["nano/256"]
+    assert n["L/256"] > n["B/256"] > n["S/256"] > n["demo/256"] > n["tiny/256"] > n["nano/256"]
 
 
 def model_with_heads() -> DiT:

@@ -1,6 +1,7 @@
 """The embedded demo end to end (slow: minutes), and determinism of a small slice."""
 
 import hashlib
+import shutil
 
 import numpy as np
 import pandas as pd
@@ -11,6 +12,7 @@ from scipy import stats
 from genbrain.io import read_tsv
 from genbrain.space import standard_space
 from genbrain.store import ImageStore
+from genbrain.train import loss_history
 from tests.workflow.helpers import ROOT, snakemake
 
 
@@ -81,6 +83,79 @@ def test_demo_store_carries_the_planted_disease_effect(demo):
     t_control, _ = stats.ttest_ind(x[patients][:, control], x[~patients][:, control])
     assert np.nanmean(t_region) < -2.0
     assert abs(np.nanmean(t_control)) < 1.0
+
+
+
+@pytest.mark.slow
+def test_demo_pretrains_synthesizes_evaluates_and_exports(demo):
+    cfg = yaml.safe_load((ROOT / "config" / "demo.yaml").read_text())
+    res = demo / "results"
+    steps = cfg["pretrain"]["train"]["steps"]
+    losses = loss_history(res / "pretrain" / "checkpoint.pt")
+    assert len(losses) == steps and np.isfinite(losses).all()
+    assert losses[-50:].mean() < 0.5 * losses[:10].mean()  # it learns
+    split = read_tsv(res / "pretrain" / "split.tsv")
+    assert set(split["split"]) == {"train", "holdout"}
+    for png in ("pretrain/loss_curve.png", "pretrain/samples.png",
+                "evaluate/similarity_pretrain.png", "evaluate/audit_pretrain.png"):
+        assert (res / "figures" / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", png
+    sim = cfg["evaluate"]["similarity"]
+    n_rows = sim["cohort_size"] * sim["n_cohorts"] * len(sim["modalities"]) * sim["k"]
+    syn = ImageStore(res / "synthetic" / "pretrain" / "index.tsv")
+    assert len(syn) == n_rows
+    assert len(list((res / "synthetic" / "pretrain").glob("shard-*"))) == -(
+        -n_rows // cfg["synthesize"]["shard_size"])
+    assert np.isfinite(syn.batch(range(len(syn)))).all()
+    held = set(split.loc[split["split"] == "holdout", "participant_id"])
+    assert set(syn.table["source_participant_id"]) <= held
+    table = read_tsv(res / "evaluate" / "similarity" / "pretrain.tsv")
+    assert len(table) == 3 * sim["n_cohorts"] * 2 and set(table["n"]) == {sim["cohort_size"]}
+    assert table.loc[table["kind"] == "real", "cosine"].mean() > 0.3  # real cohorts agree
+    audit = read_tsv(res / "evaluate" / "audit" / "pretrain.tsv")
+    assert len(audit) == n_rows
+    train_ids = set(split.loc[split["split"] == "train", "participant_id"])
+    assert set(audit["training_participant_id"]) <= train_ids
+    gate = read_tsv(res / "evaluate" / "audit" / "pretrain_gate.tsv")
+    assert bool(gate["passed"].item()) and gate["max_r"].item() <= 0.95
+    images = sorted((res / "export" / "pretrain").rglob("*.nii.gz"))
+    assert len(images) == cfg["export"]["max_images"]
+    assert all(p.with_name(p.name.replace(".nii.gz", ".json")).exists() for p in images)
+
+
+@pytest.mark.slow
+def test_privacy_gate_stops_the_export_of_a_planted_training_copy(demo):
+    """An exact copy of a training image planted into the synthetic store: the audit finds it,
+    the gate fails naming both images, and no export is written."""
+    res = demo / "results"
+    split = read_tsv(res / "pretrain" / "split.tsv")
+    victim = sorted(split.loc[split["split"] == "train", "participant_id"])[0]
+    real = ImageStore(res / "stores" / "population" / "index.tsv", modalities=["VBM"],
+                      participants=[victim])
+    syn = ImageStore(res / "synthetic" / "pretrain" / "index.tsv")
+    first = syn.table.iloc[0]
+    shard = res / "synthetic" / "pretrain" / first["shard"]
+    original = shard.read_bytes()
+    export = res / "export" / "pretrain"
+    try:
+        x = np.load(shard, mmap_mode="r+")
+        x[int(first["row"])] = real[0].astype(x.dtype)
+        x.flush()
+        del x
+        shutil.rmtree(export)
+        out = snakemake("--cores", "2", "-d", str(demo), "--configfile",
+                        str(ROOT / "config" / "demo.yaml"), "--forcerun", "audit_memorisation",
+                        str(export.relative_to(demo)), timeout=900)
+        assert out.returncode != 0
+        log = (demo / "logs" / "privacy_gate" / "pretrain.log").read_text()
+        assert f"synthetic {first['synthetic_id']} ~ training {victim} (VBM, r = 1.0000)" in log
+        assert f"{victim} (VBM, r = 1.0000)" in out.stderr
+        assert not export.exists()
+        assert not (res / "evaluate" / "audit" / "pretrain_gate.tsv").exists()
+    finally:  # put the demo back as it was for the other tests
+        shard.write_bytes(original)
+        snakemake("--cores", "2", "-d", str(demo), "--configfile",
+                  str(ROOT / "config" / "demo.yaml"), "--forcerun", "audit_memorisation",
+                  timeout=900)
 
 
 TINY = {

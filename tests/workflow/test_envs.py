@@ -6,6 +6,8 @@ import yaml
 
 from tests.workflow.helpers import ROOT
 
+CONDA_TO_PIP = {"pytorch": "torch"}  # conda-forge names that differ from the PyPI ones
+
 
 def _lock() -> dict[str, str]:
     pins = {}
@@ -32,11 +34,27 @@ def test_every_env_pins_exact_versions_that_match_the_lock():
             if dep == "pip":
                 continue
             name, _, version = dep.partition("=")
+            version, _, build = version.partition("=")  # pytorch=2.13.0=cuda*: a build string
             assert re.fullmatch(r"[0-9][0-9a-z.]*", version), f"{env.name}: {dep} is not pinned"
             if name == "python":
                 assert version == "3.11"
                 continue
-            assert lock[name.lower()] == version, f"{env.name}: {dep} vs lock {lock.get(name)}"
+            pip_name = CONDA_TO_PIP.get(name, name).lower()
+            assert lock[pip_name] == version, f"{env.name}: {dep} vs lock {lock.get(pip_name)}"
+
+
+def test_the_model_env_pins_a_cuda_build_of_pytorch():
+    spec = yaml.safe_load((ROOT / "envs" / "model.yaml").read_text())
+    torch_pins = [d for d in spec["dependencies"] if isinstance(d, str) and
+                  d.startswith("pytorch=")]
+    assert torch_pins == [f"pytorch={_lock()['torch']}=cuda*"]
+
+
+def test_model_rules_use_the_model_env():
+    for name in ("pretrain.smk", "synthesize.smk", "evaluate.smk"):
+        text = (ROOT / "rules" / name).read_text()
+        assert re.findall(r'conda:\n\s+"([^"]+)"', text), name
+        assert set(re.findall(r'conda:\n\s+"([^"]+)"', text)) == {"../envs/model.yaml"}, name
 
 
 def test_every_rule_names_an_existing_env():

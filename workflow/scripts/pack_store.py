@@ -1,4 +1,4 @@
-"""Merge the chunk indices of a cohort into its image-store index."""
+"""Merge the chunk (or shard) indices of a cohort store into its image-store index."""
 
 import sys
 
@@ -11,7 +11,7 @@ def main(smk):
 
     from genbrain.store import merge_indices
 
-    index = merge_indices([f"{d}/index.tsv" for d in smk.input.chunks], smk.output.index)
+    index = merge_indices([f"{d}/index.tsv" for d in smk.input], smk.output.index)
     logging.getLogger("genbrain").info(
         "%d images of %d subjects in %s", len(index), index["participant_id"].nunique(),
         smk.output.index)

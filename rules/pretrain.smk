@@ -1,0 +1,96 @@
+rule split_pretrain:
+    """Hold out a seeded fraction of the pretraining cohort's participants (per site) for the
+    evaluation of the pretrained model; the rest is the training split."""
+    input:
+        participants=get_pretrain_participants,
+    output:
+        split="results/pretrain/split.tsv",
+    log:
+        "logs/split_pretrain.log",
+    conda:
+        "../envs/model.yaml"
+    params:
+        fraction=config["pretrain"]["holdout_fraction"],
+        seed=config["seed"],
+    script:
+        "../workflow/scripts/split_pretrain.py"
+
+
+rule pretrain_dit:
+    """Pretrain the GenBrain DiT (IDDPM hybrid loss) on the training split of the pretraining
+    cohort's image store. Resumable: rerunning continues from the last checkpoint in the work
+    folder (results/pretrain/work/), which is deliberately not a declared output."""
+    input:
+        index=get_pretrain_store,
+        split="results/pretrain/split.tsv",
+    output:
+        checkpoint="results/pretrain/checkpoint.pt",
+    log:
+        "logs/pretrain_dit.log",
+    benchmark:
+        "results/benchmarks/pretrain_dit/pretrain.tsv"
+    retries: 2
+    conda:
+        "../envs/model.yaml"
+    threads: 8
+    resources:
+        gpu=1,
+        mem_mb=32000,
+        runtime=2880,
+    params:
+        train=config["pretrain"]["train"],
+        work_dir="results/pretrain/work",
+        seed=config["seed"],
+    script:
+        "../workflow/scripts/pretrain_dit.py"
+
+
+rule pretrain_loss_curve:
+    """Training loss of every pretraining step, raw and smoothed (table and figure)."""
+    input:
+        checkpoint="results/pretrain/checkpoint.pt",
+    output:
+        table="results/pretrain/loss.tsv",
+        png=report(
+            "results/figures/pretrain/loss_curve.png",
+            caption="../workflow/report/pretrain_loss_curve.rst",
+            category="Pretraining",
+            labels={"model": "pretrained", "figure": "loss curve"},
+        ),
+    log:
+        "logs/pretrain_loss_curve.log",
+    conda:
+        "../envs/model.yaml"
+    script:
+        "../workflow/scripts/pretrain_loss_curve.py"
+
+
+rule pretrain_samples:
+    """Synthetic images of every pretraining modality for one age/sex condition beside real
+    hold-out images of the nearest condition (the paper's Fig. 2c)."""
+    input:
+        checkpoint="results/pretrain/checkpoint.pt",
+        index=get_pretrain_store,
+        split="results/pretrain/split.tsv",
+    output:
+        png=report(
+            "results/figures/pretrain/samples.png",
+            caption="../workflow/report/pretrain_samples.rst",
+            category="Pretraining",
+            labels={"model": "pretrained", "figure": "synthetic vs real"},
+        ),
+    log:
+        "logs/pretrain_samples.log",
+    benchmark:
+        "results/benchmarks/pretrain_samples/pretrain.tsv"
+    conda:
+        "../envs/model.yaml"
+    threads: 8
+    resources:
+        gpu=1,
+        runtime=60,
+    params:
+        condition=config["pretrain"]["samples"],
+        sampling=get_sampling,
+    script:
+        "../workflow/scripts/pretrain_samples.py"

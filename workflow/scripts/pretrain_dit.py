@@ -1,0 +1,21 @@
+"""Pretrain the DiT on the training split; resumes from the work folder's checkpoint.
+
+One GPU (or none) trains in this process; ``resources: gpu=G`` (and ``nodes=N``) start
+torchrun with G processes over N nodes (see genbrain.pretrain.run_pretraining)."""
+
+import sys
+
+sys.path.insert(0, snakemake.scriptdir)  # noqa: F821
+from _smk import run  # noqa: E402
+
+
+def main(smk):
+    from genbrain.pretrain import run_pretraining
+
+    run_pretraining(smk.input.index, smk.input.split, smk.params.train, smk.params.work_dir,
+                    smk.output.checkpoint, seed=smk.params.seed, threads=smk.threads,
+                    gpus=int(smk.resources.get("gpu", 0)),
+                    nodes=int(smk.resources.get("nodes", 1)))
+
+
+run(main, snakemake)  # noqa: F821
