@@ -122,7 +122,9 @@ def browser(chromium):
 
 
 def _open(driver, html: Path) -> str:
-    """Load the report and wait until the app has drawn its menu; returns the page text."""
+    """Load the report and wait until the app has drawn its menu; returns the rendered text
+    (innerText: what the app drew, scripts excluded, including a long workflow description
+    that the app's centred layout pushes above the top of a small headless window)."""
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import WebDriverWait
 
@@ -130,7 +132,7 @@ def _open(driver, html: Path) -> str:
     driver.get(html.as_uri())
     WebDriverWait(driver, WAIT_S).until(
         lambda d: "Workflow" in d.find_element(By.TAG_NAME, "body").text)
-    return driver.find_element(By.TAG_NAME, "body").text
+    return driver.execute_script("return document.body.innerText")
 
 
 def _severe(driver) -> list[str]:
