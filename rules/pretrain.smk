@@ -79,6 +79,12 @@ rule pretrain_samples:
             category="Pretraining",
             labels={"model": "pretrained", "figure": "synthetic vs real"},
         ),
+        table=report(
+            "results/pretrain/samples.tsv",
+            caption="../workflow/report/pretrain_samples.rst",
+            category="Pretraining",
+            labels={"model": "pretrained", "figure": "samples vs the mean image"},
+        ),
     log:
         "logs/pretrain_samples.log",
     benchmark:

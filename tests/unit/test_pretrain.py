@@ -11,7 +11,7 @@ from genbrain.io import save_tsv
 from genbrain.pretrain import (launch_command, loss_table, pretrain, run_pretraining,
                               sample_panel, training_store)
 from genbrain.space import standard_space
-from genbrain.store import merge_indices, write_shard
+from genbrain.store import ImageStore, merge_indices, write_shard
 from genbrain.synthesize import SamplingConfig
 from genbrain.train import loss_history
 
@@ -79,6 +79,12 @@ def test_sample_panel_pairs_each_modality_with_the_nearest_holdout(cohort, tmp_p
     assert pairs["modality"].tolist() == ["T1w", "VBM"]
     # hold-out: sub-4 (F, 62) and sub-5 (M, 70): the male one is chosen for a male condition
     assert pairs["real"].tolist() == ["sub-5", "sub-5"]
+    # r with the hold-out mean image, checked against numpy on the images themselves
+    store = ImageStore(cohort / "index.tsv", modalities=["VBM"], participants=["sub-4", "sub-5"])
+    x = store.batch([0, 1]).astype(np.float64)
+    real = x[store.table.index[store.table["participant_id"] == "sub-5"][0]]
+    assert pairs["r_real"].iloc[1] == pytest.approx(np.corrcoef(real, x.mean(0))[0, 1], abs=1e-9)
+    assert pairs["r_synthetic"].between(-1, 1).all()
 
 
 def test_two_processes_under_torchrun_match_one(cohort, tmp_path, monkeypatch):

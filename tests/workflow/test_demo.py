@@ -99,6 +99,9 @@ def test_demo_pretrains_synthesizes_evaluates_and_exports(demo):
     for png in ("pretrain/loss_curve.png", "pretrain/samples.png",
                 "evaluate/similarity_pretrain.png", "evaluate/audit_pretrain.png"):
         assert (res / "figures" / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", png
+    samples = read_tsv(res / "pretrain" / "samples.tsv")
+    assert sorted(samples["modality"]) == sorted(cfg["cohorts"]["population"]["modalities"])
+    assert (samples["r_real"] > 0.7).all()  # the sanity check's real side: brains are alike
     sim = cfg["evaluate"]["similarity"]
     n_rows = sim["cohort_size"] * sim["n_cohorts"] * len(sim["modalities"]) * sim["k"]
     syn = ImageStore(res / "synthetic" / "pretrain" / "index.tsv")

@@ -9,15 +9,18 @@ from _smk import run  # noqa: E402
 def main(smk):
     import torch
 
+    from genbrain.io import save_tsv
     from genbrain.modalities import registry_from_config
     from genbrain.pretrain import sample_panel
     from genbrain.synthesize import SamplingConfig
 
     torch.set_num_threads(smk.threads)
     condition = smk.params.condition
-    sample_panel(smk.input.checkpoint, smk.input.index, smk.input.split, condition["age"],
-                 condition["sex"], SamplingConfig(**smk.params.sampling, k=1),
-                 smk.output.png, registry_from_config(smk.config))
+    pairs = sample_panel(smk.input.checkpoint, smk.input.index, smk.input.split,
+                         condition["age"], condition["sex"],
+                         SamplingConfig(**smk.params.sampling, k=1), smk.output.png,
+                         registry_from_config(smk.config))
+    save_tsv(pairs, smk.output.table)
 
 
 run(main, snakemake)  # noqa: F821
