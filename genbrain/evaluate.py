@@ -19,27 +19,17 @@ from __future__ import annotations
 import logging
 import os
 
-import numpy as np
 import pandas as pd
 
 from genbrain import audit as _audit
 from genbrain.errors import GenbrainInputError
 from genbrain.figures import audit_histogram, similarity_figure
 from genbrain.io import read_tsv, save_tsv
+from genbrain.splits import split_ids
 from genbrain.stats.similarity import Cohort, similarity_protocol
 from genbrain.store import ImageStore
 
 log = logging.getLogger(__name__)
-
-
-def _split_ids(split: str | os.PathLike, which: str) -> set[str]:
-    table = read_tsv(split)
-    if "split" not in table.columns or "participant_id" not in table.columns:
-        raise GenbrainInputError(f"{split}: not a split table (needs participant_id, split)")
-    ids = set(table.loc[table["split"] == which, "participant_id"].astype(str))
-    if not ids:
-        raise GenbrainInputError(f"{split}: no participants with split '{which}'")
-    return ids
 
 
 def _need(table: pd.DataFrame, columns: tuple[str, ...], source: str) -> None:
@@ -103,7 +93,7 @@ def similarity_report(synthetic_index: str | os.PathLike, cohorts: str | os.Path
                       out_table: str | os.PathLike, out_png: str | os.PathLike) -> pd.DataFrame:
     """Run :func:`similarity_tables` on the workflow's files; write the table and figure."""
     table = similarity_tables(ImageStore(synthetic_index), ImageStore(real_index),
-                              read_tsv(cohorts), _split_ids(split, "train"),
+                              read_tsv(cohorts), split_ids(split, "train"),
                               source=str(synthetic_index))
     save_tsv(table, out_table)
     n = int(table["n"].iloc[0])
@@ -121,7 +111,7 @@ def audit_report(synthetic_index: str | os.PathLike, real_index: str | os.PathLi
     synthetic = ImageStore(synthetic_index)
     modalities = sorted(pd.unique(synthetic.table["modality"]))
     training = ImageStore(real_index, modalities=modalities,
-                          participants=_split_ids(split, "train"))
+                          participants=split_ids(split, "train"))
     if len(training) == 0:
         raise GenbrainInputError(f"{real_index}: no training-split images of {modalities}")
     audit = _audit.memorisation_audit(synthetic, training, progress=True)
@@ -142,6 +132,5 @@ def privacy_gate(audit: str | os.PathLike, threshold: float,
     gate = _audit.privacy_gate(table, threshold, source=str(audit))
     save_tsv(gate, out_gate)
     log.info("privacy gate passed: %d synthetic images, max r %.4f <= %g", len(table),
-             float(np.nanmax(pd.to_numeric(table["max_r"]))) if len(table) else np.nan,
-             threshold)
+             gate["max_r"].item(), threshold)
     return gate

@@ -30,10 +30,11 @@ import pandas as pd
 import torch
 
 from genbrain.errors import GenbrainInputError
-from genbrain.io import atomic_path, read_tsv
-from genbrain.store import ImageStore
 from genbrain.figures import synthetic_vs_real
+from genbrain.io import atomic_path
 from genbrain.modalities import DEFAULT_REGISTRY, ModalityRegistry
+from genbrain.splits import split_ids
+from genbrain.store import ImageStore
 from genbrain.synthesize import SamplingConfig, sample_table
 from genbrain.train import TrainConfig, load_for_sampling, loss_history, train
 
@@ -43,9 +44,7 @@ log = logging.getLogger(__name__)
 def training_store(index: str | os.PathLike, split: str | os.PathLike | pd.DataFrame,
                    modalities: list[str] | None = None) -> ImageStore:
     """The store's images of participants whose ``split`` is ``train``."""
-    table = split if isinstance(split, pd.DataFrame) else read_tsv(split)
-    ids = table.loc[table["split"] == "train", "participant_id"]
-    store = ImageStore(index, modalities=modalities, participants=ids)
+    store = ImageStore(index, modalities=modalities, participants=split_ids(split, "train"))
     if len(store) == 0:
         raise GenbrainInputError(f"{index}: no images of training-split participants")
     return store
@@ -160,9 +159,8 @@ def sample_panel(checkpoint: str | os.PathLike, index: str | os.PathLike,
     for the real image drawn (typically 0.85-0.99: every brain resembles the mean brain; a
     sample of noise scores ~0)."""
     model, norms, config = load_for_sampling(checkpoint, sampling.weights)
-    table = read_tsv(split)
-    held = table.loc[table["split"] == "holdout", "participant_id"]
-    store = ImageStore(index, modalities=config.modalities, participants=held)
+    store = ImageStore(index, modalities=config.modalities,
+                       participants=split_ids(split, "holdout"))
     if len(store) == 0:
         raise GenbrainInputError(f"{index}: no hold-out images to compare samples with")
     mods = sorted(store.table["modality"].unique(), key=lambda m: registry[m].index)
@@ -170,22 +168,23 @@ def sample_panel(checkpoint: str | os.PathLike, index: str | os.PathLike,
                                "sex": sex, "modality": mods})
     synthetic = sample_table(model, norms, config, covariates, sampling, registry, "samples")
     t = store.table
-    rows, labels, r_syn, r_real = [], [], [], []
+    rows, real, labels, r_syn, r_real = [], [], [], [], []
     for j, m in enumerate(mods):
         of_m = t[t["modality"] == m]
         cand = of_m[of_m["sex"] == sex]
         cand = cand if len(cand) else of_m
         best = cand.index[np.argmin(np.abs(cand["age"].to_numpy(float) - age))]
         rows.append(int(best))
+        real.append(store[int(best)])
         mean = store.batch(of_m.index[:n_mean]).astype(np.float64).mean(axis=0)
-        r_real.append(float(np.corrcoef(store[int(best)].astype(np.float64), mean)[0, 1]))
+        r_real.append(float(np.corrcoef(real[-1].astype(np.float64), mean)[0, 1]))
         r_syn.append(float(np.corrcoef(synthetic[j].astype(np.float64), mean)[0, 1]))
         labels.append(f"{t.at[best, 'participant_id']} ({t.at[best, 'sex']}, "
                       f"{t.at[best, 'age']:.0f} y)\nr with mean: real {r_real[-1]:.2f}, "
                       f"synthetic {r_syn[-1]:.2f}")
         log.info("%s: r with the hold-out mean image: synthetic %.3f, real %.3f", m, r_syn[-1],
                  r_real[-1])
-    synthetic_vs_real(store.batch(rows), synthetic, mods, out_png, labels,
+    synthetic_vs_real(np.stack(real), synthetic, mods, out_png, labels,
                       title=f"synthetic: {sex}, {age:g} y (DDIM-{sampling.steps}, CFG "
                             f"{sampling.guidance}); real: nearest hold-out subject")
     return pd.DataFrame({"modality": mods, "real": [t.at[r, "participant_id"] for r in rows],

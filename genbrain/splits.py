@@ -8,10 +8,13 @@ taken from the pretraining data. Every draw here is seeded, so two runs use the 
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import pandas as pd
 
 from genbrain.errors import GenbrainInputError
+from genbrain.io import read_tsv
 
 SPLITS = ("train", "holdout")
 
@@ -39,6 +42,20 @@ def holdout_split(participants: pd.DataFrame, fraction: float, seed: int) -> pd.
         table.loc[table.index[rows[is_held]], "split"] = "holdout"
     return table.reset_index(drop=True)
 
+
+
+def split_ids(split: str | os.PathLike | pd.DataFrame, which: str) -> set[str]:
+    """participant_ids whose ``split`` is ``which`` (``train`` or ``holdout``) in a split table
+    (a :func:`holdout_split` result or its TSV); a one-line error when there are none."""
+    table = split if isinstance(split, pd.DataFrame) else read_tsv(split)
+    source = "split table" if isinstance(split, pd.DataFrame) else str(split)
+    missing = [c for c in ("participant_id", "split") if c not in table.columns]
+    if missing:
+        raise GenbrainInputError(f"{source}: not a split table (missing columns {missing})")
+    ids = set(table.loc[table["split"] == which, "participant_id"].astype(str))
+    if not ids:
+        raise GenbrainInputError(f"{source}: no participants with split '{which}'")
+    return ids
 
 def evaluation_cohorts(split: pd.DataFrame, cohort_size: int, n_cohorts: int,
                        seed: int) -> pd.DataFrame:

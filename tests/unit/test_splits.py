@@ -5,7 +5,8 @@ import pandas as pd
 import pytest
 
 from genbrain.errors import GenbrainInputError
-from genbrain.splits import evaluation_cohorts, holdout_split, similarity_covariates
+from genbrain.io import save_tsv
+from genbrain.splits import evaluation_cohorts, holdout_split, similarity_covariates, split_ids
 
 
 def people(n_a: int = 40, n_b: int = 20) -> pd.DataFrame:
@@ -58,3 +59,15 @@ def test_similarity_covariates_mirror_every_member_k_times_per_modality():
     first = cov[(cov.modality == "VBM") & (cov.participant_id == cohorts.participant_id[0])]
     assert first["sample"].tolist() == [0, 1]
     assert (first["age"] == cohorts.age[0]).all() and (first["sex"] == cohorts.sex[0]).all()
+
+
+def test_split_ids_reads_a_split_and_names_a_bad_one(tmp_path):
+    table = pd.DataFrame({"participant_id": ["sub-1", "sub-2", "sub-3"],
+                          "split": ["train", "holdout", "train"]})
+    assert split_ids(table, "train") == {"sub-1", "sub-3"}
+    save_tsv(table, tmp_path / "split.tsv")
+    assert split_ids(tmp_path / "split.tsv", "holdout") == {"sub-2"}
+    with pytest.raises(GenbrainInputError, match="split.tsv: no participants with split 'x'"):
+        split_ids(tmp_path / "split.tsv", "x")
+    with pytest.raises(GenbrainInputError, match=r"missing columns \['split'\]"):
+        split_ids(table.drop(columns="split"), "train")
