@@ -10,67 +10,12 @@ block. Positioned reads leave those pages in the shared page cache only.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Sequence
-from pathlib import Path
 
 import numpy as np
 
 from genbrain.errors import GenbrainInputError
-from genbrain.store import ImageStore
-
-
-class _NpyFile:
-    """One C-ordered (N, V) .npy file read with positioned reads."""
-
-    def __init__(self, path: Path, source: str):
-        self.path = path
-        if not path.exists():
-            raise GenbrainInputError(f"{source}: shard '{path}' listed in the index is missing")
-        with open(path, "rb") as fh:
-            try:
-                major, _ = np.lib.format.read_magic(fh)
-                header = (np.lib.format.read_array_header_1_0 if major == 1
-                          else np.lib.format.read_array_header_2_0)
-                shape, fortran, dtype = header(fh)
-            except ValueError as err:
-                raise GenbrainInputError(f"{path}: not a .npy image shard ({err})") from err
-            self.offset = fh.tell()
-        if len(shape) != 2 or fortran:
-            raise GenbrainInputError(f"{path}: expected a C-ordered (n_images, n_voxels) array, "
-                                     f"got shape {shape}{' (Fortran order)' if fortran else ''}")
-        self.shape, self.dtype = shape, np.dtype(dtype)
-        size = os.path.getsize(path)
-        if size < self.offset + shape[0] * shape[1] * self.dtype.itemsize:
-            raise GenbrainInputError(f"{path}: truncated shard ({size} bytes for shape {shape})")
-        self._fd: int | None = None
-
-    def fd(self) -> int:
-        if self._fd is None:
-            self._fd = os.open(self.path, os.O_RDONLY)
-        return self._fd
-
-    def read(self, rows: np.ndarray, start: int, stop: int, out: np.ndarray) -> None:
-        """Fill ``out`` (len(rows), stop - start) with rows[i][start:stop]; ``rows`` ascending.
-        Runs of consecutive full rows are read with one call."""
-        item, n_vox = self.dtype.itemsize, self.shape[1]
-        full = start == 0 and stop == n_vox
-        i = 0
-        while i < len(rows):
-            j = i + 1
-            if full:  # coalesce consecutive rows: one syscall for a contiguous run
-                while j < len(rows) and rows[j] == rows[j - 1] + 1:
-                    j += 1
-            offset = self.offset + (int(rows[i]) * n_vox + start) * item
-            view = memoryview(out[i:j]).cast("B")
-            got = os.preadv(self.fd(), [view], offset)
-            if got != view.nbytes:
-                raise GenbrainInputError(f"{self.path}: short read at row {rows[i]}")
-            i = j
-
-    def __del__(self) -> None:
-        if getattr(self, "_fd", None) is not None:
-            os.close(self._fd)
+from genbrain.store import ImageStore, NpyShard
 
 
 class ImageRows:
@@ -88,7 +33,7 @@ class ImageRows:
             self._source = str(images.index_path)
             root = images.index_path.parent
             names = sorted(images.table["shard"].unique())
-            self._files = [_NpyFile(root / s, self._source) for s in names]
+            self._files = [NpyShard(root / s, self._source) for s in names]
             code = {s: i for i, s in enumerate(names)}
             self._shard_of = images.table["shard"].map(code).to_numpy(np.int64)
             self._row_of = images.table["row"].to_numpy(np.int64)

@@ -44,7 +44,8 @@ def test_float16_store_keeps_normalised_values(tmp_path):
 def test_store_errors(tmp_path):
     d1, _ = _chunk(tmp_path, "a", 2, 0)
     (d1 / "T1w.npy").unlink()
-    with pytest.raises(GenbrainInputError, match="shard 'T1w.npy' listed in the index is missing"):
+    with pytest.raises(GenbrainInputError,
+                       match=r"index.tsv: shard '.*/a/T1w.npy' listed in the index is missing"):
         ImageStore(d1 / "index.tsv")
     save_tsv(pd.DataFrame({"participant_id": ["sub-1"]}), tmp_path / "bad.tsv")
     with pytest.raises(GenbrainInputError, match="not an image-store index"):
@@ -64,3 +65,21 @@ def test_batched_rows_equal_item_by_item_reads_in_any_order(tmp_path):
     assert rows.dtype == np.float32  # the shards were written as float32
     np.testing.assert_array_equal(rows, np.stack([store[i] for i in items]))
     assert store.rows([]).shape == (0, 50)
+    # one shard, consecutive rows (one read) then a jump back
+    np.testing.assert_array_equal(store.rows([0, 1, 2, 0]), np.stack([a[0], a[1], a[2], a[0]]))
+
+
+def test_positioned_reads_survive_pickling_and_report_bad_shards(tmp_path):
+    """DataLoader workers receive a pickled store: each opens its own file descriptor."""
+    import pickle
+
+    d1, a = _chunk(tmp_path, "a", 3, 0)
+    store = ImageStore(d1 / "index.tsv")
+    np.testing.assert_array_equal(store.rows([2]), a[2:3])  # opens the shard's descriptor
+    clone = pickle.loads(pickle.dumps(store))
+    assert clone._shards[0]._fd is None
+    np.testing.assert_array_equal(clone.rows([1, 2]), a[1:3])
+    # a shard cut short after the index was written: one line naming the file
+    (d1 / "T1w.npy").write_bytes((d1 / "T1w.npy").read_bytes()[:300])
+    with pytest.raises(GenbrainInputError, match=r"T1w.npy: truncated shard"):
+        ImageStore(d1 / "index.tsv").rows([0])
