@@ -181,7 +181,8 @@ def sample_table(model: DiT, norms: Mapping[str, Mapping[str, float]], config: T
     samples; progress (rows, images/s, ETA) is logged after every batch."""
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     labels = condition_labels(table, model, norms, config, registry, source)
-    sampler = DDIMSampler(GaussianDiffusion.linear(), steps=sampling.steps,
+    sampler = DDIMSampler(GaussianDiffusion.linear(prediction=config.prediction),
+                          steps=sampling.steps,
                           guidance_scale=sampling.guidance, clip_x0=sampling.clip_x0)
     model = model.to(device).eval()
     ids = table["synthetic_id"].to_numpy(np.int64)

@@ -68,7 +68,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 
 from genbrain.errors import GenbrainInputError
 from genbrain.io import atomic_path
-from genbrain.model.diffusion import GaussianDiffusion
+from genbrain.model.diffusion import PREDICTIONS, GaussianDiffusion
 from genbrain.model.dit import N_MODALITIES, PRESETS, DiT, dit_from_spec
 from genbrain.store import ImageStore
 
@@ -98,6 +98,10 @@ class TrainConfig:
 
     Model (a fresh run; fine-tuning takes the architecture of ``init_checkpoint``): ``preset``
     from ``PRESETS``; ``patch_size`` overrides the preset's (small tests); ``pos_embed``;
+    ``prediction``: what the network predicts, ``epsilon`` (the paper) or ``v`` (see
+    :mod:`genbrain.model.diffusion`); ``modality_templates``: embed each modality's mean
+    training image into the tokens (see :mod:`genbrain.model.dit`; the mean is taken over at
+    most ``template_images`` images per modality, evenly spread over the training items);
     ``n_modalities`` rows of the modality table.
     Data: ``modalities`` keeps only these store modalities (None = all); ``diagnosis_levels``
     feeds ``diagnosis`` as the disease label (index = position); ``score_column`` feeds that
@@ -115,6 +119,9 @@ class TrainConfig:
     preset: str = "L/256"
     patch_size: int | None = None
     pos_embed: str = "raster2d"
+    prediction: str = "epsilon"
+    modality_templates: bool = False
+    template_images: int = 2000
     n_modalities: int = N_MODALITIES
     modalities: list[str] | None = None
     diagnosis_levels: list[str] | None = None
@@ -142,10 +149,12 @@ class TrainConfig:
             bad("preset", f"one of {', '.join(PRESETS)}")
         if self.finetune not in FINETUNE_MODES:
             bad("finetune", f"one of {', '.join(FINETUNE_MODES)}")
+        if self.prediction not in PREDICTIONS:
+            bad("prediction", f"one of {', '.join(PREDICTIONS)}")
         if self.sampling_weights not in WEIGHTS:
             bad("sampling_weights", f"one of {', '.join(WEIGHTS)}")
         for key in ("steps", "global_batch", "checkpoint_every", "log_every", "finetune_k",
-                    "n_modalities"):
+                    "n_modalities", "template_images"):
             if not isinstance(getattr(self, key), int) or getattr(self, key) < 1:
                 bad(key, "an integer >= 1")
         for key in ("micro_batch", "patch_size"):
@@ -279,13 +288,17 @@ class VoxelDataset(Dataset):
         (n,). DataLoader calls this instead of n ``__getitem__`` calls; rows of each store are
         read together (:meth:`ImageStore.rows`)."""
         idx = np.asarray(indices, dtype=np.int64)
-        x = None
-        for s in np.unique(self._store[idx]):
-            sel = np.flatnonzero(self._store[idx] == s)
-            block = self.stores[int(s)].rows(self._row[idx[sel]])  # (m, V)
-            if x is None:
-                x = np.empty((len(idx), block.shape[1]), dtype=block.dtype)
-            x[sel] = block
+        stores = np.unique(self._store[idx])
+        if len(stores) == 1:  # the usual case: the store's rows are the batch, no second copy
+            x = self.stores[int(stores[0])].rows(self._row[idx])
+        else:
+            x = None
+            for s in stores:
+                sel = np.flatnonzero(self._store[idx] == s)
+                block = self.stores[int(s)].rows(self._row[idx[sel]])  # (m, V)
+                if x is None:
+                    x = np.empty((len(idx), block.shape[1]), dtype=block.dtype)
+                x[sel] = block
         batch = {"x": torch.from_numpy(x).unsqueeze(1)}  # (n, 1, V)
         batch.update({k: torch.from_numpy(v[idx]) for k, v in self._labels.items()})
         return batch
@@ -435,10 +448,12 @@ def _build_model(config: TrainConfig, n_voxels: int, init: Mapping | None,
             arch["patch_size"] = config.patch_size or arch["patch_size"]
             return DiT(n_voxels, **arch, n_modalities=config.n_modalities,
                        pos_embed=config.pos_embed, token_centroids=token_centroids,
-                       label_dropout=config.label_dropout)
+                       label_dropout=config.label_dropout,
+                       modality_templates=config.modality_templates)
         pre = init["config"]["train"]
-        for key in ("preset", "patch_size", "pos_embed"):
-            if pre.get(key) != getattr(config, key):
+        older = {"modality_templates": False}  # what checkpoints without the key had
+        for key in ("preset", "patch_size", "pos_embed", "modality_templates"):
+            if pre.get(key, older.get(key)) != getattr(config, key):
                 raise GenbrainInputError(
                     f"{init_path}: the init checkpoint has {key} {pre.get(key)!r} but the "
                     f"training config asks for {getattr(config, key)!r}")
@@ -446,6 +461,27 @@ def _build_model(config: TrainConfig, n_voxels: int, init: Mapping | None,
     model.load_state_dict(init[pre["sampling_weights"]])  # the weights its sampler would use
     model.label_dropout = config.label_dropout
     return model
+
+
+def _set_templates(model: DiT, data: VoxelDataset, max_images: int) -> list[int]:
+    """Set the template of every modality of the training items that the model lacks: the
+    float64 mean of at most ``max_images`` of its items, evenly spread (deterministic, so every
+    rank computes the same image). Returns the modality indices set."""
+    if model.modality_templates is None:
+        return []
+    done = []
+    modality = data._labels["modality"]
+    for m in np.unique(modality):
+        if model.has_modality_template(int(m)):
+            continue
+        items = np.flatnonzero(modality == m)
+        items = items[np.linspace(0, len(items) - 1, min(max_images, len(items))).astype(int)]
+        total = np.zeros(data.n_voxels, np.float64)
+        for start in range(0, len(items), 64):
+            total += data.__getitems__(items[start:start + 64])["x"][:, 0].double().sum(0).numpy()
+        model.set_modality_template(int(m), total / len(items))
+        done.append(int(m))
+    return done
 
 
 def _trainable(model: DiT, before: Mapping[str, nn.Parameter], config: TrainConfig
@@ -694,6 +730,10 @@ def _train(config: TrainConfig, stores: StoreLike | Sequence[StoreLike], out_dir
     _operate(model, surgeries, config.seed)
     rules = _trainable(model, before, config)
     data.check_model(model)
+    if resume is None:  # (a resumed run restores them from its checkpoint)
+        new = _set_templates(model, data, config.template_images)
+        if new and rank == 0:
+            log.info("modality templates: mean images of modality indices %s", new)
     run_config = {"train": config.to_dict(), "model": _plain(model.spec()),
                   "norms": _plain(data.norms), "surgeries": _plain(surgeries),
                   "init_checkpoint": None if init_path is None else str(init_path)}
@@ -725,7 +765,7 @@ def _train(config: TrainConfig, stores: StoreLike | Sequence[StoreLike], out_dir
 
     net = DistributedDataParallel(model, device_ids=[device.index] if cuda else None) \
         if world > 1 else model
-    diffusion = GaussianDiffusion.linear()
+    diffusion = GaussianDiffusion.linear(prediction=config.prediction)
     order = ItemOrder(len(data), config.seed)
     loader = DataLoader(data, batch_sampler=MicroBatchSampler(order, position, B, micro, rank,
                                                               world),

@@ -14,6 +14,19 @@ Positional embedding: fixed sin-cos, stored as a buffer (in the state dict, neve
   :func:`token_centroids`), one 1-D sin-cos embedding per axis; the D dims are split across the
   three axes in even-sized parts as equal as possible (for D = 64: 22 + 22 + 20).
 
+Modality templates (optional, ``modality_templates=True``; off in the paper's presets). Each
+modality's population-mean image (the mean of its training images, a buffer set with
+:meth:`DiT.set_modality_template`, saved in the state dict) is patchified by its own
+``Conv1d(1, D, P, stride=P)`` and added to the tokens: the modality label is then embedded as an
+image as well as a vector, and every token knows the anatomy it covers. Why: a token's only other
+source of position is the fixed sin-cos embedding, from which a shallow, briefly trained network
+cannot build brain-specific spatial maps (the mean brain, a regional age effect); adaLN then
+modulates a shared per-channel scale and shift, which with anatomy-aware tokens directly gives
+effects that follow the anatomy. Measured on the demo (2 layers of width 256, 300 steps on 2 CPU
+cores): the x_0 estimate's age effect correlated r = 0.51 with the true regional age map with
+templates, r = 0.03-0.08 without (300-900 steps, learned positional embeddings included). A
+dropped (null) modality takes a zero template, consistently in training and sampling.
+
 Conditioning. ``c = t_emb + age_emb + sex_emb + modality_emb (+ heads)`` (N, D) drives adaLN-Zero
 in every block, exactly as DiT's ``c = t + y``. Age is continuous: the caller standardises it
 (z-score over the training cohort) and the embedder is Linear(1, D)-SiLU-Linear(D, D)-tanh.
@@ -250,13 +263,15 @@ class DiT(nn.Module):
         pos_embed: ``"raster2d"`` or ``"centroid3d"``.
         token_centroids: (T, 3) mean voxel coordinates per token, needed for ``centroid3d``.
         label_dropout: probability of dropping all labels of a sample while training (CFG).
+        modality_templates: embed each modality's mean image into the tokens (see the module
+            docstring); the images start at zero and are set with :meth:`set_modality_template`.
     """
 
     def __init__(self, n_voxels: int, *, hidden_size: int, depth: int, num_heads: int,
                  patch_size: int = 256, mlp_ratio: float = 4.0, in_channels: int = 1,
                  out_channels: int = 1, n_modalities: int = N_MODALITIES,
                  pos_embed: str = "raster2d", token_centroids: Any = None,
-                 label_dropout: float = LABEL_DROPOUT):
+                 label_dropout: float = LABEL_DROPOUT, modality_templates: bool = False):
         super().__init__()
         if pos_embed not in POS_EMBEDS:
             raise GenbrainInputError(
@@ -298,6 +313,15 @@ class DiT(nn.Module):
         pe = torch.tensor(pe, dtype=torch.float32).unsqueeze(0)  # (1, T, D)
         self.register_buffer("pos_embed", pe)
 
+        self.template_embedder: nn.Conv1d | None = None
+        if modality_templates:  # row m = modality m's mean image; the last (null) row stays 0
+            self.register_buffer("modality_templates",
+                                 torch.zeros(n_modalities + 1, n_voxels))  # (M + 1, V)
+            self.template_embedder = nn.Conv1d(1, hidden_size, patch_size, stride=patch_size,
+                                               bias=False)  # x_embedder's bias serves both
+        else:
+            self.modality_templates = None
+
         self.blocks = nn.ModuleList(
             [DiTBlock(hidden_size, num_heads, mlp_ratio) for _ in range(depth)])
         self.final_layer = FinalLayer(hidden_size, patch_size, 2 * out_channels)
@@ -313,6 +337,9 @@ class DiT(nn.Module):
         w = self.x_embedder.weight.data
         nn.init.xavier_uniform_(w.view(w.shape[0], -1))  # patch embed is a linear map of a patch
         nn.init.zeros_(self.x_embedder.bias)
+        if self.template_embedder is not None:  # a patch embedding too: the same init
+            w = self.template_embedder.weight.data
+            nn.init.xavier_uniform_(w.view(w.shape[0], -1))
         for emb in (self.sex_embedder, self.modality_embedder):
             nn.init.normal_(emb.weight, std=0.02)  # label tables: DiT's small normal init
         nn.init.normal_(self.t_embedder.mlp[0].weight, std=0.02)  # as DiT's timestep MLP
@@ -399,6 +426,12 @@ class DiT(nn.Module):
         # whole residual stream (elementwise ops keep their first input's strides), and every
         # LayerNorm and Linear would copy it
         x = self.x_embedder(x).transpose(1, 2).contiguous() + self.pos_embed  # (N, T, D)
+        if self.template_embedder is not None:
+            null = self.modality_templates.shape[0] - 1
+            rows = torch.where(drop, null, modality.long().reshape(-1))  # dropped: zero image
+            tmpl = F.pad(self.modality_templates[rows].unsqueeze(1),
+                         (0, self.n_tokens * self.patch_size - V))  # (N, 1, T * P)
+            x = x + self.template_embedder(tmpl.to(x.dtype)).transpose(1, 2)  # (N, T, D)
         for block in self.blocks:
             x = block(x, c)  # (N, T, D)
         x = self.final_layer(x, c)  # (N, T, P * 2 * C_out)
@@ -423,6 +456,26 @@ class DiT(nn.Module):
         nn.init.zeros_(head.mlp[2].bias)
         self.score_embedder = head
 
+    def set_modality_template(self, index: int, image: Tensor | np.ndarray) -> None:
+        """Store modality ``index``'s mean image (V,) (in the model's data space)."""
+        if self.modality_templates is None:
+            raise GenbrainInputError("this model was built without modality_templates")
+        n_mod = self.modality_templates.shape[0] - 1
+        if not 0 <= index < n_mod:
+            raise GenbrainInputError(f"modality index {index} is outside the model's table "
+                                     f"(0..{n_mod - 1})")
+        image = torch.as_tensor(np.asarray(image, dtype=np.float32)).reshape(-1)
+        if image.shape[0] != self.n_voxels:
+            raise GenbrainInputError(f"modality template has {image.shape[0]} voxels; the model "
+                                     f"has {self.n_voxels}")
+        with torch.no_grad():
+            self.modality_templates[index] = image.to(self.modality_templates.device)
+
+    def has_modality_template(self, index: int) -> bool:
+        """Whether modality ``index``'s template has been set (a zero image counts as unset)."""
+        return self.modality_templates is not None and bool(
+            self.modality_templates[index].abs().max() > 0)
+
     def extend_modalities(self, n_new: int) -> None:
         """Grow the modality table by ``n_new`` rows (indices n_old..n_old+n_new-1), keeping the
         pretrained rows; new rows start at zero; the null row moves to the new last index."""
@@ -433,6 +486,10 @@ class DiT(nn.Module):
             new.weight[:n_old] = old.weight[:n_old]
             new.weight[-1] = old.weight[-1]
         self.modality_embedder = new
+        if self.modality_templates is not None:  # new rows unset (zero) until trained on
+            grown = self.modality_templates.new_zeros(n_old + n_new + 1, self.n_voxels)
+            grown[:n_old] = self.modality_templates[:n_old]
+            self.modality_templates = grown
 
     def widen_input(self, n_extra_channels: int) -> None:
         """Accept ``n_extra_channels`` more input (image-conditioning) channels: the patch
@@ -460,6 +517,7 @@ class DiT(nn.Module):
             "n_diseases": _n_classes(self.disease_embedder),
             "n_parts": _n_classes(self.part_embedder),
             "score": self.score_embedder is not None,
+            "modality_templates": self.template_embedder is not None,
         }
 
 
@@ -484,11 +542,11 @@ def dit_from_spec(spec: dict[str, Any]) -> DiT:
 
 def build_dit(preset: str, n_voxels: int, n_modalities: int = N_MODALITIES, in_channels: int = 1,
               pos_embed: str = "raster2d", token_centroids: Any = None, out_channels: int = 1,
-              label_dropout: float = LABEL_DROPOUT) -> DiT:
+              label_dropout: float = LABEL_DROPOUT, modality_templates: bool = False) -> DiT:
     """A :class:`DiT` of a named size from ``PRESETS`` (e.g. ``"L/256"``) for V = n_voxels."""
     if preset not in PRESETS:
         raise GenbrainInputError(
             f"model preset '{preset}' is unknown; expected one of: {', '.join(PRESETS)}")
     return DiT(n_voxels, **PRESETS[preset], in_channels=in_channels, out_channels=out_channels,
                n_modalities=n_modalities, pos_embed=pos_embed, token_centroids=token_centroids,
-               label_dropout=label_dropout)
+               label_dropout=label_dropout, modality_templates=modality_templates)

@@ -275,3 +275,65 @@ def test_spec_rebuilds_the_model_with_its_heads():
     lab = full_labels(2)
     assert torch.equal(clone.eval()(x, t, **lab), model.eval()(x, t, **lab))
     assert math.isclose(clone.label_dropout, 0.5)
+
+
+# ------------------------------------------------------------------ modality templates
+
+
+def templated(seed: int = 4) -> DiT:
+    model = perturb(build_dit("nano/256", V, n_modalities=N_MOD, modality_templates=True))
+    g = torch.Generator().manual_seed(seed)
+    for m in range(N_MOD):
+        model.set_modality_template(m, torch.randn(V, generator=g))
+    return model
+
+
+def test_modality_templates_enter_the_tokens_of_their_modality_only():
+    model = templated()
+    x, t = inputs(4)
+    lab = labels(4)
+    lab["modality"] = torch.tensor([0, 1, 2, 3])
+    drop = torch.tensor([False, False, True, False])
+    out = model(x, t, **lab, force_drop=drop)
+    seen = {}
+    hook = model.template_embedder.register_forward_hook(lambda m, i, o: seen.update(inp=i[0]))
+    model(x, t, **lab, force_drop=drop)
+    hook.remove()
+    tmpl = seen["inp"][:, 0, :V]  # (N, V): what the embedder was given
+    for i in (0, 1, 3):
+        assert torch.equal(tmpl[i], model.modality_templates[int(lab["modality"][i])])
+    assert torch.count_nonzero(tmpl[2]) == 0  # a dropped (null) row takes the zero template
+    # changing modality 1's template changes row 1's output and nothing else
+    model.set_modality_template(1, torch.zeros(V))
+    assert not model.has_modality_template(1) and model.has_modality_template(0)
+    out2 = model(x, t, **lab, force_drop=drop)
+    same = [torch.equal(out[i], out2[i]) for i in range(4)]
+    assert same == [True, False, True, True]
+
+
+def test_modality_templates_survive_spec_state_dict_and_extension():
+    model = templated()
+    model.extend_modalities(2)
+    assert model.modality_templates.shape == (N_MOD + 3, V)
+    assert not model.has_modality_template(N_MOD) and not model.has_modality_template(N_MOD + 2)
+    clone = dit_from_spec(copy.deepcopy(model.spec()))
+    clone.load_state_dict(model.state_dict())  # strict: the buffer and embedder are there
+    assert torch.equal(clone.modality_templates, model.modality_templates)
+    x, t = inputs(2)
+    lab = labels(2)
+    assert torch.equal(clone.eval()(x, t, **lab), model.eval()(x, t, **lab))
+    # a model without templates has neither the buffer nor the embedder in its state dict
+    plain = build_dit("nano/256", V, n_modalities=N_MOD)
+    assert not any("template" in k for k in plain.state_dict())
+    assert dit_from_spec(plain.spec()).template_embedder is None
+
+
+def test_set_modality_template_errors():
+    plain = build_dit("nano/256", V, n_modalities=N_MOD)
+    with pytest.raises(ValueError, match="built without modality_templates"):
+        plain.set_modality_template(0, np.zeros(V))
+    model = templated()
+    with pytest.raises(ValueError, match=r"modality index 5 is outside the model's table \(0..4\)"):
+        model.set_modality_template(N_MOD, np.zeros(V))
+    with pytest.raises(ValueError, match="template has 999 voxels; the model has 1000"):
+        model.set_modality_template(0, np.zeros(V - 1))

@@ -147,10 +147,12 @@ train(TrainConfig.from_dict(json.loads(sys.argv[3])), sys.argv[1], sys.argv[2], 
 """
 
 
-def test_resume_after_sigkill_is_bitwise_exact(tmp_path):
+@pytest.mark.parametrize("variant", [{}, {"prediction": "v", "modality_templates": True}],
+                         ids=["paper", "v-templates"])
+def test_resume_after_sigkill_is_bitwise_exact(tmp_path, variant):
     # 6 images and batches of 4 (2 micro-batches of 2): batches straddle epochs.
     index = make_store(tmp_path / "s", n=6)
-    cfg = config(steps=12, micro_batch=2, checkpoint_every=3, label_dropout=0.5)
+    cfg = config(steps=12, micro_batch=2, checkpoint_every=3, label_dropout=0.5, **variant)
     whole = train(cfg, index, tmp_path / "whole")
 
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
@@ -351,3 +353,20 @@ def test_batched_fetch_equals_item_by_item_fetch(tmp_path):
     assert batch["x"].shape == (5, 1, V)
     for key, value in batch.items():
         torch.testing.assert_close(value, torch.stack([it[key] for it in items]), rtol=0, atol=0)
+
+
+def test_modality_templates_are_the_mean_training_images(tmp_path):
+    a = make_store(tmp_path / "a", n=6, modality="T1w", index=0)
+    b = make_store(tmp_path / "b", n=5, modality="VBM", index=1, seed=1)
+    cfg = config(steps=1, modality_templates=True, template_images=3)
+    result = train(cfg, [a, b], tmp_path / "run")
+    tmpl = state(result.checkpoint)["modality_templates"]  # (n_modalities + 1, V)
+    assert tmpl.shape == (3, V) and torch.count_nonzero(tmpl[2]) == 0  # null row stays 0
+    for row, index, rows in ((0, a, [0, 2, 5]), (1, b, [0, 2, 4])):  # 3 evenly spread images
+        x = np.load(index.parent / ("T1w.npy" if row == 0 else "VBM.npy")).astype(np.float64)
+        np.testing.assert_allclose(tmpl[row].numpy(), x[rows].mean(0), rtol=1e-6, atol=1e-6)
+    # the sampler's model carries them (EMA copy included)
+    model, _, got = load_for_sampling(result.checkpoint, weights="ema")
+    assert got.modality_templates and torch.equal(model.modality_templates, tmpl)
+    with pytest.raises(GenbrainInputError, match="'template_images' is 0; expected an integer"):
+        config(template_images=0)
