@@ -13,7 +13,10 @@ per-step loop, CPU, fp32, full V = 228,483 voxels.
 - ``public loop, our DiT``: the same loop driving the genbrain DiT, to separate what the
   sampler contributes from what the model contributes;
 - ours: ``DDIMSampler(GaussianDiffusion.linear(), 50, guidance_scale=1.2).sample(DiT, ...)``:
-  conditional and null rows in one model batch.
+  conditional and null rows in one model batch;
+- ``ours, bf16``: the same with ``precision="bf16"`` (the model calls under bf16 autocast, the
+  DDIM update in float32; ``synthesize.precision``), timed only where the CPU has native bf16
+  (AVX512-BF16 or AMX): elsewhere it is emulated and no faster.
 
 The same seed gives the same initial noise to all three; the script prints the max |difference|
 of their images to ours. Runs are timed in interleaved rounds (order reversed every other round;
@@ -100,6 +103,9 @@ def main() -> None:
     labels = {"age": torch.randn(n, generator=g), "sex": torch.randint(0, 2, (n,), generator=g),
               "modality": torch.randint(0, 34, (n,), generator=g)}
     sampler = DDIMSampler(GaussianDiffusion.linear(), STEPS, guidance_scale=SCALE)
+    bf16 = DDIMSampler(GaussianDiffusion.linear(), STEPS, guidance_scale=SCALE,
+                       precision="bf16")
+    native_bf16 = torch.ops.mkldnn._is_mkldnn_bf16_supported()
 
     def seed() -> torch.Generator:
         return torch.Generator().manual_seed(args.seed)
@@ -109,9 +115,12 @@ def main() -> None:
         "loop_ours": lambda: public_sample(ours, labels, seed()),
         "ours": lambda: sampler.sample(ours, labels, V, seed()),
     }
+    if native_bf16:
+        runs["ours_bf16"] = lambda: bf16.sample(ours, labels, V, seed())
     names = {"public": "baseline: public loop (cond, null: 2 model calls/step), public DiT",
              "loop_ours": "public loop, genbrain DiT",
-             "ours": "ours: DDIMSampler (cond + null in 1 call/step), genbrain DiT"}
+             "ours": "ours: DDIMSampler (cond + null in 1 call/step), genbrain DiT",
+             "ours_bf16": "ours, bf16 model calls (synthesize.precision: bf16)"}
     times: dict[str, list[float]] = {k: [] for k in runs}
     images: dict[str, torch.Tensor] = {}
     for r in range(args.rounds + 1):  # round 0: warm-up, keeps the images for the check
@@ -124,12 +133,18 @@ def main() -> None:
                 times[name].append(time.perf_counter() - t0)
     ref = images["ours"]
     scale = ref.abs().max().item()
-    diffs = {k: (images[k] - ref).abs().max().item() for k in ("public", "loop_ours")}
+    diffs = {k: (images[k] - ref).abs().max().item() for k in images if k != "ours"}
     print(f"check: max |image - ours|: public {diffs['public']:.1e} "
           f"({diffs['public'] / scale:.1e} of max |image|), public loop with genbrain DiT "
           f"{diffs['loop_ours']:.1e} ({diffs['loop_ours'] / scale:.1e}); max |image| {scale:.1f} "
           "(a random model's images: large, as x_0 estimates at t = 999 are ~160 x eps)",
           flush=True)
+    if native_bf16:
+        r = torch.corrcoef(torch.stack([images["ours_bf16"].flatten(), ref.flatten()]))[0, 1]
+        print(f"  bf16 vs fp32 images: max |diff| {diffs['ours_bf16'] / scale:.1e} of max "
+              f"|image|, r = {r:.6f}", flush=True)
+    else:
+        print("  bf16 not timed: this CPU has no native bf16 (AVX512-BF16 / AMX)", flush=True)
     base_med = statistics.median(times["public"])
     for name, ts in times.items():
         med = statistics.median(ts)
@@ -140,8 +155,10 @@ def main() -> None:
             line += f", ratio {base_med / med:.2f}x (per round {per[0]:.2f}-{per[-1]:.2f}x)"
         print(line, flush=True)
     loop, mine = statistics.median(times["loop_ours"]), statistics.median(times["ours"])
-    print(f"  sampler alone (same genbrain DiT, public loop -> DDIMSampler): {loop / mine:.2f}x; "
-          f"load average {os.getloadavg()[0]:.1f} at the end", flush=True)
+    line = f"  sampler alone (same genbrain DiT, public loop -> DDIMSampler): {loop / mine:.2f}x"
+    if native_bf16:
+        line += f", with bf16 model calls {loop / statistics.median(times['ours_bf16']):.2f}x"
+    print(f"{line}; load average {os.getloadavg()[0]:.1f} at the end", flush=True)
 
 
 if __name__ == "__main__":

@@ -53,7 +53,8 @@ class SamplingConfig:
     on epsilon (None = conditional model only), ``k`` samples averaged per row, ``batch_size``
     label rows per forward pass (2x that with guidance), ``seed``, ``weights`` ("ema",
     "model", or None = the checkpoint's ``sampling_weights``), ``clip_x0`` (clamp of the
-    predicted clean image at each step, None = none; see :class:`DDIMSampler`)."""
+    predicted clean image at each step, None = none), ``precision`` of the model calls
+    (``fp32`` or ``bf16``; see :class:`DDIMSampler`)."""
 
     steps: int = 50
     guidance: float | None = 1.2
@@ -62,6 +63,7 @@ class SamplingConfig:
     seed: int = 0
     weights: str | None = None
     clip_x0: float | None = None
+    precision: str = "fp32"
 
     def __post_init__(self) -> None:
         for key in ("steps", "k", "batch_size"):
@@ -183,7 +185,8 @@ def sample_table(model: DiT, norms: Mapping[str, Mapping[str, float]], config: T
     labels = condition_labels(table, model, norms, config, registry, source)
     sampler = DDIMSampler(GaussianDiffusion.linear(prediction=config.prediction),
                           steps=sampling.steps,
-                          guidance_scale=sampling.guidance, clip_x0=sampling.clip_x0)
+                          guidance_scale=sampling.guidance, clip_x0=sampling.clip_x0,
+                          precision=sampling.precision)
     model = model.to(device).eval()
     ids = table["synthetic_id"].to_numpy(np.int64)
     n, V, C = len(table), model.n_voxels, model.out_channels
@@ -251,4 +254,4 @@ def describe(sampling: SamplingConfig, checkpoint: str | os.PathLike) -> dict[st
     return {"model": str(checkpoint), "sampler": "DDIM", "eta": 0.0, "ddim_steps": sampling.steps,
             "guidance_scale": sampling.guidance, "samples_averaged": sampling.k,
             "seed": sampling.seed, "weights": sampling.weights or "checkpoint default",
-            "clip_x0": sampling.clip_x0}
+            "clip_x0": sampling.clip_x0, "precision": sampling.precision}

@@ -113,6 +113,7 @@ def get_sampling(wildcards):
         "seed": config["seed"],
         "weights": s["weights"],
         "clip_x0": s["clip_x0"],
+        "precision": s["precision"],
     }
 
 

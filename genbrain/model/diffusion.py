@@ -55,6 +55,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -66,6 +67,8 @@ from genbrain.errors import GenbrainInputError
 ModelFn = Callable[[Tensor, Tensor], Tensor]
 #: what the network's first C output channels predict
 PREDICTIONS = ("epsilon", "v")
+#: arithmetic of the sampler's model calls
+PRECISIONS = ("fp32", "bf16")
 
 
 def linear_betas(num_timesteps: int = 1000, beta_start: float = 1e-4,
@@ -311,17 +314,30 @@ class DDIMSampler:
             None (the paper's setting) leaves x_0 unbounded. Data here are z-scored, so a
             bound of ~5 only bites where a briefly trained model's x_0 estimate at high noise
             (amplified by 1/sqrt(alpha_bar), ~160x at t = 999) would blow up.
+        precision: ``"fp32"`` or ``"bf16"``: the model calls run under bf16 autocast (as the
+            trainer does on CUDA); the DDIM update itself stays float32. Fast where the
+            hardware has bf16 matrix units (GPUs; CPUs with AVX512-BF16 or AMX: ~1.4x on the
+            demo's AMD EPYC); elsewhere it is emulated and slower.
     """
 
     def __init__(self, diffusion: GaussianDiffusion, steps: int | str | Sequence[int] = 50,
                  guidance_scale: float | None = 1.2, eta: float = 0.0,
-                 clip_x0: float | None = None):
+                 clip_x0: float | None = None, precision: str = "fp32"):
         self.diffusion = diffusion.respace(space_timesteps(diffusion.num_timesteps, steps))
         self.guidance_scale = guidance_scale
         self.eta = eta
         if clip_x0 is not None and not clip_x0 > 0:
             raise GenbrainInputError(f"clip_x0 must be > 0 or None, got {clip_x0}")
         self.clip_x0 = clip_x0
+        if precision not in PRECISIONS:
+            raise GenbrainInputError(f"sampling precision '{precision}' is unknown; expected one "
+                                     f"of: {', '.join(PRECISIONS)}")
+        self.precision = precision
+
+    def _call(self, model: Callable[..., Tensor], x: Tensor, *args: Any, **kwargs: Any) -> Tensor:
+        with torch.autocast(x.device.type, dtype=torch.bfloat16,
+                            enabled=self.precision == "bf16"):
+            return model(x, *args, **kwargs).to(x.dtype)  # (B, 2C, V) float32
 
     def _noise(self, shape: tuple[int, ...], generator: torch.Generator, like: Tensor) -> Tensor:
         return torch.randn(shape, generator=generator, device=generator.device).to(like.device)
@@ -335,12 +351,12 @@ class DDIMSampler:
         if self.guidance_scale is None:
             x_in = x if x_cond is None else torch.cat([x, x_cond], dim=1)  # (B, C_in, V)
             drop = torch.zeros(B, dtype=torch.bool, device=x.device)
-            return model(x_in, tm, force_drop=drop, **labels).to(x.dtype)
+            return self._call(model, x_in, tm, force_drop=drop, **labels)
         x_in = x if x_cond is None else torch.cat([x, x_cond], dim=1)  # (B, C_in, V)
         x_in = torch.cat([x_in, x_in])  # (2B, C_in, V)
         drop = torch.arange(2 * B, device=x.device) >= B  # (2B,) second half null
-        out = model(x_in, torch.cat([tm, tm]), force_drop=drop,
-                    **{k: torch.cat([v, v]) for k, v in labels.items()}).to(x.dtype)  # (2B, 2C, V)
+        out = self._call(model, x_in, torch.cat([tm, tm]), force_drop=drop,
+                         **{k: torch.cat([v, v]) for k, v in labels.items()})  # (2B, 2C, V)
         eps_c, eps_u = out[:B, :C], out[B:, :C]  # 2 x (B, C, V): eps, or v (same maths)
         eps = eps_u + self.guidance_scale * (eps_c - eps_u)  # (B, C, V)
         return torch.cat([eps, out[:B, C:]], dim=1)  # (B, 2C, V), conditional variance

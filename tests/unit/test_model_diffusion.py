@@ -369,3 +369,26 @@ def test_untrained_v_model_samples_stay_bounded():
     model = build_dit("nano/256", V, n_modalities=N_MOD).eval()
     out = draw(DDIMSampler(GaussianDiffusion.linear(prediction="v"), 50), model, 0)
     assert out.abs().max() < 6 and 0.5 < out.std() < 1.5
+
+
+def test_bf16_precision_runs_the_model_under_autocast_only():
+    seen = []
+
+    def fake(x, t, force_drop, **labels):
+        seen.append((torch.is_autocast_enabled(x.device.type), x.dtype))
+        return torch.zeros(x.shape[0], 2, x.shape[2])
+
+    lab = {"age": torch.zeros(2)}
+    d = GaussianDiffusion.linear(prediction="v")
+    out = DDIMSampler(d, 5, precision="bf16").sample(fake, lab, V, torch.Generator())
+    assert seen and all(enabled for enabled, _ in seen) and out.dtype == torch.float32
+    seen.clear()
+    DDIMSampler(d, 5).sample(fake, lab, V, torch.Generator())
+    assert seen and not any(enabled for enabled, _ in seen)
+    # a real model: bf16 samples stay close to fp32 ones (bf16 keeps ~3 significant digits)
+    model = sampling_model()
+    a = draw(DDIMSampler(d, 10), model, 0)
+    b = draw(DDIMSampler(d, 10, precision="bf16"), model, 0)
+    assert (a - b).abs().max() < 0.05 * a.abs().max() and not torch.equal(a, b)
+    with pytest.raises(Exception, match="sampling precision 'fp16' is unknown"):
+        DDIMSampler(d, 5, precision="fp16")

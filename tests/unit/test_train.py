@@ -370,3 +370,16 @@ def test_modality_templates_are_the_mean_training_images(tmp_path):
     assert got.modality_templates and torch.equal(model.modality_templates, tmpl)
     with pytest.raises(GenbrainInputError, match="'template_images' is 0; expected an integer"):
         config(template_images=0)
+
+
+def test_precision_auto_is_fp32_on_cpu_and_bf16_autocasts(tmp_path):
+    index = make_store(tmp_path / "s", n=4)
+    runs = {p: train(config(steps=3, precision=p), index, tmp_path / p)
+            for p in ("auto", "fp32", "bf16")}
+    assert_states_equal(state(runs["auto"].checkpoint), state(runs["fp32"].checkpoint))
+    bf16, fp32 = state(runs["bf16"].checkpoint), state(runs["fp32"].checkpoint)
+    assert np.isfinite(runs["bf16"].losses).all()
+    assert any(not torch.equal(bf16[k], fp32[k]) for k in fp32)  # bf16 arithmetic was used
+    assert max((bf16[k] - fp32[k]).abs().max().item() for k in fp32) < 0.05  # ... and close
+    with pytest.raises(GenbrainInputError, match="'precision' is 'fp16'; expected one of auto"):
+        config(precision="fp16")
