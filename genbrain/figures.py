@@ -132,16 +132,17 @@ def loss_curve(table: pd.DataFrame, out_png: str | os.PathLike, title: str = "")
 
 def synthetic_vs_real(real: np.ndarray, synthetic: np.ndarray, names: Sequence[str],
                       out_png: str | os.PathLike, real_labels: Sequence[str] = (),
-                      title: str = "") -> None:
+                      title: str = "", synthetic_labels: Sequence[str] = ()) -> None:
     """One row per modality: axial and coronal slices of a real image and of a synthetic one,
     both on the real image's 1-99th percentile intensity window (so a synthetic image that
-    misses the contrast shows it). real, synthetic: (n_modalities, V)."""
+    misses the contrast shows it). real, synthetic: (n_modalities, V); the labels (one short
+    line per row) go under the real and the synthetic pair."""
     from genbrain.space import standard_space
 
     plt = _pyplot()
     space = standard_space()
     n = len(names)
-    fig, axes = plt.subplots(n, 4, figsize=(6.4, 1.75 * n), squeeze=False)
+    fig, axes = plt.subplots(n, 4, figsize=(6.4, 1.85 * n), squeeze=False)
     views = [("axial", np.s_[:, :, CUTS[2]]), ("coronal", np.s_[:, CUTS[1], :])]
     for r, name in enumerate(names):
         lo, hi = np.percentile(real[r], [1, 99])
@@ -154,8 +155,10 @@ def synthetic_vs_real(real: np.ndarray, synthetic: np.ndarray, names: Sequence[s
                 ax.set_yticks([])
                 if r == 0:
                     ax.set_title(f"{kind} {view}", fontsize=7)
-        label = name if not real_labels else f"{name}\n{real_labels[r]}"
-        axes[r, 0].set_ylabel(label, fontsize=7)
+            labels = real_labels if c == 0 else synthetic_labels
+            if len(labels):  # under the pair, from its left edge
+                axes[r, 2 * c].set_xlabel(labels[r], fontsize=6, loc="left")
+        axes[r, 0].set_ylabel(name, fontsize=8)
     fig.suptitle(title, fontsize=8)
     fig.tight_layout()
     _save(fig, out_png)

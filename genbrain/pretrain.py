@@ -168,7 +168,7 @@ def sample_panel(checkpoint: str | os.PathLike, index: str | os.PathLike,
                                "sex": sex, "modality": mods})
     synthetic = sample_table(model, norms, config, covariates, sampling, registry, "samples")
     t = store.table
-    rows, real, labels, r_syn, r_real = [], [], [], [], []
+    rows, real, labels, syn_labels, r_syn, r_real = [], [], [], [], [], []
     for j, m in enumerate(mods):
         of_m = t[t["modality"] == m]
         cand = of_m[of_m["sex"] == sex]
@@ -180,13 +180,15 @@ def sample_panel(checkpoint: str | os.PathLike, index: str | os.PathLike,
         r_real.append(float(np.corrcoef(real[-1].astype(np.float64), mean)[0, 1]))
         r_syn.append(float(np.corrcoef(synthetic[j].astype(np.float64), mean)[0, 1]))
         labels.append(f"{t.at[best, 'participant_id']} ({t.at[best, 'sex']}, "
-                      f"{t.at[best, 'age']:.0f} y)\nr with mean: real {r_real[-1]:.2f}, "
-                      f"synthetic {r_syn[-1]:.2f}")
+                      f"{t.at[best, 'age']:.0f} y); r with mean {r_real[-1]:.2f}")
+        syn_labels.append(f"{sex}, {age:g} y; r with mean {r_syn[-1]:.2f}")
         log.info("%s: r with the hold-out mean image: synthetic %.3f, real %.3f", m, r_syn[-1],
                  r_real[-1])
     synthetic_vs_real(np.stack(real), synthetic, mods, out_png, labels,
                       title=f"synthetic: {sex}, {age:g} y (DDIM-{sampling.steps}, CFG "
-                            f"{sampling.guidance}); real: nearest hold-out subject")
+                            f"{sampling.guidance}); real: nearest hold-out subject\nr: "
+                            "Pearson r with the hold-out mean image",
+                      synthetic_labels=syn_labels)
     return pd.DataFrame({"modality": mods, "real": [t.at[r, "participant_id"] for r in rows],
                          "real_age": [t.at[r, "age"] for r in rows],
                          "synthetic_id": covariates["synthetic_id"], "r_real": r_real,
