@@ -93,7 +93,9 @@ def test_demo_pretrains_synthesizes_evaluates_and_exports(demo):
     steps = cfg["pretrain"]["train"]["steps"]
     losses = loss_history(res / "pretrain" / "checkpoint.pt")
     assert len(losses) == steps and np.isfinite(losses).all()
-    assert losses[-50:].mean() < 0.5 * losses[:10].mean()  # it learns
+    # it learns: the last steps' loss is under half the untrained model's (whose zero output
+    # makes step 1's loss ~E|target|^2 ~ 1 whatever the parameterisation; v's falls fast)
+    assert losses[-50:].mean() < 0.5 * losses[0]
     split = read_tsv(res / "pretrain" / "split.tsv")
     assert set(split["split"]) == {"train", "holdout"}
     for png in ("pretrain/loss_curve.png", "pretrain/samples.png",
