@@ -19,7 +19,7 @@ two planted near-copies
    cost model fitted to the speed run: ``pairs * t_pair + passes * n_train * t_row``.
 4. ``--paper``: instead of 1-3, the paper-scale run itself: stores of 10,000 synthetic and
    50,000 training images (27 GB of float16 under ``--workdir``), one audit child at
-   ``--memory-mb`` (use 2048, the default budget), its wall time and peak RSS. About an hour
+   ``--memory-mb`` (use 1792, the default budget), its wall time and peak RSS. About an hour
    and a half on 2 cores; the training store does not fit a 24 GB machine's page cache, so
    every pass reads it from disk.
 
@@ -29,7 +29,7 @@ runs in one process are what to compare.
     .venv/bin/python benchmarks/memorisation.py [--speed 1000x4000] [--small 400x4000]
         [--large 800x8000] [--memory-mb 512] [--workdir /tmp/genbrain-bench-memorisation]
         [--keep]
-    .venv/bin/python benchmarks/memorisation.py --paper --memory-mb 2048
+    .venv/bin/python benchmarks/memorisation.py --paper --memory-mb 1792
 """
 
 from __future__ import annotations
@@ -49,7 +49,8 @@ import pandas as pd
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from genbrain.audit import _standardise, _syn_block_for, max_correlation, memorisation_audit
+from genbrain.audit import (DEFAULT_MEMORY_MB, _standardise, _syn_block_for, max_correlation,
+                            memorisation_audit)
 from genbrain.io import save_tsv
 from genbrain.stats.rows import ImageRows
 from genbrain.store import ImageStore, merge_indices, write_shard
@@ -212,7 +213,7 @@ def main() -> None:
     err = float(np.abs(r32[:, 0] - loop_r.max(axis=1)).max())
     t_loop = t_pair_loop * pairs
     print(f"\n1. speed: {len(syn)} synthetic x {len(train)} training images = {pairs:,} pairs")
-    print(f"   audit (float32 block products, default memory_mb 2048): {t_audit:.1f} s "
+    print(f"   audit (float32 block products, default memory_mb {DEFAULT_MEMORY_MB}): {t_audit:.1f} s "
           f"= {pairs / t_audit:,.0f} pairs/s")
     print(f"   baseline np.corrcoef loop: {t_pair_loop * 1e3:.3f} ms/pair on "
           f"{loop_r.size} pairs (rows preloaded as float32), extrapolated to {pairs:,} pairs: "
@@ -252,13 +253,13 @@ def main() -> None:
     for s in range(0, 512, 128):
         _standardise(rows.read(slice(s, s + 128), dtype=np.float32), "training", s)
     t_row = (time.perf_counter() - t0) / 512
-    passes_speed = math.ceil(speed[0] / _syn_block_for(2048, V, 128, 2, 4))
+    passes_speed = math.ceil(speed[0] / _syn_block_for(DEFAULT_MEMORY_MB, V, 128, 2, 4))
     t_pair = (t_audit - passes_speed * speed[1] * t_row) / pairs
     print(f"\n3. paper scale: 10,000 synthetic x 50,000 training images, V = {V:,} "
           f"(float16: {10_000 * V * 2 / 1e9:.1f} GB + {50_000 * V * 2 / 1e9:.1f} GB)")
     print(f"   fitted: t_row = {t_row * 1e3:.2f} ms per training row per pass, "
           f"t_pair = {t_pair * 1e6:.2f} us per pair")
-    for mem in (args.memory_mb, 2048, 8192):
+    for mem in (args.memory_mb, DEFAULT_MEMORY_MB, 8192):
         sb = _syn_block_for(mem, V, 128, 2, 4)
         passes = math.ceil(10_000 / sb)
         est = 10_000 * 50_000 * t_pair + passes * 50_000 * t_row

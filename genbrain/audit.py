@@ -69,6 +69,12 @@ def _as_rows(images: np.ndarray | ImageStore | ImageRows) -> ImageRows:
     return images if isinstance(images, ImageRows) else ImageRows(images)
 
 
+#: working-set budget of the image blocks (MB). The process adds ~150-250 MB to it (interpreter,
+#: numpy, the index tables): with 2048 the paper-scale audit (10,000 x 50,000) reached 2,058 MiB
+#: of RSS, so the default leaves room to stay under 2 GiB (docs/benchmarks.md).
+DEFAULT_MEMORY_MB = 1792
+
+
 def _syn_block_for(memory_mb: float, n_voxels: int, train_block: int, itemsize: int,
                    work: int) -> int:
     """Synthetic rows that fit the budget beside one training block (native read buffer +
@@ -81,7 +87,7 @@ def _syn_block_for(memory_mb: float, n_voxels: int, train_block: int, itemsize: 
 def max_correlation(synthetic: np.ndarray | ImageStore | ImageRows,
                     training: np.ndarray | ImageStore | ImageRows, *, top: int = 2,
                     syn_block: int | None = None, train_block: int = 128,
-                    memory_mb: float = 2048, dtype: type = np.float32,
+                    memory_mb: float = DEFAULT_MEMORY_MB, dtype: type = np.float32,
                     progress: bool = False) -> tuple[np.ndarray, np.ndarray]:
     """For every synthetic image, its ``top`` best-correlated training images.
 
@@ -155,7 +161,7 @@ def memorisation_audit(synthetic: np.ndarray | ImageStore, training: np.ndarray 
                        synthetic_table: pd.DataFrame | None = None,
                        training_table: pd.DataFrame | None = None, *,
                        syn_block: int | None = None, train_block: int = 128,
-                       memory_mb: float = 2048, dtype: type = np.float32,
+                       memory_mb: float = DEFAULT_MEMORY_MB, dtype: type = np.float32,
                        progress: bool = False) -> pd.DataFrame:
     """Best and second-best training match of every synthetic image, within its modality.
 
