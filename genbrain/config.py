@@ -71,6 +71,9 @@ def _message(err: jsonschema.ValidationError, source: str) -> str:
         return f"{source}: missing key {err.message.split(' is a required')[0]} under '{where}'"
     if err.validator == "propertyNames":
         return f"{source}: key '{err.instance}' under '{where}' is not allowed ({err.message})"
+    if "propertyNames" in err.schema_path and err.validator == "pattern":
+        return (f"{source}: key '{err.instance}' under '{where}' is not a valid name "
+                f"(expected to match {err.validator_value})")
     return f"{source}: config key '{where}': {err.message}"
 
 

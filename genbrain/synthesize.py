@@ -34,17 +34,17 @@ import numpy as np
 import pandas as pd
 import torch
 
+from genbrain.covariates import (SEXES, check_covariates, fail_at_first,  # noqa: F401
+                                 read_covariates)
 from genbrain.errors import GenbrainInputError
-from genbrain.io import read_tsv, save_tsv
+from genbrain.io import save_tsv
 from genbrain.modalities import DEFAULT_REGISTRY, ModalityRegistry
 from genbrain.model.diffusion import DDIMSampler, GaussianDiffusion
 from genbrain.model.dit import DiT
 from genbrain.store import write_shard
-from genbrain.train import SEXES, TrainConfig, load_for_sampling
+from genbrain.train import TrainConfig, load_for_sampling
 
 log = logging.getLogger(__name__)
-
-REQUIRED = ("synthetic_id", "age", "sex", "modality")
 
 
 @dataclass
@@ -74,43 +74,6 @@ class SamplingConfig:
         if self.guidance is not None and not self.guidance >= 0:
             raise GenbrainInputError(f"sampling config: 'guidance' is {self.guidance!r}; "
                                      "expected a number >= 0 or null")
-
-
-def read_covariates(path: str | os.PathLike) -> pd.DataFrame:
-    """Read a covariate table and check its generic columns (one-line errors naming the row)."""
-    table = read_tsv(path)
-    check_covariates(table, str(path))
-    return table
-
-
-def check_covariates(table: pd.DataFrame, source: str) -> None:
-    """Required columns present, ``synthetic_id`` unique non-negative integers, ages finite,
-    sexes in M/F."""
-    missing = [c for c in REQUIRED if c not in table.columns]
-    if missing:
-        raise GenbrainInputError(f"{source}: missing column '{missing[0]}' (a covariate table "
-                                 f"needs {', '.join(REQUIRED)})")
-    ids = pd.to_numeric(table["synthetic_id"], errors="coerce")
-    bad = ids.isna() | (ids < 0) | (ids != ids.round())
-    if bad.any():
-        i = int(np.flatnonzero(bad.to_numpy())[0])
-        raise GenbrainInputError(f"{source}: row {i + 1}: synthetic_id "
-                                 f"'{table['synthetic_id'].iloc[i]}' is not an integer >= 0")
-    dup = ids.duplicated()
-    if dup.any():
-        i = int(np.flatnonzero(dup.to_numpy())[0])
-        raise GenbrainInputError(f"{source}: row {i + 1}: synthetic_id {int(ids.iloc[i])} is "
-                                 "used twice")
-    age = pd.to_numeric(table["age"], errors="coerce")
-    if (~np.isfinite(age.to_numpy(np.float64))).any():
-        i = int(np.flatnonzero(~np.isfinite(age.to_numpy(np.float64)))[0])
-        raise GenbrainInputError(f"{source}: row {i + 1}: age '{table['age'].iloc[i]}' is not "
-                                 "a number")
-    bad = ~table["sex"].isin(SEXES)
-    if bad.any():
-        i = int(np.flatnonzero(bad.to_numpy())[0])
-        raise GenbrainInputError(f"{source}: row {i + 1}: sex '{table['sex'].iloc[i]}' is not "
-                                 f"one of {', '.join(SEXES)}")
 
 
 def condition_labels(table: pd.DataFrame, model: DiT, norms: Mapping[str, Mapping[str, float]],
@@ -143,12 +106,9 @@ def condition_labels(table: pd.DataFrame, model: DiT, norms: Mapping[str, Mappin
         if "diagnosis" not in table.columns:
             raise GenbrainInputError(f"{source}: the model has a disease head ({levels}); "
                                      "the table needs a 'diagnosis' column")
-        bad = ~table["diagnosis"].isin(levels)
-        if bad.any():
-            i = int(np.flatnonzero(bad.to_numpy())[0])
-            raise GenbrainInputError(f"{source}: row {i + 1}: diagnosis "
-                                     f"'{table['diagnosis'].iloc[i]}' is not one of "
-                                     f"{', '.join(levels)}")
+        fail_at_first(~table["diagnosis"].isin(levels), source,
+                      lambda i: f"diagnosis '{table['diagnosis'].iloc[i]}' is not one of "
+                                f"{', '.join(levels)}")
         labels["disease"] = torch.tensor(table["diagnosis"].map(levels.index)
                                          .to_numpy(np.int64))
     if model.score_embedder is not None:

@@ -67,6 +67,7 @@ from torch import Tensor, nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, Dataset, Sampler
 
+from genbrain.covariates import SEXES
 from genbrain.errors import GenbrainInputError
 from genbrain.io import atomic_path
 from genbrain.model.diffusion import PREDICTIONS, GaussianDiffusion
@@ -75,7 +76,6 @@ from genbrain.store import ImageStore
 
 log = logging.getLogger(__name__)
 
-SEXES = ("M", "F")  # sex label = position in this tuple; the DiT's row 2 is the null label
 FINETUNE_MODES = ("full", "new-modules-only", "last-k-blocks")
 WEIGHTS = ("ema", "model")
 TRAIN_PRECISIONS = ("auto", "fp32", "bf16")

@@ -129,6 +129,7 @@ class SyntheticCohort:
     shard_size: int
     real: str
     modalities: tuple[str, ...]
+    k: int = 1
 
     @property
     def n_shards(self) -> int:
@@ -144,12 +145,20 @@ class SyntheticCohort:
 def synthetic_cohorts(config: Mapping, cohorts: Mapping[str, Cohort],
                       pretrain: str | None) -> dict[str, SyntheticCohort]:
     """The synthetic cohorts of the configured stages, sized at parse time so that shards are
-    known before any job runs. Today: ``pretrain``, the evaluation cohort of the pretrained
-    model (the paper's Fig. 2a-b): for each of ``n_cohorts`` hold-out cohorts of
-    ``cohort_size``, every member's age and sex, every similarity modality, ``k`` samples."""
+    known before any job runs:
+
+    - ``pretrain``: the evaluation cohort of the pretrained model (the paper's Fig. 2a-b): for
+      each of ``n_cohorts`` hold-out cohorts of ``cohort_size``, every member's age and sex,
+      every similarity modality, ``k`` samples (one row each; the evaluation averages them);
+    - every ``synthesize.cohorts.<name>``: a researcher's own covariate table or grid, drawn by
+      the pretrained model with ``k`` samples averaged per row
+      (:func:`genbrain.covariates.cohort_covariates`)."""
     from genbrain.splits import holdout_split
 
     if pretrain is None:
+        if config["synthesize"]["cohorts"]:
+            raise GenbrainInputError("config: 'synthesize.cohorts' needs a cohort with role "
+                                     "'pretrain' (its model draws the images)")
         return {}
     sim = config["evaluate"]["similarity"]
     own = cohorts[pretrain].modalities
@@ -169,6 +178,28 @@ def synthetic_cohorts(config: Mapping, cohorts: Mapping[str, Cohort],
             f"{need} hold-out participants but pretrain.holdout_fraction "
             f"{config['pretrain']['holdout_fraction']} holds out {n_hold} of cohort "
             f"'{pretrain}'; lower cohort_size or n_cohorts, or raise the fraction")
+    shard_size = config["synthesize"]["shard_size"]
     n_rows = need * len(mods) * sim["k"]
-    return {"pretrain": SyntheticCohort("pretrain", n_rows, config["synthesize"]["shard_size"],
-                                        pretrain, tuple(mods))}
+    out = {"pretrain": SyntheticCohort("pretrain", n_rows, shard_size, pretrain, tuple(mods))}
+    for name, spec in config["synthesize"]["cohorts"].items():
+        table = user_covariates(name, spec, own)
+        out[name] = SyntheticCohort(name, len(table), shard_size, pretrain,
+                                    tuple(sorted(table["modality"].unique())), int(spec["k"]))
+    return out
+
+
+def user_covariates(name: str, spec: Mapping, modalities) -> pd.DataFrame:
+    """The covariate table of ``synthesize.cohorts.<name>``, checked (one-line errors)."""
+    from genbrain.covariates import cohort_covariates
+
+    key = f"synthesize.cohorts.{name}"
+    if name == "pretrain":
+        raise GenbrainInputError(f"config: '{key}': the name 'pretrain' is the pretrained "
+                                 "model's evaluation cohort; choose another")
+    if ("covariates" in spec) == ("grid" in spec):
+        raise GenbrainInputError(f"config: '{key}' needs exactly one of 'covariates' (a TSV "
+                                 "path) or 'grid' (age, sex, modality lists)")
+    if "covariates" in spec and spec["n"] != 1:
+        raise GenbrainInputError(f"config: '{key}.n' repeats grid combinations; with "
+                                 "'covariates' every row is one image (repeat rows instead)")
+    return cohort_covariates(name, spec, modalities)

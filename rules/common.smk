@@ -32,6 +32,10 @@ except GenbrainInputError as err:
     raise WorkflowError(str(err)) from None
 
 
+# the researcher's own synthetic cohorts (never matches when there are none)
+USER_SYNTHETIC_PATTERN = "|".join(config["synthesize"]["cohorts"]) or "(?!)"
+
+
 wildcard_constraints:
     cohort="|".join(COHORTS),
     site="[A-Za-z0-9]+",
@@ -104,9 +108,13 @@ def get_pretrain_store(wildcards):
 
 
 def get_sampling(wildcards):
-    """SamplingConfig keys from the synthesize section (k is set per use)."""
+    """SamplingConfig keys from the synthesize section; k is the cohort's samples averaged
+    per image (1 for the evaluation cohort, whose k samples are separate rows, and for rules
+    that are not about one synthetic cohort)."""
     s = config["synthesize"]
+    synth = getattr(wildcards, "synth", None)
     return {
+        "k": SYNTHETIC[synth].k if synth in SYNTHETIC else 1,
         "steps": s["ddim_steps"],
         "guidance": s["guidance"],
         "batch_size": s["batch_size"],
@@ -129,6 +137,12 @@ def get_synth_shard_rows(wildcards):
     """(start, stop) covariate rows of one synthesis shard."""
     rows = SYNTHETIC[wildcards.synth].shard_rows(int(wildcards.shard))
     return [rows.start, rows.stop]
+
+
+def get_user_covariates_input(wildcards):
+    """The researcher's covariate TSV of a synthetic cohort ([] for a grid)."""
+    spec = config["synthesize"]["cohorts"][wildcards.synth]
+    return [spec["covariates"]] if "covariates" in spec else []
 
 
 def get_synth_real_store(wildcards):
@@ -154,8 +168,9 @@ def get_all_outputs(provenance=True):
             "results/figures/pretrain/samples.png",
         ]
     for name in SYNTHETIC:
+        if name == "pretrain":  # the similarity needs the mirrored real cohorts
+            outputs.append(f"results/evaluate/similarity/{name}.tsv")
         outputs += [
-            f"results/evaluate/similarity/{name}.tsv",
             f"results/evaluate/audit/{name}_gate.tsv",
             f"results/export/{name}",
         ]

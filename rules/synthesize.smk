@@ -19,6 +19,26 @@ rule similarity_covariates:
         "../workflow/scripts/similarity_covariates.py"
 
 
+rule cohort_covariates:
+    """Write the covariate table of a researcher's synthetic cohort (config
+    ``synthesize.cohorts.<name>``: a TSV, or a grid of ages x sexes x modalities)."""
+    input:
+        table=get_user_covariates_input,
+    output:
+        covariates="results/synthetic/{synth}/covariates.tsv",
+    log:
+        "logs/cohort_covariates/{synth}.log",
+    wildcard_constraints:
+        synth=USER_SYNTHETIC_PATTERN,
+    conda:
+        "../envs/model.yaml"
+    params:
+        spec=lambda wildcards: config["synthesize"]["cohorts"][wildcards.synth],
+        modalities=COHORTS[PRETRAIN].modalities if PRETRAIN else [],
+    script:
+        "../workflow/scripts/cohort_covariates.py"
+
+
 rule synthesize_shard:
     """Sample one shard of a synthetic cohort's covariate rows (DDIM with classifier-free
     guidance) into an image-store shard; shards are independent jobs that resume alone.

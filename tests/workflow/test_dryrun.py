@@ -115,3 +115,45 @@ def test_bad_participants_table_gives_one_line_error(tmp_path):
     assert "Traceback" not in out
     assert any("participants.tsv: line 4: duplicate participant_id 'sub-siteX00'" in ln
                for ln in out.splitlines())
+
+
+def _demo_with_cohort(tmp_path, spec):
+    cfg = yaml.safe_load((ROOT / "config" / "demo.yaml").read_text())
+    cfg["synthesize"]["cohorts"] = {"mine": spec}
+    path = tmp_path / "mine.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    return path
+
+
+def test_researcher_cohort_from_a_tsv_is_planned_through_the_gate_to_the_export(tmp_path):
+    table = tmp_path / "covariates.tsv"
+    pd.DataFrame({"age": [50 + i for i in range(130)], "sex": ["F", "M"] * 65,
+                  "modality": ["T1w"] * 130}).to_csv(table, sep="\t", index=False)
+    cfg = _demo_with_cohort(tmp_path, {"covariates": str(table), "k": 2})
+    res = snakemake("-n", "--configfile", str(cfg), "-d", str(tmp_path / "work"),
+                    "results/export/mine")
+    assert res.returncode == 0, res.stderr
+    jobs = {}
+    for line in res.stdout.splitlines():
+        parts = line.split()
+        if len(parts) == 2 and parts[1].isdigit():
+            jobs[parts[0]] = int(parts[1])
+    shard = yaml.safe_load(cfg.read_text())["synthesize"]["shard_size"]
+    assert jobs["cohort_covariates"] == 1
+    assert jobs["synthesize_shard"] == -(-130 // shard)  # only this cohort's shards
+    for rule in ("pack_synthetic", "audit_memorisation", "privacy_gate", "export_synthetic"):
+        assert jobs[rule] == 1, (rule, jobs)
+    assert "evaluate_similarity" not in jobs
+
+
+def test_researcher_cohort_with_a_bad_row_gives_one_line_error(tmp_path):
+    table = tmp_path / "covariates.tsv"
+    pd.DataFrame({"age": [50, 60], "sex": ["F", "M"],
+                  "modality": ["T1w", "MD"]}).to_csv(table, sep="\t", index=False)
+    cfg = _demo_with_cohort(tmp_path, {"covariates": str(table)})
+    res = snakemake("-n", "--configfile", str(cfg), "-d", str(tmp_path / "work"))
+    assert res.returncode == 1
+    out = res.stdout + res.stderr
+    assert "Traceback" not in out
+    lines = [ln for ln in out.splitlines() if f"{table}: row 2: modality 'MD'" in ln]
+    assert len(lines) == 1, out

@@ -1,0 +1,17 @@
+"""Write the covariate table of a researcher's synthetic cohort (TSV or grid from the config)."""
+
+import sys
+
+sys.path.insert(0, snakemake.scriptdir)  # noqa: F821
+from _smk import run  # noqa: E402
+
+
+def main(smk):
+    from genbrain.io import save_tsv
+    from genbrain.workflow import user_covariates
+
+    table = user_covariates(smk.wildcards.synth, smk.params.spec, smk.params.modalities)
+    save_tsv(table, smk.output.covariates)
+
+
+run(main, snakemake)  # noqa: F821
