@@ -158,7 +158,8 @@ def synthetic_cohorts(config: Mapping, cohorts: Mapping[str, Cohort],
     if pretrain is None:
         if config["synthesize"]["cohorts"]:
             raise GenbrainInputError("config: 'synthesize.cohorts' needs a cohort with role "
-                                     "'pretrain' (its model draws the images)")
+                                     "'pretrain' (its model draws the images); add one, or "
+                                     "set 'synthesize.cohorts: {}'")
         return {}
     sim = config["evaluate"]["similarity"]
     own = cohorts[pretrain].modalities

@@ -123,3 +123,10 @@ def test_cohort_names_are_checked_by_the_schema():
     with pytest.raises(GenbrainInputError, match=r"config: key 'my-cohort' under "
                        r"'synthesize\.cohorts' is not a valid name \(expected to match \^"):
         _demo_config(**{"my-cohort": {"grid": {"age": [50], "modality": ["T1w"]}}})
+
+
+def test_researcher_cohorts_need_a_pretraining_cohort():
+    cfg = _demo_config(g={"grid": {"age": [50], "modality": ["T1w"]}})
+    with pytest.raises(GenbrainInputError, match="'synthesize.cohorts' needs a cohort with role "
+                       "'pretrain'"):
+        synthetic_cohorts(cfg, {}, None)
