@@ -81,11 +81,21 @@ def grid_covariates(grid: Mapping[str, Sequence], n: int) -> pd.DataFrame:
 
 def cohort_covariates(name: str, spec: Mapping, modalities: Sequence[str],
                       model: str = "the pretrained model") -> pd.DataFrame:
-    """The covariate table of the configured synthetic cohort ``name`` (config entry ``spec``,
-    already schema-validated: exactly one of ``covariates`` / ``grid``), checked against the
+    """The covariate table of the configured synthetic cohort ``name`` (config entry ``spec``:
+    exactly one of ``covariates`` / ``grid``, with ``n`` for a grid), checked against the
     ``modalities`` the sampling ``model`` was trained on. Errors are one line naming the file
     (or config key) and row."""
     key = f"synthesize.cohorts.{name}"
+    if name == "pretrain":
+        raise GenbrainInputError(f"config: '{key}': the name 'pretrain' is the pretrained "
+                                 "model's evaluation cohort; choose another")
+    if ("covariates" in spec) == ("grid" in spec):
+        raise GenbrainInputError(f"config: '{key}' needs exactly one of 'covariates' (a TSV "
+                                 "path) or 'grid' (age, sex, modality lists)")
+    n = int(spec.get("n", 1))
+    if "covariates" in spec and n != 1:
+        raise GenbrainInputError(f"config: '{key}.n' repeats grid combinations; with "
+                                 "'covariates' every row is one image (repeat rows instead)")
     if "covariates" in spec:
         path = spec["covariates"]
         source = str(path)
@@ -97,7 +107,7 @@ def cohort_covariates(name: str, spec: Mapping, modalities: Sequence[str],
             table.insert(0, "synthetic_id", np.arange(len(table)))
     else:
         source = f"config key '{key}.grid'"
-        table = grid_covariates(spec["grid"], int(spec["n"]))
+        table = grid_covariates(spec["grid"], n)
     reserved = [c for c in RESERVED if c in table.columns]
     if reserved:
         raise GenbrainInputError(f"{source}: column '{reserved[0]}' is written by synthesis; "

@@ -153,6 +153,7 @@ def synthetic_cohorts(config: Mapping, cohorts: Mapping[str, Cohort],
     - every ``synthesize.cohorts.<name>``: a researcher's own covariate table or grid, drawn by
       the pretrained model with ``k`` samples averaged per row
       (:func:`genbrain.covariates.cohort_covariates`)."""
+    from genbrain.covariates import cohort_covariates
     from genbrain.splits import holdout_split
 
     if pretrain is None:
@@ -183,24 +184,8 @@ def synthetic_cohorts(config: Mapping, cohorts: Mapping[str, Cohort],
     n_rows = need * len(mods) * sim["k"]
     out = {"pretrain": SyntheticCohort("pretrain", n_rows, shard_size, pretrain, tuple(mods))}
     for name, spec in config["synthesize"]["cohorts"].items():
-        table = user_covariates(name, spec, own)
+        table = cohort_covariates(name, spec, own)
         out[name] = SyntheticCohort(name, len(table), shard_size, pretrain,
                                     tuple(sorted(table["modality"].unique())), int(spec["k"]))
     return out
 
-
-def user_covariates(name: str, spec: Mapping, modalities) -> pd.DataFrame:
-    """The covariate table of ``synthesize.cohorts.<name>``, checked (one-line errors)."""
-    from genbrain.covariates import cohort_covariates
-
-    key = f"synthesize.cohorts.{name}"
-    if name == "pretrain":
-        raise GenbrainInputError(f"config: '{key}': the name 'pretrain' is the pretrained "
-                                 "model's evaluation cohort; choose another")
-    if ("covariates" in spec) == ("grid" in spec):
-        raise GenbrainInputError(f"config: '{key}' needs exactly one of 'covariates' (a TSV "
-                                 "path) or 'grid' (age, sex, modality lists)")
-    if "covariates" in spec and spec["n"] != 1:
-        raise GenbrainInputError(f"config: '{key}.n' repeats grid combinations; with "
-                                 "'covariates' every row is one image (repeat rows instead)")
-    return cohort_covariates(name, spec, modalities)

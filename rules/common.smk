@@ -108,13 +108,9 @@ def get_pretrain_store(wildcards):
 
 
 def get_sampling(wildcards):
-    """SamplingConfig keys from the synthesize section; k is the cohort's samples averaged
-    per image (1 for the evaluation cohort, whose k samples are separate rows, and for rules
-    that are not about one synthetic cohort)."""
+    """SamplingConfig keys from the synthesize section (k is set per use)."""
     s = config["synthesize"]
-    synth = getattr(wildcards, "synth", None)
     return {
-        "k": SYNTHETIC[synth].k if synth in SYNTHETIC else 1,
         "steps": s["ddim_steps"],
         "guidance": s["guidance"],
         "batch_size": s["batch_size"],
@@ -123,6 +119,13 @@ def get_sampling(wildcards):
         "clip_x0": s["clip_x0"],
         "precision": s["precision"],
     }
+
+
+def get_cohort_sampling(wildcards):
+    """How a synthetic cohort is drawn: the synthesize section and the cohort's k (samples
+    averaged per image; 1 for the evaluation cohort, whose k samples are separate rows).
+    """
+    return {**get_sampling(wildcards), "k": SYNTHETIC[wildcards.synth].k}
 
 
 def get_synth_shards(wildcards):

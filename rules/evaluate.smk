@@ -108,6 +108,6 @@ rule export_synthetic:
         "../envs/model.yaml"
     params:
         max_images=config["export"]["max_images"],
-        sampling=get_sampling,
+        sampling=get_cohort_sampling,
     script:
         "../workflow/scripts/export_synthetic.py"

@@ -61,7 +61,7 @@ rule synthesize_shard:
         runtime=240,
     params:
         rows=get_synth_shard_rows,
-        sampling=get_sampling,
+        sampling=get_cohort_sampling,
         dtype=config["synthesize"]["store_dtype"],
     script:
         "../workflow/scripts/synthesize_shard.py"

@@ -6,7 +6,7 @@ import pytest
 from genbrain.config import validate_config
 from genbrain.covariates import cohort_covariates, grid_covariates
 from genbrain.errors import GenbrainInputError
-from genbrain.workflow import load_cohorts, synthetic_cohorts, user_covariates
+from genbrain.workflow import load_cohorts, synthetic_cohorts
 from tests.workflow.helpers import ROOT
 
 MODS = ["T1w", "VBM", "FA"]
@@ -91,7 +91,7 @@ def test_grid_modality_error_names_the_config_key():
 ])
 def test_bad_cohort_specs(name, spec, message):
     with pytest.raises(GenbrainInputError, match=message.replace(".", r"\.")):
-        user_covariates(name, {"n": 1, "k": 1, **spec}, MODS)
+        cohort_covariates(name, {"n": 1, "k": 1, **spec}, MODS)
 
 
 def _demo_config(**synthesize):

@@ -7,10 +7,10 @@ from _smk import run  # noqa: E402
 
 
 def main(smk):
+    from genbrain.covariates import cohort_covariates
     from genbrain.io import save_tsv
-    from genbrain.workflow import user_covariates
 
-    table = user_covariates(smk.wildcards.synth, smk.params.spec, smk.params.modalities)
+    table = cohort_covariates(smk.wildcards.synth, smk.params.spec, smk.params.modalities)
     save_tsv(table, smk.output.covariates)
 
 

@@ -18,7 +18,7 @@ def main(smk):
     condition = smk.params.condition
     pairs = sample_panel(smk.input.checkpoint, smk.input.index, smk.input.split,
                          condition["age"], condition["sex"],
-                         SamplingConfig(**{**smk.params.sampling, "k": 1}), smk.output.png,
+                         SamplingConfig(**smk.params.sampling, k=1), smk.output.png,
                          registry_from_config(smk.config))
     save_tsv(pairs, smk.output.table)
 
