@@ -154,10 +154,16 @@ def get_synth_real_store(wildcards):
 
 
 def get_provenance_inputs(wildcards):
-    """The participants tables whose checksums the provenance page records, and every
-    other final output, so that provenance runs after the rest of the DAG."""
+    """The input tables whose checksums the provenance page records (participants tables,
+    the covariate tables of researchers' synthetic cohorts), and every other final output,
+    so that provenance runs after the rest of the DAG."""
     return {
         "participants": [c.participants for c in COHORTS.values()],
+        "covariates": [
+            spec["covariates"]
+            for spec in config["synthesize"]["cohorts"].values()
+            if "covariates" in spec
+        ],
         "outputs": get_all_outputs(provenance=False),
     }
 

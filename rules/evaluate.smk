@@ -85,6 +85,8 @@ rule privacy_gate:
         ),
     log:
         "logs/privacy_gate/{synth}.log",
+    benchmark:
+        "results/benchmarks/privacy_gate/{synth}.tsv"
     conda:
         "../envs/model.yaml"
     params:
@@ -104,6 +106,8 @@ rule export_synthetic:
         export=directory("results/export/{synth}"),
     log:
         "logs/export_synthetic/{synth}.log",
+    benchmark:
+        "results/benchmarks/export_synthetic/{synth}.tsv"
     conda:
         "../envs/model.yaml"
     params:

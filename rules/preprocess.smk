@@ -39,6 +39,8 @@ rule pack_store:
         index="results/stores/{cohort}/index.tsv",
     log:
         "logs/pack_store/{cohort}.log",
+    benchmark:
+        "results/benchmarks/pack_store/{cohort}.tsv"
     conda:
         "../envs/imaging.yaml"
     script:
@@ -60,6 +62,8 @@ rule qc_registration:
         ),
     log:
         "logs/qc_registration/{cohort}.log",
+    benchmark:
+        "results/benchmarks/qc_registration/{cohort}.tsv"
     conda:
         "../envs/imaging.yaml"
     params:
@@ -82,6 +86,8 @@ rule qc_mosaic:
         ),
     log:
         "logs/qc_mosaic/{cohort}/site-{site}.log",
+    benchmark:
+        "results/benchmarks/qc_mosaic/{cohort}/site-{site}.tsv"
     conda:
         "../envs/imaging.yaml"
     params:

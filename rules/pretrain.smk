@@ -7,6 +7,8 @@ rule split_pretrain:
         split="results/pretrain/split.tsv",
     log:
         "logs/split_pretrain.log",
+    benchmark:
+        "results/benchmarks/split_pretrain/split_pretrain.tsv"
     conda:
         "../envs/model.yaml"
     params:
@@ -59,6 +61,8 @@ rule pretrain_loss_curve:
         ),
     log:
         "logs/pretrain_loss_curve.log",
+    benchmark:
+        "results/benchmarks/pretrain_loss_curve/pretrain_loss_curve.tsv"
     conda:
         "../envs/model.yaml"
     script:

@@ -6,6 +6,8 @@ rule simulate_truth:
         truth=directory("results/simulated/{cohort}/ground_truth"),
     log:
         "logs/simulate_truth/{cohort}.log",
+    benchmark:
+        "results/benchmarks/simulate_truth/{cohort}.tsv"
     conda:
         "../envs/imaging.yaml"
     params:

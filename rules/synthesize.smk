@@ -9,6 +9,8 @@ rule similarity_covariates:
         covariates="results/synthetic/pretrain/covariates.tsv",
     log:
         "logs/similarity_covariates.log",
+    benchmark:
+        "results/benchmarks/similarity_covariates/similarity_covariates.tsv"
     conda:
         "../envs/model.yaml"
     params:
@@ -28,6 +30,8 @@ rule cohort_covariates:
         covariates="results/synthetic/{synth}/covariates.tsv",
     log:
         "logs/cohort_covariates/{synth}.log",
+    benchmark:
+        "results/benchmarks/cohort_covariates/{synth}.tsv"
     wildcard_constraints:
         synth=USER_SYNTHETIC_PATTERN,
     conda:
@@ -75,6 +79,8 @@ rule pack_synthetic:
         index="results/synthetic/{synth}/index.tsv",
     log:
         "logs/pack_synthetic/{synth}.log",
+    benchmark:
+        "results/benchmarks/pack_synthetic/{synth}.tsv"
     conda:
         "../envs/model.yaml"
     script:

@@ -157,3 +157,15 @@ def test_researcher_cohort_with_a_bad_row_gives_one_line_error(tmp_path):
     assert "Traceback" not in out
     lines = [ln for ln in out.splitlines() if f"{table}: row 2: modality 'MD'" in ln]
     assert len(lines) == 1, out
+
+
+def test_provenance_checksums_the_researchers_covariate_table(tmp_path):
+    table = tmp_path / "covariates.tsv"
+    pd.DataFrame({"age": [50], "sex": ["F"], "modality": ["T1w"]}).to_csv(table, sep="\t",
+                                                                         index=False)
+    cfg = _demo_with_cohort(tmp_path, {"covariates": str(table)})
+    res = snakemake("-n", "--configfile", str(cfg), "-d", str(tmp_path / "work"))
+    assert res.returncode == 0, res.stderr
+    job = res.stdout.split("rule provenance:", 1)[1]
+    inputs = job.split("input:", 1)[1].splitlines()[0].split(", ")
+    assert str(table) in [p.strip() for p in inputs]

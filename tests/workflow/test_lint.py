@@ -14,7 +14,9 @@ def test_snakefmt_check_is_clean():
     assert res.returncode == 0, res.stdout + res.stderr
 
 
-def test_every_rule_has_log_conda_and_a_docstring():
+def test_every_rule_has_log_benchmark_conda_and_a_docstring():
+    """...and its benchmark file lies under results/benchmarks/<rule>/, the layout from which
+    the provenance page reads every rule's runtime and memory."""
     import re
 
     for smk in sorted((ROOT / "rules").glob("*.smk")):
@@ -26,3 +28,6 @@ def test_every_rule_has_log_conda_and_a_docstring():
             assert '"""' in block.split("\n")[1], f"{smk.name}:{name} has no docstring"
             assert "\n    log:" in block, f"{smk.name}:{name} has no log"
             assert "\n    conda:" in block, f"{smk.name}:{name} has no conda env"
+            bench = re.search(r'\n    benchmark:\n\s+"([^"]+)"', block)
+            assert bench, f"{smk.name}:{name} has no benchmark"
+            assert bench.group(1).startswith(f"results/benchmarks/{name}/"), bench.group(1)

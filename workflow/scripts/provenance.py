@@ -15,7 +15,8 @@ def main(smk):
     record = write_provenance(
         smk.output.html, smk.output.json, repo=smk.params.repo, config=smk.config,
         files={"config": [str(p) for p in smk.params.config_files],
-               "participants": list(smk.input.participants)},
+               "participants": list(smk.input.participants),
+               "covariates": list(smk.input.covariates)},
         bench_root=smk.params.benchmarks, exclude_rules=[smk.rule],
     )
     logging.getLogger("genbrain").info("commit %s (%s), config sha256 %s, %d rules benchmarked",
