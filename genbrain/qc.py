@@ -8,6 +8,7 @@ from collections.abc import Sequence
 import numpy as np
 import pandas as pd
 
+from genbrain.errors import GenbrainInputError
 from genbrain.io import atomic_path, read_tsv, save_tsv
 from genbrain.space import standard_space
 from genbrain.store import ImageStore
@@ -71,3 +72,50 @@ def mosaic(store_index: str | os.PathLike, site: str, modality: str, n_subjects:
     with atomic_path(out_png) as tmp:
         fig.savefig(tmp, dpi=150, format="png")
     plt.close(fig)
+
+
+def demographics(index: pd.DataFrame, scores: Sequence[str] = ()) -> pd.DataFrame:
+    """A cohort's participants as a paper's Table 1, from its store index (one row per image;
+    each participant counted once): one row per (site, diagnosis), then each site's total
+    (diagnosis ``all``), then the whole cohort (site ``all``). Columns: ``n``, ``female_pct``,
+    ``age_mean``, ``age_sd`` (n - 1 in the denominator; missing for n = 1), ``age_min``,
+    ``age_max``, ``qc_pass_pct`` (share passing registration QC) and ``<score>_mean``,
+    ``<score>_sd`` for each clinical score (missing values skipped). Without a ``diagnosis``
+    column (or with none filled in) only the site totals and the cohort row are given, all with
+    diagnosis ``all``."""
+    subj = index.drop_duplicates("participant_id")
+    has_dx = "diagnosis" in subj.columns and subj["diagnosis"].notna().any()
+    groups = []
+    for site, at_site in subj.groupby("site", sort=True):
+        if has_dx:
+            groups += [(site, str(dx), g) for dx, g in at_site.groupby("diagnosis", sort=True)]
+        groups.append((site, "all", at_site))
+    groups.append(("all", "all", subj))
+    rows = []
+    for site, dx, g in groups:
+        age = g["age"].astype(float)
+        row = {"site": site, "diagnosis": dx, "n": len(g),
+               "female_pct": 100.0 * (g["sex"] == "F").mean(),
+               "age_mean": age.mean(), "age_sd": age.std(ddof=1),
+               "age_min": age.min(), "age_max": age.max()}
+        if "qc_pass" in g.columns:
+            row["qc_pass_pct"] = 100.0 * g["qc_pass"].astype(str).str.lower().eq("true").mean()
+        for score in scores:
+            values = pd.to_numeric(g[score], errors="coerce")
+            row[f"{score}_mean"], row[f"{score}_sd"] = values.mean(), values.std(ddof=1)
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def write_demographics(index_path: str | os.PathLike, out_path: str | os.PathLike,
+                       scores: Sequence[str] = ()) -> pd.DataFrame:
+    """:func:`demographics` of the store index at ``index_path``, written atomically with two
+    decimals; a score missing from the index is a one-line error."""
+    index = read_tsv(index_path)
+    missing = [s for s in scores if s not in index.columns]
+    if missing:
+        raise GenbrainInputError(f"{index_path}: no column {', '.join(map(repr, missing))} "
+                                 "(the cohort's `scores`)")
+    df = demographics(index, scores).round(2)
+    save_tsv(df, out_path)
+    return df

@@ -142,6 +142,11 @@ def get_synth_shard_rows(wildcards):
     return [rows.start, rows.stop]
 
 
+def get_cohort_scores(wildcards):
+    """The clinical score columns of a cohort (config ``cohorts.<name>.scores``)."""
+    return list(COHORTS[wildcards.cohort].spec.get("scores", []))
+
+
 def get_user_covariates_input(wildcards):
     """The researcher's covariate TSV of a synthetic cohort ([] for a grid)."""
     spec = config["synthesize"]["cohorts"][wildcards.synth]
@@ -186,6 +191,7 @@ def get_all_outputs(provenance=True):
     for name, cohort in COHORTS.items():
         outputs.append(f"results/stores/{name}/index.tsv")
         outputs.append(f"results/qc/{name}/registration.tsv")
+        outputs.append(f"results/qc/{name}/demographics.tsv")
         outputs += [
             f"results/qc/{name}/site-{site}_mosaic.png" for site in cohort.sites
         ]

@@ -72,6 +72,31 @@ rule qc_registration:
         "../workflow/scripts/qc_registration.py"
 
 
+rule cohort_demographics:
+    """A cohort's participants by site and diagnosis (n, % female, age, QC pass rate, clinical
+    scores), from its image store: the cohort's Table 1."""
+    input:
+        index="results/stores/{cohort}/index.tsv",
+    output:
+        table=report(
+            "results/qc/{cohort}/demographics.tsv",
+            caption="../workflow/report/qc_demographics.rst",
+            category="Preprocessing",
+            subcategory="{cohort}",
+            labels={"cohort": "{cohort}", "figure": "demographics"},
+        ),
+    log:
+        "logs/cohort_demographics/{cohort}.log",
+    benchmark:
+        "results/benchmarks/cohort_demographics/{cohort}.tsv"
+    conda:
+        "../envs/imaging.yaml"
+    params:
+        scores=get_cohort_scores,
+    script:
+        "../workflow/scripts/cohort_demographics.py"
+
+
 rule qc_mosaic:
     """Mosaic of a few preprocessed subjects of one site over the template outline."""
     input:
