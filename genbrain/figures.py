@@ -1,4 +1,4 @@
-"""Figures of the evaluation stage (PNG, 150 dpi, written atomically).
+"""Figures of the pipeline's stages (PNG, 150 dpi, written atomically).
 
 - :func:`similarity_figure`: the paper's Fig. 2a, cosine similarity with the reference t-maps
   per modality, one panel per effect (age, sex), mean and 95% CI over replicates per kind.
@@ -7,6 +7,7 @@
 - :func:`loss_curve`: the pretraining loss per step and its running mean.
 - :func:`synthetic_vs_real`: the paper's Fig. 2c, slices of synthetic and real images per
   modality for one condition.
+- :func:`truth_maps`: the ground-truth effect maps planted in a simulated cohort.
 """
 
 from __future__ import annotations
@@ -159,6 +160,52 @@ def synthetic_vs_real(real: np.ndarray, synthetic: np.ndarray, names: Sequence[s
             if len(labels):  # under the pair, from its left edge
                 axes[r, 2 * c].set_xlabel(labels[r], fontsize=6, loc="left")
         axes[r, 0].set_ylabel(name, fontsize=8)
+    fig.suptitle(title, fontsize=8)
+    fig.tight_layout()
+    _save(fig, out_png)
+
+
+def truth_maps(maps: dict[tuple[str, str], np.ndarray], out_png: str | os.PathLike,
+               title: str = "") -> None:
+    """The planted ground truth of a simulated cohort: one row per modality, one column per
+    effect, each panel the axial slice where that effect map is largest (sum of |effect|),
+    on a symmetric blue-red scale of its own (99th percentile of |effect|), over the brain
+    mask in grey, subject's left on the left; a map that is zero everywhere says so. maps: ``{(modality, effect): (V,)}`` in the modality's raw units."""
+    from genbrain.space import standard_space
+
+    plt = _pyplot()
+    space = standard_space()
+    modalities = list(dict.fromkeys(m for m, _ in maps))
+    effects = list(dict.fromkeys(e for _, e in maps))
+    fig, axes = plt.subplots(len(modalities), len(effects),
+                             figsize=(1.7 * len(effects) + 0.6, 1.75 * len(modalities)),
+                             squeeze=False)
+    for r, m in enumerate(modalities):
+        for c, e in enumerate(effects):
+            ax = axes[r, c]
+            ax.set_xticks([])
+            ax.set_yticks([])
+            vec = maps.get((m, e))
+            if vec is not None and not np.any(vec):
+                ax.text(0.5, 0.5, "no effect", ha="center", va="center", fontsize=7,
+                        transform=ax.transAxes)
+            elif vec is not None:
+                vol = space.to_volume(vec)
+                z = int(np.argmax(np.abs(vol).sum(axis=(0, 1))))
+                scale = float(np.percentile(np.abs(vec), 99)) or 1.0
+                ax.imshow(np.where(space.mask[:, :, z], 0.85, 1.0).T, origin="lower",
+                          cmap="gray", vmin=0, vmax=1)
+                shown = np.where(space.mask[:, :, z], vol[:, :, z], np.nan).T
+                im = ax.imshow(shown, origin="lower", cmap="RdBu_r", vmin=-scale, vmax=scale)
+                cb = fig.colorbar(im, ax=ax, fraction=0.046, pad=0.02)
+                cb.ax.tick_params(labelsize=5)
+                cb.ax.yaxis.get_offset_text().set_fontsize(5)
+                ax.set_xlabel(f"z = {space.affine[2, 2] * z + space.affine[2, 3]:.0f} mm",
+                              fontsize=6)
+            if r == 0:
+                ax.set_title(e, fontsize=8)
+            if c == 0:
+                ax.set_ylabel(m, fontsize=8)
     fig.suptitle(title, fontsize=8)
     fig.tight_layout()
     _save(fig, out_png)

@@ -197,6 +197,7 @@ def get_all_outputs(provenance=True):
         ]
         if cohort.simulated:
             outputs.append(f"results/simulated/{name}/participants.tsv")
+            outputs.append(f"results/figures/simulate/{name}_truth.png")
     if provenance:
         outputs.append("results/provenance/provenance.html")
     return outputs

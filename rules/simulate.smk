@@ -18,6 +18,31 @@ rule simulate_truth:
         "../workflow/scripts/simulate_truth.py"
 
 
+rule simulate_truth_figure:
+    """The ground-truth effect maps planted in a simulated cohort (per modality: age, sex,
+    and diagnosis or score), the maps the cohort's analyses should recover."""
+    input:
+        truth="results/simulated/{cohort}/ground_truth",
+    output:
+        png=report(
+            "results/figures/simulate/{cohort}_truth.png",
+            caption="../workflow/report/simulate_truth.rst",
+            category="Simulation",
+            subcategory="{cohort}",
+            labels={"cohort": "{cohort}", "figure": "ground truth"},
+        ),
+    log:
+        "logs/simulate_truth_figure/{cohort}.log",
+    benchmark:
+        "results/benchmarks/simulate_truth_figure/{cohort}.tsv"
+    conda:
+        "../envs/imaging.yaml"
+    params:
+        modalities=get_modalities,
+    script:
+        "../workflow/scripts/simulate_truth_figure.py"
+
+
 rule simulate_cohort:
     """One (site, chunk) of a simulated cohort written as NIfTI images (standard or native
     space); the manifest is written last and lists every file and its true head pose."""

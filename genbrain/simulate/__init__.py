@@ -7,13 +7,14 @@ from genbrain.simulate.cohort import (
     participants,
     site_specs,
 )
-from genbrain.simulate.write import write_chunk, write_truth
+from genbrain.simulate.write import read_truth, write_chunk, write_truth
 
 __all__ = [
     "SIMULATED_MODALITIES",
     "Generator",
     "ground_truth",
     "participants",
+    "read_truth",
     "site_specs",
     "write_chunk",
     "write_truth",

@@ -12,8 +12,10 @@ import nibabel as nib
 import numpy as np
 import pandas as pd
 
-from genbrain.io import save_nifti, save_tsv
+from genbrain.errors import GenbrainInputError
+from genbrain.io import load_volume, save_nifti, save_tsv
 from genbrain.simulate.cohort import (
+    EFFECTS,
     Generator,
     ground_truth,
     native_grid,
@@ -89,3 +91,21 @@ def write_truth(cohort: str, spec: Mapping, seed: int, modalities: Sequence[str]
         save_nifti(space.image(space.to_volume(vec)),
                    truth_dir / f"effect-{effect}_{modality}.nii.gz")
     log.info("%s: ground truth written to %s", cohort, truth_dir)
+
+
+def read_truth(truth_dir: str | os.PathLike,
+               modalities: Sequence[str]) -> dict[tuple[str, str], np.ndarray]:
+    """The ground-truth maps that :func:`write_truth` wrote, ``{(modality, effect): (V,)}``,
+    modalities in the given order and effects in :data:`EFFECTS` order; effects the cohort
+    has no map of (diagnosis of a population cohort, ...) are left out."""
+    space = standard_space()
+    out = {}
+    for m in modalities:
+        for effect in EFFECTS:
+            path = Path(truth_dir) / f"effect-{effect}_{m}.nii.gz"
+            if path.exists():
+                out[(m, effect)] = space.to_vector(load_volume(path)[1])
+    if not out:
+        raise GenbrainInputError(f"{truth_dir}: no ground-truth maps (effect-<effect>_"
+                                 f"<modality>.nii.gz) of {', '.join(modalities)}")
+    return out

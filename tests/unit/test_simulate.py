@@ -94,3 +94,23 @@ def test_task_maps_depend_on_rest_maps():
         fc.append(imgs["fc02"][region].mean())
         task.append(imgs["task_shapes"][region].mean())
     assert stats.pearsonr(fc, task)[0] > 0.5
+
+
+def test_ground_truth_written_reads_back_and_is_drawn(tmp_path):
+    from genbrain.errors import GenbrainInputError
+    from genbrain.figures import truth_maps
+    from genbrain.simulate import read_truth, write_truth
+
+    spec = {"kind": "clinical", "sites": {"h": {"n": 2}}}
+    write_truth("k", spec, 1, ["T1w", "FA"], tmp_path / "participants.tsv", tmp_path / "gt")
+    maps = read_truth(tmp_path / "gt", ["FA", "T1w"])
+    assert list(maps) == [("FA", "age"), ("FA", "sex"), ("FA", "score"),
+                          ("T1w", "age"), ("T1w", "sex"), ("T1w", "score")]
+    gt = ground_truth("k", spec, ["T1w", "FA"])
+    for (m, e), vec in maps.items():  # float32 NIfTI of the generator's maps
+        np.testing.assert_allclose(vec, gt[f"{m}_{e}"], rtol=1e-6, atol=1e-7)
+    assert not maps[("T1w", "score")].any()  # the lesion is an FA effect only
+    truth_maps(maps, tmp_path / "fig" / "truth.png", "k")
+    assert (tmp_path / "fig" / "truth.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    with pytest.raises(GenbrainInputError, match=r"gt: no ground-truth maps .* of VBM"):
+        read_truth(tmp_path / "gt", ["VBM"])

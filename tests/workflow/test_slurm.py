@@ -25,7 +25,7 @@ NODE_CPUS = 2  # the CI machine; the test profile must fit a node this small
 # One standard-space site of 8 subjects in two chunks, through every stage that exists: the
 # store and its QC, then a nano DiT (2 steps; its GPU rules run on CPU under the test profile),
 # 4 hold-out subjects x 2 modalities synthesized in 2 shards, their evaluation, the privacy gate
-# and the export: 21 Slurm jobs (`all` and `provenance` run locally).
+# and the export: 22 Slurm jobs (`all` and `provenance` run locally).
 TINY = {
     "seed": 5,
     "cohorts": {"tiny": {"role": "pretrain", "modalities": ["T1w", "VBM"],
@@ -40,7 +40,7 @@ TINY = {
     "evaluate": {"similarity": {"cohort_size": 4, "n_cohorts": 1, "k": 1}},
     "export": {"max_images": 2},
 }
-SLICE_JOBS = {"simulate_truth": 1, "simulate_cohort": 2, "preprocess_chunk": 2, "pack_store": 1,
+SLICE_JOBS = {"simulate_truth": 1, "simulate_truth_figure": 1, "simulate_cohort": 2, "preprocess_chunk": 2, "pack_store": 1,
               "qc_registration": 1, "cohort_demographics": 1, "qc_mosaic": 1,
               "split_pretrain": 1, "pretrain_dit": 1, "pretrain_loss_curve": 1,
               "pretrain_samples": 1, "similarity_covariates": 1, "synthesize_shard": 2,
