@@ -13,6 +13,13 @@ from genbrain.io import read_tsv
 from genbrain.space import standard_space
 from genbrain.store import ImageStore
 from genbrain.train import loss_history
+from tests.workflow.browser import (
+    categories_by_rule,
+    menu,
+    open_provenance_page,
+    open_report,
+    severe,
+)
 from tests.workflow.helpers import ROOT, snakemake
 
 
@@ -45,6 +52,12 @@ def test_demo_builds_every_store(demo):
             assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
         truth = demo / "results" / "simulated" / name / "ground_truth"
         assert (truth / "effect-age_T1w.nii.gz").exists()
+        table1 = read_tsv(demo / "results" / "qc" / name / "demographics.tsv")
+        totals = table1[table1["diagnosis"] == "all"].set_index("site")["n"]
+        assert totals.to_dict() == {**{s: v["n"] for s, v in cohort["simulate"]["sites"].items()},
+                                    "all": n}
+        for score in cohort.get("scores", []):
+            assert table1[f"{score}_mean"].notna().all(), name
 
 
 @pytest.mark.slow
@@ -173,6 +186,62 @@ def test_demo_draws_gates_and_exports_the_researchers_grid_cohort(demo):
                                       "modality": row["modality"]}
         assert side["Sampling"]["k"] == spec["k"]
         assert path.with_name(path.name.replace(".json", ".nii.gz")).exists()
+
+
+@pytest.mark.slow
+def test_demo_report_opens_in_chromium_with_every_stage_and_its_provenance(demo, browser):
+    """What `make demo` ends with: results/report.html, built as the Makefile builds it,
+    renders in headless Chromium without console errors, shows the category of every rule
+    with report() outputs (the demo runs every rule: each leaves its benchmark file), and its
+    provenance page lists every rule's runtime."""
+    import json
+
+    html = demo / "results" / "report.html"
+    res = snakemake("--configfile", str(ROOT / "config" / "demo.yaml"), "-d", str(demo),
+                    "--report", str(html), timeout=600)
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    by_rule = categories_by_rule()
+    ran = {p.name for p in (demo / "results" / "benchmarks").iterdir()}
+    assert ran == set(by_rule), sorted(set(by_rule) ^ ran)
+    expected = set().union(*by_rule.values())
+    assert {"Simulation", "Preprocessing", "Pretraining", "Synthetic images",
+            "Provenance"} <= expected
+    text = open_report(browser, html)
+    assert sorted(expected - {line.strip() for line in text.splitlines()}) == []
+    assert severe(browser) == []
+    # the menu, as a reader walks it: every category, cohort and synthetic cohort with its
+    # results, labelled
+    cfg = yaml.safe_load((ROOT / "config" / "demo.yaml").read_text())
+    assert sorted(menu(browser, html)[0]) == sorted(expected)
+    cohorts = cfg["cohorts"]
+    assert sorted(menu(browser, html, ("Simulation",))[0]) == sorted(cohorts)
+    assert sorted(menu(browser, html, ("Preprocessing",))[0]) == sorted(cohorts)
+    for name, cohort in cohorts.items():
+        shown = menu(browser, html, ("Simulation", name))[1]
+        assert shown == [{"COHORT": name, "FIGURE": "ground truth"}], shown
+        shown = menu(browser, html, ("Preprocessing", name))[1]
+        assert sorted((r["FIGURE"], r.get("SITE", "")) for r in shown) == sorted(
+            [("QC mosaic", site) for site in cohort["simulate"]["sites"]]
+            + [("demographics", ""), ("registration QC table", "")]), (name, shown)
+    shown = menu(browser, html, ("Pretraining",))[1]
+    assert sorted(r["FIGURE"] for r in shown) == ["loss curve", "samples vs the mean image",
+                                                  "synthetic vs real"], shown
+    synthetic = ["pretrain", *cfg["synthesize"]["cohorts"]]
+    assert sorted(menu(browser, html, ("Synthetic images",))[0]) == sorted(synthetic)
+    for name in synthetic:
+        shown = menu(browser, html, ("Synthetic images", name))[1]
+        figures = ["closest training images", "memorisation audit", "privacy gate"]
+        if name == "pretrain":  # the similarity needs the mirrored real hold-out cohorts
+            figures += ["age/sex similarity", "age/sex similarity table"]
+        assert sorted(r["FIGURE"] for r in shown) == sorted(figures), (name, shown)
+        assert {r["MODEL"] for r in shown} == {name}
+    assert menu(browser, html, ("Provenance",))[1] == [{"PAGE": "provenance"}]
+    page = open_provenance_page(browser, html)
+    record = json.loads((demo / "results" / "provenance" / "provenance.json").read_text())
+    assert {r["rule"] for r in record["runtime"]} == set(by_rule) - {"provenance"}
+    for rule in by_rule.keys() - {"provenance"}:
+        assert rule in page, rule
+    assert severe(browser) == []
 
 
 @pytest.mark.slow

@@ -3,35 +3,25 @@ no severe console errors, every report category of the rules that ran is in the 
 provenance page opens inside it.
 
 The report is built from a small slice (one simulated cohort of 4 standard-space subjects:
-simulation, preprocessing, QC and provenance; about 20 s), not from the full demo. The expected
-categories are read from the ``report(category=...)`` calls of the rules that ran, so a stage
-that joins the slice later brings its category with it.
-
-Chromium comes from Debian (``.ci/setup-browser.sh``); ``GENBRAIN_CHROMIUM`` and
-``GENBRAIN_CHROMEDRIVER`` point the test at other binaries. Without them the tests skip.
+simulation and its ground truth, preprocessing, QC and provenance; about 20 s), so that a broken report fails fast;
+the demo's own report, with every stage, is opened by tests/workflow/test_demo.py. The
+expected categories are read from the ``report(category=...)`` calls of the rules that ran, so
+a stage that joins the slice later brings its category with it.
 """
 
 from __future__ import annotations
 
 import json
-import os
-import re
-from pathlib import Path
 
 import pytest
 import yaml
 
+from tests.workflow.browser import categories_by_rule, open_provenance_page, open_report, severe
 from tests.workflow.helpers import ROOT, snakemake
-
-CHROMIUM = os.environ.get("GENBRAIN_CHROMIUM", "/usr/bin/chromium")
-CHROMEDRIVER = os.environ.get("GENBRAIN_CHROMEDRIVER", "/usr/bin/chromedriver")
-CHROME_ARGS = ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
-               "--disable-background-networking")
-WAIT_S = 60
 
 # Categories the slice must show whatever the rules say: guards the derivation below against
 # silently expecting nothing.
-SLICE_MUST_SHOW = {"Preprocessing", "Provenance"}
+SLICE_MUST_SHOW = {"Simulation", "Preprocessing", "Provenance"}
 
 SLICE_COHORT = {
     "role": "disorder",
@@ -40,30 +30,6 @@ SLICE_COHORT = {
     "simulate": {"kind": "disorder", "age": [30, 60],
                  "sites": {"s1": {"n": 2}, "s2": {"n": 2}}},
 }
-
-
-@pytest.fixture(scope="module")
-def chromium():
-    """(browser, driver) paths, or skip saying what is missing and how to get it."""
-    pytest.importorskip("selenium", reason="selenium is not installed (pip install -r "
-                                           "requirements.lock)")
-    missing = [p for p in (CHROMIUM, CHROMEDRIVER) if not os.access(p, os.X_OK)]
-    if missing:
-        pytest.skip(f"headless Chromium not available: {', '.join(missing)} missing (run "
-                    ".ci/setup-browser.sh as root, or set GENBRAIN_CHROMIUM / "
-                    "GENBRAIN_CHROMEDRIVER)")
-    return CHROMIUM, CHROMEDRIVER
-
-
-def _categories_by_rule() -> dict[str, set[str]]:
-    """rule name -> the literal categories of its report() outputs, from rules/*.smk."""
-    out = {}
-    for smk in sorted((ROOT / "rules").glob("*.smk")):
-        for block in re.split(r"\n(?=rule )", smk.read_text()):
-            if block.startswith("rule "):
-                name = block.split(":")[0][5:].strip()
-                out[name] = {c for c in re.findall(r'category="([^"]+)"', block) if "{" not in c}
-    return out
 
 
 def _rules_that_ran(log: str) -> set[str]:
@@ -97,80 +63,29 @@ def report(chromium, tmp_path_factory):
     res = snakemake("--configfile", str(cfgfile), "-d", str(work), "--report", str(html),
                     timeout=300)
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
-    by_rule = _categories_by_rule()
+    by_rule = categories_by_rule()
     expected = set().union(*(by_rule.get(r, set()) for r in ran))
     assert SLICE_MUST_SHOW <= expected, (ran, expected)
     return {"html": html, "work": work, "categories": expected}
 
 
-@pytest.fixture(scope="module")
-def browser(chromium):
-    from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service
-
-    binary, driver_path = chromium
-    opts = webdriver.ChromeOptions()
-    opts.binary_location = binary
-    for arg in CHROME_ARGS:
-        opts.add_argument(arg)
-    opts.set_capability("goog:loggingPrefs", {"browser": "ALL"})
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("SE_OFFLINE", "true")  # never let Selenium Manager look for downloads
-        driver = webdriver.Chrome(service=Service(driver_path), options=opts)
-    driver.set_page_load_timeout(WAIT_S)
-    yield driver
-    driver.quit()
-
-
-def _open(driver, html: Path) -> str:
-    """Load the report and wait until the app has drawn its menu; returns the rendered text
-    (innerText: what the app drew, scripts excluded, including a long workflow description
-    that the app's centred layout pushes above the top of a small headless window)."""
-    from selenium.webdriver.common.by import By
-    from selenium.webdriver.support.ui import WebDriverWait
-
-    driver.get_log("browser")  # drop messages of earlier pages
-    driver.get(html.as_uri())
-    WebDriverWait(driver, WAIT_S).until(
-        lambda d: "Workflow" in d.find_element(By.TAG_NAME, "body").text)
-    return driver.execute_script("return document.body.innerText")
-
-
-def _severe(driver) -> list[str]:
-    return [e["message"] for e in driver.get_log("browser") if e["level"] == "SEVERE"]
-
-
 def test_report_renders_without_severe_console_errors(report, browser):
-    text = _open(browser, report["html"])
+    text = open_report(browser, report["html"])
     assert "genbrain-pipeline" in text  # the workflow description, rendered by the app
-    assert _severe(browser) == []
+    assert severe(browser) == []
 
 
 def test_every_category_of_the_rules_that_ran_is_shown(report, browser):
-    lines = {line.strip() for line in _open(browser, report["html"]).splitlines()}
+    lines = {line.strip() for line in open_report(browser, report["html"]).splitlines()}
     assert sorted(report["categories"] - lines) == []
 
 
 def test_the_provenance_page_opens_inside_the_report(report, browser):
-    from selenium.webdriver.common.by import By
-    from selenium.webdriver.support.ui import WebDriverWait
-
-    _open(browser, report["html"])
-    browser.find_element(By.XPATH, "//*[normalize-space(text())='Provenance']").click()
-    eye = WebDriverWait(browser, WAIT_S).until(
-        lambda d: d.find_elements(By.CSS_SELECTOR, "a[iconname='eye']"))
-    eye[0].click()
-    frame = WebDriverWait(browser, WAIT_S).until(lambda d: d.find_element(By.TAG_NAME, "iframe"))
-    browser.switch_to.frame(frame)
-    try:
-        page = WebDriverWait(browser, WAIT_S).until(
-            lambda d: d.find_element(By.TAG_NAME, "body").text)
-    finally:
-        browser.switch_to.default_content()
+    page = open_provenance_page(browser, report["html"])
     record = json.loads((report["work"] / "results" / "provenance" / "provenance.json")
                         .read_text())
     assert record["config_sha256"] in page
     assert {r["rule"] for r in record["runtime"]} >= {"simulate_cohort", "preprocess_chunk"}
     for row in record["runtime"]:
         assert row["rule"] in page
-    assert _severe(browser) == []
+    assert severe(browser) == []
