@@ -17,8 +17,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import shutil
-import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -27,7 +25,7 @@ import numpy as np
 import pandas as pd
 
 from genbrain.errors import GenbrainInputError
-from genbrain.io import read_tsv, save_nifti, save_tsv
+from genbrain.io import atomic_dir, read_tsv, save_nifti, save_tsv
 from genbrain.modalities import DEFAULT_REGISTRY, ModalityRegistry
 from genbrain.space import standard_space
 from genbrain.store import ImageStore
@@ -81,10 +79,8 @@ def export_cohort(index: str | os.PathLike, gate: str | os.PathLike, out_dir: st
     space = standard_space()
     n = len(store) if max_images is None else min(int(max_images), len(store))
     model = {"checkpoint": Path(checkpoint).name, "sha256": sha256(checkpoint)}
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
     rows = []
-    try:
+    with atomic_dir(out_dir) as tmp:
         for i in range(n):
             meta = store.table.iloc[i]
             mod = registry[str(meta["modality"])]
@@ -121,12 +117,6 @@ def export_cohort(index: str | os.PathLike, gate: str | os.PathLike, out_dir: st
                        "SourceDatasets": [{"URL": f"model:{model['checkpoint']}"}],
                        "ImagesExported": len(files), "ImagesInStore": len(store)}
         (tmp / "dataset_description.json").write_text(json.dumps(description, indent=2))
-        if out_dir.exists():
-            shutil.rmtree(out_dir)
-        os.replace(tmp, out_dir)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp)
     return files
 
 

@@ -1,7 +1,10 @@
 """Files: validated NIfTI reading, atomic writes, and tables.
 
-Every writer goes through :func:`atomic_path`, which writes to a temporary file in the target
-folder and renames it into place, so a killed job leaves either the whole output or nothing.
+Every writer goes through :func:`atomic_path` (a file) or :func:`atomic_dir` (a folder), which
+write to a temporary name in the target folder and rename it into place, so a killed job leaves
+either the whole output or nothing. Outputs get the permissions the process's umask gives a
+new file or folder (0644 / 0755 under the usual 022), not the owner-only mode of a temporary
+file: results on a shared file system stay readable by the group.
 """
 
 from __future__ import annotations
@@ -9,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import gzip
 import os
+import shutil
 import tempfile
 import zlib
 from collections.abc import Iterator
@@ -37,10 +41,36 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     tmp = Path(tmp)
     try:
         yield tmp
+        tmp.chmod(0o666 & ~_umask())  # mkstemp made it owner-only
         os.replace(tmp, path)
     finally:
         if tmp.exists():
             tmp.unlink()
+
+
+@contextlib.contextmanager
+def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
+    """Yield a temporary folder beside ``path``; on success replace the folder ``path`` (if
+    any) with it, so readers see the old folder or the complete new one, never a mix."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
+    try:
+        yield tmp
+        tmp.chmod(0o777 & ~_umask())  # mkdtemp made it owner-only
+        if path.exists():
+            shutil.rmtree(path)
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp)
+
+
+def _umask() -> int:
+    """The process's umask (reading it means setting it, so it is set straight back)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
 
 
 def save_nifti(img: nib.Nifti1Image, path: str | os.PathLike) -> None:

@@ -22,8 +22,6 @@ from __future__ import annotations
 
 import logging
 import os
-import shutil
-import tempfile
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -37,7 +35,7 @@ import torch
 from genbrain.covariates import (SEXES, check_covariates, fail_at_first,  # noqa: F401
                                  read_covariates)
 from genbrain.errors import GenbrainInputError
-from genbrain.io import save_tsv
+from genbrain.io import atomic_dir, save_tsv
 from genbrain.modalities import DEFAULT_REGISTRY, ModalityRegistry
 from genbrain.model.diffusion import DDIMSampler, GaussianDiffusion
 from genbrain.model.dit import DiT
@@ -190,9 +188,7 @@ def synthesize_shard(checkpoint: str | os.PathLike, covariates: pd.DataFrame,
     index["k"], index["seed"] = sampling.k, sampling.seed
     index["guidance"] = "none" if sampling.guidance is None else sampling.guidance
     index["ddim_steps"] = sampling.steps
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
-    try:
+    with atomic_dir(out_dir) as tmp:
         for modality, rows in index.groupby("modality", sort=True).groups.items():
             rows = np.asarray(rows)
             name = f"{modality}.npy"
@@ -200,12 +196,6 @@ def synthesize_shard(checkpoint: str | os.PathLike, covariates: pd.DataFrame,
             index.loc[rows, "shard"] = name
             index.loc[rows, "row"] = np.arange(len(rows))
         save_tsv(index, tmp / "index.tsv")
-        if out_dir.exists():
-            shutil.rmtree(out_dir)
-        os.replace(tmp, out_dir)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp)
     return index
 
 

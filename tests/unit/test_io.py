@@ -1,0 +1,58 @@
+"""Atomic writers: all or nothing, and outputs with the umask's permissions (not the
+owner-only mode of a temporary file), so results on a shared file system stay readable."""
+
+import os
+import stat
+
+import pandas as pd
+import pytest
+
+from genbrain.io import atomic_dir, atomic_path, save_tsv
+
+
+@pytest.fixture(params=[0o022, 0o007])
+def umask(request):
+    old = os.umask(request.param)
+    yield request.param
+    os.umask(old)
+
+
+def _mode(path) -> int:
+    return stat.S_IMODE(os.stat(path).st_mode)
+
+
+def test_atomic_files_get_the_umask_permissions(tmp_path, umask):
+    save_tsv(pd.DataFrame({"a": [1]}), tmp_path / "t.tsv")
+    assert _mode(tmp_path / "t.tsv") == 0o666 & ~umask
+    assert [p.name for p in tmp_path.iterdir()] == ["t.tsv"]  # no temporary left
+
+
+def test_atomic_dirs_get_the_umask_permissions_and_replace_the_old_folder(tmp_path, umask):
+    out = tmp_path / "shard-000"
+    out.mkdir()
+    (out / "old.npy").write_bytes(b"old")
+    with atomic_dir(out) as tmp:
+        assert tmp.parent == tmp_path and not (tmp / "old.npy").exists()
+        save_tsv(pd.DataFrame({"a": [1]}), tmp / "index.tsv")
+    assert sorted(p.name for p in out.iterdir()) == ["index.tsv"]
+    assert _mode(out) == 0o777 & ~umask
+    assert _mode(out / "index.tsv") == 0o666 & ~umask
+    assert [p.name for p in tmp_path.iterdir()] == ["shard-000"]
+
+
+def test_a_failed_write_leaves_the_old_output_and_no_temporary(tmp_path):
+    (tmp_path / "t.tsv").write_text("old\n")
+    with pytest.raises(RuntimeError):
+        with atomic_path(tmp_path / "t.tsv") as tmp:
+            tmp.write_text("half")
+            raise RuntimeError("killed")
+    out = tmp_path / "d"
+    out.mkdir()
+    (out / "kept").write_text("old")
+    with pytest.raises(RuntimeError):
+        with atomic_dir(out) as tmp:
+            (tmp / "half").write_text("half")
+            raise RuntimeError("killed")
+    assert (tmp_path / "t.tsv").read_text() == "old\n"
+    assert sorted(p.name for p in out.iterdir()) == ["kept"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["d", "t.tsv"]
