@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import logging
 import os
-import shutil
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -25,7 +24,7 @@ import numpy as np
 import pandas as pd
 
 from genbrain.errors import GenbrainInputError
-from genbrain.io import load_volume, save_nifti, save_tsv
+from genbrain.io import atomic_dir, load_volume, save_nifti, save_tsv
 from genbrain.modalities import ModalityRegistry
 from genbrain.preprocess.registration import register, resample_to_standard
 from genbrain.space import standard_space, template_t1
@@ -74,16 +73,13 @@ def preprocess_chunk(
     """
     space = standard_space()
     out_dir = Path(out_dir)
-    tmp_dir = out_dir.with_name(f".{out_dir.name}.tmp-{os.getpid()}")
-    if tmp_dir.exists():
-        shutil.rmtree(tmp_dir)
-    (tmp_dir / "jacobian").mkdir(parents=True)
     modalities = list(next(iter(images.values())).keys()) if images else []
     vectors: dict[str, list[np.ndarray]] = {m: [] for m in modalities}
     vectors["jacobian"] = []
     records, transforms, qc_vectors = [], [], []
     t0 = time.time()
-    try:
+    with atomic_dir(out_dir) as tmp_dir:
+        (tmp_dir / "jacobian").mkdir()
         for k, (row, is_native) in enumerate(zip(rows.to_dict("records"), native)):
             pid = row["participant_id"]
             paths = images[pid]
@@ -135,12 +131,6 @@ def preprocess_chunk(
         save_tsv(index, tmp_dir / "index.tsv")
         save_tsv(pd.DataFrame(transforms, columns=["participant_id", "backend", "std_to_native"]),
                  tmp_dir / "transforms.tsv")
-        if out_dir.exists():
-            shutil.rmtree(out_dir)
-        os.replace(tmp_dir, out_dir)
-    finally:
-        if tmp_dir.exists():
-            shutil.rmtree(tmp_dir)
     return index
 
 
