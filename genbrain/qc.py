@@ -76,8 +76,8 @@ def mosaic(store_index: str | os.PathLike, site: str, modality: str, n_subjects:
 
 def demographics(index: pd.DataFrame, scores: Sequence[str] = ()) -> pd.DataFrame:
     """A cohort's participants as a paper's Table 1, from its store index (one row per image;
-    each participant counted once): one row per (site, diagnosis), then each site's total
-    (diagnosis ``all``), then the whole cohort (site ``all``). Columns: ``n``, ``female_pct``,
+    each participant counted once): one row per (site, diagnosis) and each site's total
+    (diagnosis ``all``), then the same for the whole cohort (site ``all``). Columns: ``n``, ``female_pct``,
     ``age_mean``, ``age_sd`` (n - 1 in the denominator; missing for n = 1), ``age_min``,
     ``age_max``, ``qc_pass_pct`` (share passing registration QC) and ``<score>_mean``,
     ``<score>_sd`` for each clinical score (missing values skipped). Without a ``diagnosis``
@@ -86,11 +86,10 @@ def demographics(index: pd.DataFrame, scores: Sequence[str] = ()) -> pd.DataFram
     subj = index.drop_duplicates("participant_id")
     has_dx = "diagnosis" in subj.columns and subj["diagnosis"].notna().any()
     groups = []
-    for site, at_site in subj.groupby("site", sort=True):
+    for site, at_site in [*subj.groupby("site", sort=True), ("all", subj)]:
         if has_dx:
             groups += [(site, str(dx), g) for dx, g in at_site.groupby("diagnosis", sort=True)]
         groups.append((site, "all", at_site))
-    groups.append(("all", "all", subj))
     rows = []
     for site, dx, g in groups:
         age = g["age"].astype(float)
