@@ -10,6 +10,7 @@ file: results on a shared file system stay readable by the group.
 from __future__ import annotations
 
 import contextlib
+import glob
 import gzip
 import os
 import shutil
@@ -51,9 +52,16 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
 @contextlib.contextmanager
 def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary folder beside ``path``; on success replace the folder ``path`` (if
-    any) with it, so readers see the old folder or the complete new one, never a mix."""
+    any) with it, so readers see the old folder or the complete new one, never a mix.
+
+    Temporary folders of ``path`` that a killed earlier attempt left behind (a synthesis shard
+    can be gigabytes) are removed first: one job at a time writes an output (Snakemake's
+    locks), so any such folder is stale."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    for stale in path.parent.glob(f".{glob.escape(path.name)}.*"):
+        if stale.is_dir():
+            shutil.rmtree(stale, ignore_errors=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
     try:
         yield tmp

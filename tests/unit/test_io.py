@@ -56,3 +56,15 @@ def test_a_failed_write_leaves_the_old_output_and_no_temporary(tmp_path):
     assert (tmp_path / "t.tsv").read_text() == "old\n"
     assert sorted(p.name for p in out.iterdir()) == ["kept"]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["d", "t.tsv"]
+
+
+def test_atomic_dir_removes_what_a_killed_attempt_left(tmp_path):
+    out = tmp_path / "shard-000"
+    stale = tmp_path / ".shard-000.k1ll3d"  # as mkdtemp names it
+    (stale / "sub").mkdir(parents=True)
+    (stale / "sub" / "T1w.npy").write_bytes(b"half")
+    other = tmp_path / ".shard-0001.x1y2z3"  # another output's temporary: kept
+    other.mkdir()
+    with atomic_dir(out) as tmp:
+        (tmp / "index.tsv").write_text("a\n")
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".shard-0001.x1y2z3", "shard-000"]
