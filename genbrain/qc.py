@@ -77,9 +77,9 @@ def mosaic(store_index: str | os.PathLike, site: str, modality: str, n_subjects:
 def demographics(index: pd.DataFrame, scores: Sequence[str] = ()) -> pd.DataFrame:
     """A cohort's participants as a paper's Table 1, from its store index (one row per image;
     each participant counted once): one row per (site, diagnosis) and each site's total
-    (diagnosis ``all``), then the same for the whole cohort (site ``all``). Columns: ``n``, ``female_pct``,
-    ``age_mean``, ``age_sd`` (n - 1 in the denominator; missing for n = 1), ``age_min``,
-    ``age_max``, ``qc_pass_pct`` (share passing registration QC) and ``<score>_mean``,
+    (diagnosis ``all``), then the same for the whole cohort (site ``all``). Columns: ``n``,
+    ``female_pct``, ``age_mean``, ``age_sd`` (n - 1 in the denominator; missing for n = 1),
+    ``age_min``, ``age_max``, ``qc_pass_pct`` (share passing registration QC) and ``<score>_mean``,
     ``<score>_sd`` for each clinical score (missing values skipped). Without a ``diagnosis``
     column (or with none filled in) only the site totals and the cohort row are given, all with
     diagnosis ``all``."""
