@@ -11,7 +11,7 @@ import os
 import re
 from pathlib import Path
 
-from tests.workflow.helpers import ROOT
+from tests.workflow.helpers import rule_blocks
 
 CHROMIUM = os.environ.get("GENBRAIN_CHROMIUM", "/usr/bin/chromium")
 CHROMEDRIVER = os.environ.get("GENBRAIN_CHROMEDRIVER", "/usr/bin/chromedriver")
@@ -22,13 +22,8 @@ WAIT_S = 60
 
 def categories_by_rule() -> dict[str, set[str]]:
     """rule name -> the literal categories of its report() outputs, from rules/*.smk."""
-    out = {}
-    for smk in sorted((ROOT / "rules").glob("*.smk")):
-        for block in re.split(r"\n(?=rule )", smk.read_text()):
-            if block.startswith("rule "):
-                name = block.split(":")[0][5:].strip()
-                out[name] = {c for c in re.findall(r'category="([^"]+)"', block) if "{" not in c}
-    return out
+    return {name: {c for c in re.findall(r'category="([^"]+)"', block) if "{" not in c}
+            for name, (_, block) in rule_blocks().items()}
 
 
 def open_report(driver, html: Path) -> str:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -14,3 +15,14 @@ def snakemake(*args: str, cwd: Path | None = None, timeout: int = 300) -> subpro
     """Run ``snakemake -s <repo>/Snakefile ARGS`` and return the completed process."""
     cmd = [str(BIN / "snakemake"), "-s", str(ROOT / "Snakefile"), *args]
     return subprocess.run(cmd, cwd=cwd or ROOT, capture_output=True, text=True, timeout=timeout)
+
+
+def rule_blocks() -> dict[str, tuple[str, str]]:
+    """Rule name -> (its .smk file name, its text from ``rule <name>:`` up to the next rule),
+    for every rule of rules/*.smk."""
+    out = {}
+    for smk in sorted((ROOT / "rules").glob("*.smk")):
+        for block in re.split(r"\n(?=rule )", smk.read_text()):
+            if block.startswith("rule "):
+                out[block.split(":")[0][5:].strip()] = (smk.name, block)
+    return out

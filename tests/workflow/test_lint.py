@@ -1,6 +1,6 @@
 import subprocess
 
-from tests.workflow.helpers import BIN, ROOT, snakemake
+from tests.workflow.helpers import BIN, ROOT, rule_blocks, snakemake
 
 
 def test_snakemake_lint_is_clean():
@@ -19,15 +19,12 @@ def test_every_rule_has_log_benchmark_conda_and_a_docstring():
     the provenance page reads every rule's runtime and memory."""
     import re
 
-    for smk in sorted((ROOT / "rules").glob("*.smk")):
-        text = smk.read_text()
-        for block in re.split(r"\n(?=rule )", text):
-            if not block.startswith("rule "):
-                continue
-            name = block.split(":")[0][5:]
-            assert '"""' in block.split("\n")[1], f"{smk.name}:{name} has no docstring"
-            assert "\n    log:" in block, f"{smk.name}:{name} has no log"
-            assert "\n    conda:" in block, f"{smk.name}:{name} has no conda env"
-            bench = re.search(r'\n    benchmark:\n\s+"([^"]+)"', block)
-            assert bench, f"{smk.name}:{name} has no benchmark"
-            assert bench.group(1).startswith(f"results/benchmarks/{name}/"), bench.group(1)
+    rules = rule_blocks()
+    assert len(rules) > 10
+    for name, (smk, block) in rules.items():
+        assert '"""' in block.split("\n")[1], f"{smk}:{name} has no docstring"
+        assert "\n    log:" in block, f"{smk}:{name} has no log"
+        assert "\n    conda:" in block, f"{smk}:{name} has no conda env"
+        bench = re.search(r'\n    benchmark:\n\s+"([^"]+)"', block)
+        assert bench, f"{smk}:{name} has no benchmark"
+        assert bench.group(1).startswith(f"results/benchmarks/{name}/"), bench.group(1)

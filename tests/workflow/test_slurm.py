@@ -16,7 +16,7 @@ from genbrain.io import read_tsv
 from genbrain.space import standard_space
 from genbrain.store import ImageStore
 from genbrain.train import loss_history
-from tests.workflow.helpers import BIN, ROOT
+from tests.workflow.helpers import BIN, ROOT, rule_blocks
 
 SLURM_PROFILE = ROOT / "profiles" / "slurm" / "config.yaml"
 TEST_PROFILE = ROOT / "tests" / "workflow" / "slurm-profile"
@@ -50,11 +50,7 @@ SLICE_JOBS = {"simulate_truth": 1, "simulate_truth_figure": 1, "simulate_cohort"
 
 def _rules() -> dict[str, str]:
     """Rule name -> its text, for every rule of rules/*.smk."""
-    out = {}
-    for smk in sorted((ROOT / "rules").glob("*.smk")):
-        parts = re.split(r"^rule (\w+):", smk.read_text(), flags=re.M)
-        out.update(zip(parts[1::2], parts[2::2]))
-    return out
+    return {name: block for name, (_, block) in rule_blocks().items()}
 
 
 def _gpu_rules() -> set[str]:
