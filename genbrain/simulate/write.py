@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import os
 import time
+import zlib
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
@@ -13,17 +14,19 @@ import numpy as np
 import pandas as pd
 
 from genbrain.errors import GenbrainInputError
-from genbrain.io import load_volume, save_nifti, save_tsv
+from genbrain.io import atomic_path, load_volume, save_nifti, save_tsv
 from genbrain.simulate.cohort import (
     EFFECTS,
     Generator,
+    NativeGrid,
+    _mask_box,
     ground_truth,
     native_grid,
     native_pose,
     participants,
     site_specs,
     subject_rng,
-    to_native,
+    to_volume,
 )
 from genbrain.space import standard_space
 
@@ -31,9 +34,28 @@ log = logging.getLogger(__name__)
 
 
 def image_path(pattern: str, participant_id: str, site: str, modality: str) -> str:
-    """Fill an image path pattern; the same placeholders as a real cohort's ``images``
-    (``{participant_id}``, ``{site}``, ``{modality}``)."""
-    return pattern.format(participant_id=participant_id, site=site, modality=modality)
+    """Fill an image path pattern; the same placeholders as a real cohort's ``images``:
+    ``{participant_id}`` (``sub-01``), ``{subject}`` (the id without ``sub-``: ``01``, for
+    data folders named by bare ids), ``{site}`` (the site's name as in the table) and
+    ``{modality}``."""
+    subject = participant_id.removeprefix("sub-")
+    return pattern.format(participant_id=participant_id, subject=subject, site=site,
+                          modality=modality)
+
+
+def save_nifti_gz(img: nib.Nifti1Image, path: str | os.PathLike, level: int = 1) -> None:
+    """Write ``img`` to a ``.nii.gz`` path atomically.
+
+    The uncompressed bytes are nibabel's own serialisation (``img.to_bytes()``: the header and
+    scaled data ``nib.save`` writes), gzip-compressed in one call at nibabel's default level 1
+    (already the fastest deflate level; level 0 is 4x the bytes) instead of nibabel's ~90
+    chunked writes through ``GzipFile``: ~20% less time per image, the same arrays read back.
+    """
+    raw = img.to_bytes()
+    packer = zlib.compressobj(level, zlib.DEFLATED, 16 + zlib.MAX_WBITS)  # a gzip member
+    with atomic_path(path) as tmp, open(tmp, "wb") as fh:
+        fh.write(packer.compress(raw))
+        fh.write(packer.flush())
 
 
 def write_chunk(cohort: str, spec: Mapping, seed: int, rows: pd.DataFrame,
@@ -44,11 +66,21 @@ def write_chunk(cohort: str, spec: Mapping, seed: int, rows: pd.DataFrame,
     random pose. The manifest (written last, atomically) lists every file with its pose, and is
     the rule's declared output: if it exists, the whole chunk was written.
     """
-    space = standard_space()
     gen = Generator(spec["kind"], float(spec.get("disease_effect", 0.10)),
                     float(spec.get("lesion_effect", 0.25)))
+    records = write_subjects(gen, cohort, spec, seed, rows, modalities, pattern)
+    save_tsv(pd.DataFrame(records), manifest)
+
+
+def write_subjects(gen: Generator, cohort: str, spec: Mapping, seed: int, rows: pd.DataFrame,
+                   modalities: Sequence[str], pattern: str) -> list[dict]:
+    """The per-subject part of :func:`write_chunk` with the cohort's ``gen`` built once: writes
+    the images of ``rows`` and returns the manifest records (participant_id, modality, path,
+    space, pose)."""
+    space = standard_space()
     sites = {s.name: s for s in site_specs(cohort, spec, seed)}
     index_of = {pid: i for i, pid in enumerate(participants(cohort, spec, seed)["participant_id"])}
+    grids: dict[str, NativeGrid] = {}  # a site's native voxel coordinates, computed once
     records = []
     t0 = time.time()
     for k, row in enumerate(rows.to_dict("records")):
@@ -56,28 +88,33 @@ def write_chunk(cohort: str, spec: Mapping, seed: int, rows: pd.DataFrame,
         rng = subject_rng(seed, cohort, site.name, index_of[row["participant_id"]])
         images = gen.apply_site(gen.subject(row, site, rng, modalities), site, rng)
         pose = native_pose(rng) if site.native else np.eye(4)
-        shape, affine = native_grid(site.voxel_size) if site.native else (space.shape, space.affine)
+        if site.native:
+            if site.name not in grids:
+                grids[site.name] = NativeGrid(*native_grid(site.voxel_size))
+            grid = grids[site.name]
+            # every simulated image is zero outside the brain mask's box
+            resample = grid.resampler(pose, _mask_box(0)[0])
         for modality in modalities:
-            vol = space.to_volume(images[modality])
+            vol = to_volume(images[modality])
             if site.native:
-                vol = to_native(vol, pose, shape, affine)
-                img = nib.Nifti1Image(vol, affine)
-                img.header.set_sform(affine, code=1)  # scanner space
-                img.header.set_qform(affine, code=1)
+                vol = resample(vol)
+                img = nib.Nifti1Image(vol, grid.affine)
+                img.header.set_sform(grid.affine, code=1)  # scanner space
+                img.header.set_qform(grid.affine, code=1)
             else:
                 img = space.image(vol)
             # int16 + scl_slope, as scanners and most pipelines store images: half the bytes
             # to compress and write, ~1e-4 relative precision
             img.set_data_dtype(np.int16)
             path = image_path(pattern, row["participant_id"], site.name, modality)
-            save_nifti(img, path)
+            save_nifti_gz(img, path)
             records.append({"participant_id": row["participant_id"], "modality": modality,
                             "path": path, "space": "native" if site.native else "MNI152NLin6Asym",
                             "pose": " ".join(f"{v:.6f}" for v in pose.ravel())})
         if (k + 1) % 10 == 0 or k + 1 == len(rows):
             rate = (k + 1) / max(time.time() - t0, 1e-9)
             log.info("%s/%s: %d/%d subjects (%.1f/s)", cohort, row["site"], k + 1, len(rows), rate)
-    save_tsv(pd.DataFrame(records), manifest)
+    return records
 
 
 def write_truth(cohort: str, spec: Mapping, seed: int, modalities: Sequence[str],

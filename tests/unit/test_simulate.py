@@ -114,3 +114,190 @@ def test_ground_truth_written_reads_back_and_is_drawn(tmp_path):
     assert (tmp_path / "fig" / "truth.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     with pytest.raises(GenbrainInputError, match=r"gt: no ground-truth maps .* of VBM"):
         read_truth(tmp_path / "gt", ["VBM"])
+
+
+# ---------------------------------------------------------------------------------------------
+# Speed work (issue 12, item 1) must not change a single voxel: checksums of demo subjects
+# recorded with the code before it (3c619af), and each faster path against its plain form.
+
+DEMO_SEED = 20251219  # config/demo.yaml
+POPULATION = {"kind": "population", "age": [45, 82], "sites": {"UKB1": {"n": 300}}}
+STROKE = {"kind": "clinical", "age": [45, 85], "patient_label": "stroke", "lesion_effect": 0.25,
+          "sites": {"hospital1": {"n": 16, "native": True, "voxel_size": [1.2, 1.2, 2.4]},
+                    "hospital2": {"n": 16, "native": True, "voxel_size": [2.5, 2.5, 2.5]},
+                    "hospital3": {"n": 40}}}
+ALL_MODALITIES = ["T1w", "VBM", "FLAIR", "FA", "fc01", "fc02", "fc03", "task_shapes",
+                  "task_faces"]
+# sha256 of the arrays below, computed with the simulation code of 3c619af on the project's
+# machines (x86-64, numpy 2.4.6, scipy 1.15.3); PLATFORM_PROBE fingerprints numpy's SIMD math
+# there (float32 power and float64 exp differ in the last bit between AVX-512 and AVX2 builds)
+RECORDED = {
+    "population": "48394e4a6db2540468d4cfd832abf16237c041098eca0444016d1479522113b6",
+    "stroke_files": "32af55e4fefbc556de03150815c7b51b9630087e34a4b91e25751a30fc367b8e",
+}
+PLATFORM_PROBE = ("7cf20a66a5bd45b8d6461de13e7ce08c37ede96e2274938718623f4c5d6e65bd"
+                  "a9090a8c7dce1bf40d2b259491d25a25b3b19704937d5219e5e8f1fe428a02b5")
+
+
+def _platform_probe() -> str:
+    import hashlib
+
+    x = np.linspace(0.01, 1.0, 4099)
+    return hashlib.sha256(x.astype(np.float32) ** np.float32(1.5)).hexdigest() + \
+        hashlib.sha256(np.exp(-0.5 * ((x[:, None] * 9 - np.arange(10)) / 0.7) ** 2)).hexdigest()
+
+
+def _demo_checksums(tmp_path) -> dict[str, str]:
+    """sha256 of (a) the raw float32 images of population subjects 0 and 1 (9 modalities,
+    site effects with smoothing), (b) what a reader gets from the written files of stroke
+    hospital1 subjects 0 and 1 (native space: int16 data, scale factors, affine) and their
+    recorded head poses."""
+    import hashlib
+
+    import nibabel as nib
+
+    from genbrain.io import read_tsv
+    from genbrain.simulate import write_chunk
+
+    h = hashlib.sha256()
+    gen = Generator("population")
+    site = site_specs("population", POPULATION, DEMO_SEED)[0]
+    for i in (0, 1):
+        row = participants("population", POPULATION, DEMO_SEED).iloc[i].to_dict()
+        rng = subject_rng(DEMO_SEED, "population", "UKB1", i)
+        images = gen.apply_site(gen.subject(row, site, rng, ALL_MODALITIES), site, rng)
+        for m in ALL_MODALITIES:
+            h.update(images[m].tobytes())
+    out = {"population": h.hexdigest()}
+    table = participants("stroke", STROKE, DEMO_SEED)
+    rows = table[table["site"] == "hospital1"].head(2)
+    pattern = str(tmp_path / "{participant_id}_{modality}.nii.gz")
+    write_chunk("stroke", STROKE, DEMO_SEED, rows, ["T1w", "FA"], pattern, tmp_path / "m.tsv")
+    h = hashlib.sha256()
+    for rec in read_tsv(tmp_path / "m.tsv").to_dict("records"):
+        img = nib.load(rec["path"])
+        h.update(np.asanyarray(img.dataobj.get_unscaled()).tobytes())
+        h.update(np.float64([img.dataobj.slope, img.dataobj.inter]).tobytes())
+        h.update(img.affine.tobytes())
+        h.update(rec["pose"].encode())
+    out["stroke_files"] = h.hexdigest()
+    return out
+
+
+def test_demo_subjects_are_bitwise_those_of_the_code_before_the_speed_work(tmp_path):
+    if _platform_probe() != PLATFORM_PROBE:
+        pytest.skip("numpy's SIMD math on this CPU differs from the machine the checksums "
+                    "were recorded on; the equivalence tests below still run")
+    assert _demo_checksums(tmp_path) == RECORDED
+
+
+def test_fields_on_the_mask_box_equal_the_whole_grid_einsums():
+    from genbrain.simulate.cohort import _Fields
+
+    fields = _Fields()
+    space = standard_space()
+    rng = np.random.default_rng(4)
+    axes = []  # the full-grid weights, as built before the speed work
+    for n_fine, n_coarse in zip(space.shape, fields.coarse):
+        x = np.linspace(0, n_coarse - 1, n_fine)[:, None]
+        w = np.exp(-0.5 * ((x - np.arange(n_coarse)[None, :]) / 0.7) ** 2)
+        axes.append((w / w.sum(axis=1, keepdims=True)).astype(np.float32))
+    for n in (1, 3, 64):
+        g = rng.standard_normal((n, *fields.coarse)).astype(np.float32)
+        vol = np.einsum("nijk,ai->najk", g, axes[0])
+        vol = np.einsum("najk,bj->nabk", vol, axes[1])
+        vol = np.einsum("nabk,ck->nabc", vol, axes[2])
+        np.testing.assert_array_equal(fields._interp(g), vol[:, space.mask])
+
+
+@pytest.mark.parametrize("fwhm_mm", [2.0, 3.0, 16.0])
+def test_smoothing_on_the_mask_box_equals_the_whole_grid_filter(fwhm_mm):
+    from scipy import ndimage as ndi
+
+    from genbrain.simulate.cohort import smooth, to_volume
+
+    space = standard_space()
+    x = np.random.default_rng(5).random(space.n_voxels).astype(np.float32)
+    np.testing.assert_array_equal(to_volume(x), space.to_volume(x))
+    sigma = fwhm_mm / 2.3548 / 2.0
+    full = space.to_vector(ndi.gaussian_filter(space.to_volume(x), sigma))
+    assert full.dtype == np.float32
+    np.testing.assert_array_equal(smooth(x, sigma), full)
+
+
+def test_native_resampling_of_the_mask_box_equals_every_voxel():
+    from scipy import ndimage as ndi
+
+    from genbrain.simulate.cohort import NativeGrid, _mask_box, native_grid, native_pose, to_native
+
+    space = standard_space()
+    vol = space.to_volume(np.random.default_rng(6).random(space.n_voxels).astype(np.float32))
+    shape, affine = native_grid((2.5, 2.5, 2.5))
+    pose = native_pose(np.random.default_rng(7))
+    ijk = np.indices(shape, dtype=np.float32).reshape(3, -1)  # the plain form: every voxel
+    to_std = np.linalg.inv(space.affine) @ np.linalg.inv(pose)
+    vox = to_std[:3, :3] @ (affine[:3, :3] @ ijk + affine[:3, 3:4]) + to_std[:3, 3:4]
+    full = ndi.map_coordinates(vol, vox, order=1, mode="constant", cval=0.0).reshape(shape)
+    resample = NativeGrid(shape, affine).resampler(pose, _mask_box(0)[0])
+    assert 0.2 < len(resample.inside) / full.size < 0.8  # most of the field of view is skipped
+    np.testing.assert_array_equal(resample(vol), full)
+    np.testing.assert_array_equal(to_native(vol, pose, shape, affine), full)
+
+
+def test_tissue_priors_resampled_inside_the_mask_keep_the_whole_grid_maximum():
+    import nibabel as nib
+    from scipy import ndimage as ndi
+
+    from genbrain.simulate.anatomy import _resample_to_standard
+    from genbrain.space import package_dir
+
+    space = standard_space()
+    path = (package_dir("nilearn") / "datasets" / "data"
+            / "mni_icbm152_wm_tal_nlin_sym_09a_converted.nii.gz")
+    img = nib.load(path)
+    ijk = np.indices(space.shape, dtype=np.float64).reshape(3, -1)
+    world = space.affine[:3, :3] @ ijk + space.affine[:3, 3:4]
+    src = np.linalg.inv(img.affine)
+    vox = src[:3, :3] @ world + src[:3, 3:4]
+    full = ndi.map_coordinates(np.asanyarray(img.dataobj).astype(np.float32), vox, order=1,
+                               mode="constant", cval=0).reshape(space.shape)
+    vol, peak = _resample_to_standard(path, 1)
+    np.testing.assert_array_equal(vol[space.mask], full[space.mask])
+    assert not vol[~space.mask].any()
+    assert peak == full.max()
+
+
+def test_written_image_is_what_nibabel_writes(tmp_path):
+    import gzip
+
+    import nibabel as nib
+
+    from genbrain.simulate.write import save_nifti_gz
+
+    space = standard_space()
+    x = np.random.default_rng(8).normal(0.6, 0.1, space.n_voxels).astype(np.float32)
+    img = space.image(space.to_volume(x))
+    img.set_data_dtype(np.int16)
+    save_nifti_gz(img, tmp_path / "ours.nii.gz")
+    nib.save(img, tmp_path / "nib.nii.gz")
+    ours, theirs = (gzip.decompress((tmp_path / f).read_bytes())
+                    for f in ("ours.nii.gz", "nib.nii.gz"))
+    assert ours == theirs  # the same header and scaled int16 data
+    back = nib.load(tmp_path / "ours.nii.gz")
+    assert back.get_data_dtype() == np.int16
+    np.testing.assert_array_equal(back.get_fdata(), nib.load(tmp_path / "nib.nii.gz").get_fdata())
+    np.testing.assert_allclose(space.to_vector(back.get_fdata()), x, atol=float(x.max()) / 3e4)
+
+
+def test_unused_fields_are_drawn_but_not_interpolated():
+    """A subject without FA or FC maps skips three of its four individual fields; the random
+    stream, and so everything drawn after them, is unchanged."""
+    from genbrain.simulate.cohort import _Fields, _indiv_rows
+
+    fields = _Fields()
+    a, b = np.random.default_rng(9), np.random.default_rng(9)
+    full, part = fields.sample(a, 4), fields.sample(b, 4, rows=_indiv_rows(["T1w", "VBM"]))
+    np.testing.assert_array_equal(part[0], full[0])
+    assert not part[1:].any()
+    assert a.standard_normal() == b.standard_normal()
+    assert _indiv_rows(["FA", "task_faces"]) == [0, 1, 2, 3]
