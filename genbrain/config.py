@@ -19,7 +19,7 @@ import yaml
 from genbrain.errors import GenbrainInputError
 from genbrain.modalities import registry_from_config
 
-PATTERN_FIELDS = ("participant_id", "site", "modality")
+PATTERN_FIELDS = ("participant_id", "subject", "site", "modality")
 
 
 def load_yaml(path: str | os.PathLike) -> dict:
@@ -72,8 +72,12 @@ def _message(err: jsonschema.ValidationError, source: str) -> str:
     if err.validator == "propertyNames":
         return f"{source}: key '{err.instance}' under '{where}' is not allowed ({err.message})"
     if "propertyNames" in err.schema_path and err.validator == "pattern":
+        # names chosen in the config become folders and wildcards: say what would do
+        fix = "".join(ch for ch in str(err.instance) if ch.isascii() and ch.isalnum())
+        hint = f", e.g. '{fix}'" if fix and fix[0].isalpha() else ""
         return (f"{source}: key '{err.instance}' under '{where}' is not a valid name "
-                f"(expected to match {err.validator_value})")
+                f"(expected to match {err.validator_value}: letters and digits, as it names "
+                f"folders and targets{hint})")
     return f"{source}: config key '{where}': {err.message}"
 
 

@@ -33,6 +33,8 @@ from genbrain.errors import GenbrainInputError
 from genbrain.figures import synthetic_vs_real
 from genbrain.io import atomic_path
 from genbrain.modalities import DEFAULT_REGISTRY, ModalityRegistry
+from genbrain.model.dit import PRESETS, token_centroids
+from genbrain.space import standard_space
 from genbrain.splits import split_ids
 from genbrain.store import ImageStore
 from genbrain.synthesize import SamplingConfig, sample_table
@@ -50,6 +52,12 @@ def training_store(index: str | os.PathLike, split: str | os.PathLike | pd.DataF
     return store
 
 
+def standard_token_centroids(patch_size: int) -> np.ndarray:
+    """(T, 3) mean voxel coordinate of each token's voxels on the standard-space brain mask
+    (voxel-vector order, padding excluded): what ``pos_embed: centroid3d`` embeds."""
+    return token_centroids(standard_space().voxel_indices.T, patch_size)
+
+
 def pretrain(index: str | os.PathLike, split: str | os.PathLike, settings: Mapping[str, Any],
              work_dir: str | os.PathLike, checkpoint: str | os.PathLike, *, seed: int,
              threads: int | None = None) -> Path:
@@ -65,7 +73,11 @@ def pretrain(index: str | os.PathLike, split: str | os.PathLike, settings: Mappi
     log.info("pretraining %s on %d images of %d participants (%s) for %d steps", config.preset,
              len(store), store.table["participant_id"].nunique(),
              ", ".join(sorted(store.table["modality"].unique())), config.steps)
-    result = train(config, store, work_dir)
+    centroids = None
+    if config.pos_embed == "centroid3d":  # the model stores them: fine-tuning reuses its own
+        centroids = standard_token_centroids(config.patch_size
+                                             or PRESETS[config.preset]["patch_size"])
+    result = train(config, store, work_dir, token_centroids=centroids)
     if int(os.environ.get("RANK", "0")) == 0:  # under torchrun, rank 0 owns the output
         with atomic_path(checkpoint) as tmp:
             shutil.copyfile(result.checkpoint, tmp)
@@ -129,7 +141,7 @@ def run_pretraining(index: str | os.PathLike, split: str | os.PathLike,
     root = str(Path(__file__).resolve().parents[1])  # the package need not be installed
     path = os.pathsep.join(p for p in (root, os.environ.get("PYTHONPATH", "")) if p)
     env = {**os.environ, "OMP_NUM_THREADS": str(max(1, threads // per_node)), "PYTHONPATH": path}
-    res = subprocess.run(cmd, env=env)
+    res = subprocess.run(cmd, env=env, check=False)  # the exit status is reported below
     if res.returncode != 0:
         raise GenbrainInputError(f"distributed pretraining failed (exit {res.returncode}): "
                                  f"{shlex.join(cmd)}; see the log above")

@@ -1,4 +1,5 @@
-"""Quality control: registration tables and mosaics of preprocessed images."""
+"""Quality control: content checks of every input image, registration tables and mosaics of
+preprocessed images."""
 
 from __future__ import annotations
 
@@ -10,10 +11,46 @@ import pandas as pd
 
 from genbrain.errors import GenbrainInputError
 from genbrain.io import atomic_path, read_tsv, save_tsv
+from genbrain.modalities import Modality
 from genbrain.space import standard_space
 from genbrain.store import ImageStore
 
 QC_COLUMNS = ["participant_id", "site", "input", "qc_modality", "qc_corr", "qc_pass"]
+MAX_OUT_OF_RANGE = 0.5  # "mostly outside": more than half of the image's non-zero brain voxels
+
+
+def check_content(values: np.ndarray, modality: Modality, source: str) -> None:
+    """Refuse an image whose in-brain values cannot be this modality, with one line naming
+    ``source`` (the file), the modality, what was found and what was expected.
+
+    values: (V,) raw values inside the brain mask, in the modality's units, before clamping.
+    Refused: a constant map (all zeros, or one value everywhere), and, for a modality with a
+    ``clamp`` range, a map of which more than :data:`MAX_OUT_OF_RANGE` of the non-zero voxels
+    lie outside that range: a T1w given as VBM (raw intensities), a VBM in percent, an FA or
+    NODDI map scaled by 1000, MD in um^2/ms. Zeros are not counted, so a map that is zero
+    outside grey matter is judged by its grey matter. Clamping, which is for the few outliers
+    of a correct map, would turn such an image into a constant row of the store."""
+    x = np.asarray(values, dtype=np.float64)
+    lo_v, hi_v = float(x.min()), float(x.max())
+    if lo_v == hi_v:
+        raise GenbrainInputError(
+            f"{source}: {modality.name} image is constant inside the brain mask (every voxel "
+            f"{lo_v:g}); expected a {modality.name} map with contrast (an empty, placeholder "
+            "or wrongly masked file?)")
+    if modality.clamp is None:
+        return
+    lo, hi = modality.clamp
+    nonzero = x[x != 0]
+    outside = float(np.mean((nonzero < lo) | (nonzero > hi)))
+    if outside > MAX_OUT_OF_RANGE:
+        p1, p50, p99 = np.percentile(nonzero, [1, 50, 99])
+        what = f" ({modality.description})" if modality.description else ""
+        raise GenbrainInputError(
+            f"{source}: {modality.name} image has {outside:.0%} of its non-zero brain voxels "
+            f"outside [{lo:g}, {hi:g}] (median {p50:.4g}, 1st-99th percentile {p1:.4g} to "
+            f"{p99:.4g}); expected {modality.name}{what} values in [{lo:g}, {hi:g}]: another "
+            f"modality or other units (e.g. percent)? Fix the file, or set "
+            f"'modalities.{modality.name}.clamp' in the config if its range differs")
 
 
 def registration_table(index_paths: Sequence[str | os.PathLike], out_path: str | os.PathLike,

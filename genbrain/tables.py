@@ -16,11 +16,61 @@ import pandas as pd
 from genbrain.config import load_yaml
 from genbrain.errors import GenbrainInputError
 
+_NOT_ALNUM = re.compile(r"[^A-Za-z0-9]")
+
+
+def site_label(site: str) -> str:
+    """The file-system- and BIDS-safe label of a site name, used in every path: its ASCII
+    letters and digits in order, everything else dropped (``'SH_JZ2'`` -> ``'SHJZ2'``,
+    ``'KKI 1'`` -> ``'KKI1'``, ``'Site-A'`` -> ``'SiteA'``). Tables, figures and the report
+    keep the original name."""
+    return _NOT_ALNUM.sub("", str(site))
+
+
+def site_labels(sites: Sequence[str], source: str) -> dict[str, str]:
+    """site name -> :func:`site_label` for the distinct names in ``sites``.
+
+    Raises :class:`GenbrainInputError` naming ``source`` for a name without a letter or digit
+    and for two names whose labels are equal ignoring case (they would share a folder, also on
+    case-insensitive file systems)."""
+    out: dict[str, str] = {}
+    seen: dict[str, str] = {}
+    for site in dict.fromkeys(str(s) for s in sites):
+        label = site_label(site)
+        if not label:
+            raise GenbrainInputError(f"{source}: site '{site}' has no letter or digit; a site "
+                                     "name needs at least one (its file-name label keeps only "
+                                     "A-Z, a-z and 0-9)")
+        other = seen.get(label.lower())
+        if other is not None:
+            raise GenbrainInputError(
+                f"{source}: sites '{other}' and '{site}' both map to the file-name label "
+                f"'{label}' (a site's letters and digits, compared ignoring case); rename one "
+                "of them in the table")
+        seen[label.lower()] = site
+        out[site] = label
+    return out
+
 
 def _first_bad(df: pd.DataFrame, bad: np.ndarray) -> tuple[int, str]:
     i = int(np.flatnonzero(bad)[0])
     pid = df["participant_id"].iloc[i] if "participant_id" in df else "?"
     return i + 2, str(pid)  # +1 for 0-based, +1 for the header line
+
+
+def _participant_id_message(source: str, line: int, value: str) -> str:
+    """Why a participant_id is refused and how to write it instead."""
+    value = str(value)
+    if not value.startswith("sub-"):
+        label = site_label(value)
+        fix = (f"write it as 'sub-{label}'" if label else
+               "write it as 'sub-<label>' with a label of letters and digits")
+        return (f"{source}: line {line}: participant_id '{value}' lacks the BIDS prefix "
+                f"'sub-'; {fix} (ids are not rewritten silently: they name the images and "
+                "the store's rows; an image pattern can use {subject} for the id without "
+                "'sub-')")
+    return (f"{source}: line {line}: participant_id '{value}': the label after 'sub-' must be "
+            f"letters and digits only (BIDS), e.g. 'sub-{site_label(value[4:]) or '01'}'")
 
 
 def _check_levels(df: pd.DataFrame, col: str, allowed: Sequence[str], source: str, what: str,
@@ -88,6 +138,12 @@ def validate_participants(
             bad = present & ~np.array([bool(rx.search(str(v))) for v in df[col]])
             if bad.any():
                 line, pid = _first_bad(df, bad)
+                if col == "participant_id":
+                    raise GenbrainInputError(_participant_id_message(source, line,
+                                                                     df[col].iloc[line - 2]))
+                if col == "site":
+                    raise GenbrainInputError(f"{source}: line {line} ({pid}): the site is "
+                                             "blank; expected a site name")
                 raise GenbrainInputError(f"{source}: line {line}: column '{col}' value "
                                          f"'{df[col].iloc[line - 2]}' does not match "
                                          f"{p['pattern']}")
@@ -109,6 +165,15 @@ def validate_participants(
                 raise GenbrainInputError(f"{source}: line {line} ({pid}): {col} "
                                          f"{v[line - 2]:g} is out of range; expected "
                                          f"{lo:g} to {hi:g}")
+    if "site" in df.columns:
+        bad = np.array([not site_label(v) for v in df["site"]])
+        if bad.any():
+            line, pid = _first_bad(df, bad)
+            raise GenbrainInputError(f"{source}: line {line} ({pid}): site "
+                                     f"'{df['site'].iloc[line - 2]}' has no letter or digit; a "
+                                     "site name needs at least one (its file-name label keeps "
+                                     "only A-Z, a-z and 0-9)")
+        site_labels(df["site"], source)
     dup = df["participant_id"].duplicated().to_numpy()
     if dup.any():
         line, pid = _first_bad(df, dup)

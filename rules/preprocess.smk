@@ -107,7 +107,7 @@ rule qc_mosaic:
             caption="../workflow/report/qc_mosaic.rst",
             category="Preprocessing",
             subcategory="{cohort}",
-            labels={"cohort": "{cohort}", "site": "{site}", "figure": "QC mosaic"},
+            labels=get_mosaic_labels,
         ),
     log:
         "logs/qc_mosaic/{cohort}/site-{site}.log",
@@ -118,5 +118,6 @@ rule qc_mosaic:
     params:
         modality=get_qc_modality,
         n_subjects=config["qc"]["mosaic_subjects"],
+        site=get_site,
     script:
         "../workflow/scripts/qc_mosaic.py"

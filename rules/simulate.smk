@@ -62,5 +62,6 @@ rule simulate_cohort:
         modalities=get_modalities,
         pattern=get_sim_pattern,
         chunk_size=config["preprocess"]["chunk_size"],
+        site=get_site,
     script:
         "../workflow/scripts/simulate_cohort.py"

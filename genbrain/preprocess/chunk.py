@@ -5,6 +5,8 @@ For each subject: read every modality (validated), bring it onto the MNI152NLin6
 standard-space images on another grid), mask, clamp + normalise per modality, and append it as a
 row of the chunk's ``<modality>.npy``. Native subjects also get a Jacobian-determinant map (in
 the store as modality ``jacobian`` and as NIfTI) and their affine in ``transforms.tsv``.
+Every image of every modality passes :func:`genbrain.qc.check_content` (no constant map, values
+mostly inside the modality's range) before it is normalised, or the chunk stops naming it.
 Registration quality: Pearson r of the registered QC image with the template (T1w) or with the
 chunk's mean image (other modalities) inside the brain mask; ``qc_pass = r >= threshold``.
 
@@ -27,6 +29,7 @@ from genbrain.errors import GenbrainInputError
 from genbrain.io import atomic_dir, load_volume, save_nifti, save_tsv
 from genbrain.modalities import ModalityRegistry
 from genbrain.preprocess.registration import register, resample_to_standard
+from genbrain.qc import check_content
 from genbrain.space import standard_space, template_t1
 from genbrain.store import write_shard
 
@@ -102,6 +105,7 @@ def preprocess_chunk(
                 how = "resampled" if "resampled" in hows else "standard"
             for m in modalities:
                 raw = space.to_vector(volumes[m])
+                check_content(raw, registry[m], f"{paths[m]} (participant {pid})")
                 vectors[m].append(registry[m].normalise(raw))
                 records.append({**row, "modality": m, "modality_index": registry[m].index,
                                 "shard": f"{m}.npy", "row": len(vectors[m]) - 1, "input": how})

@@ -1,17 +1,17 @@
 """Every bad input named in the foundation issue gets a one-line error naming the culprit."""
 
-import gzip
-import shutil
+
+from pathlib import Path
 
 import nibabel as nib
 import numpy as np
 import pandas as pd
 import pytest
-import yaml
 
 from genbrain.config import load_yaml, validate_config
 from genbrain.errors import GenbrainInputError
 from genbrain.io import load_volume
+from genbrain.modalities import DEFAULT_REGISTRY
 from genbrain.preprocess.chunk import _standardise_grid
 from genbrain.space import AFFINE, standard_space
 from genbrain.tables import validate_participants
@@ -44,7 +44,7 @@ def test_corrupt_nifti(tmp_path):
 
 def test_truncated_nifti(tmp_path):
     good = _nifti(tmp_path / "good.nii.gz", np.ones(standard_space().shape))
-    raw = open(good, "rb").read()
+    raw = Path(good).read_bytes()
     p = tmp_path / "truncated.nii.gz"
     p.write_bytes(raw[: len(raw) // 2])
     with pytest.raises(GenbrainInputError) as e:
@@ -58,7 +58,7 @@ def test_4d_where_3d_expected(tmp_path):
         load_volume(p)
     assert "bold.nii.gz: expected a 3D image, got shape (10, 10, 10, 5)" in one_line(e)
     # a 4D file with a single volume is fine
-    img, data = load_volume(_nifti(tmp_path / "one.nii.gz", np.zeros((10, 10, 10, 1))))
+    _, data = load_volume(_nifti(tmp_path / "one.nii.gz", np.zeros((10, 10, 10, 1))))
     assert data.shape == (10, 10, 10)
 
 
@@ -170,7 +170,68 @@ def test_missing_value_and_bad_id_pattern():
     with pytest.raises(GenbrainInputError) as e:
         validate_participants(_table(participant_id=["sub-01", "02", "sub-03"]), PSCHEMA,
                               "p.tsv")
-    assert "line 3: column 'participant_id' value '02' does not match" in one_line(e)
+    assert "line 3: participant_id '02' lacks the BIDS prefix 'sub-'" in one_line(e)
+
+
+def test_real_site_names_are_accepted_and_labelled_for_paths():
+    from genbrain.tables import site_label, site_labels
+
+    sites = ["SH_JZ2", "KKI_1", "Site A", "nyu-2", "siteb"]
+    out = validate_participants(_table(site=sites[:3]), PSCHEMA, "p.tsv")
+    assert list(out["site"]) == sites[:3]  # the table keeps the names
+    assert [site_label(s) for s in sites] == ["SHJZ2", "KKI1", "SiteA", "nyu2", "siteb"]
+    assert site_labels(sites + ["SH_JZ2"], "p.tsv") == dict(zip(sites, map(site_label, sites)))
+
+
+def test_two_sites_with_one_label_are_an_error_naming_both():
+    with pytest.raises(GenbrainInputError) as e:
+        validate_participants(_table(site=["KKI_1", "KKI_1", "KKI-1"]), PSCHEMA, "p.tsv")
+    assert ("p.tsv: sites 'KKI_1' and 'KKI-1' both map to the file-name label 'KKI1'"
+            in one_line(e))
+    with pytest.raises(GenbrainInputError) as e:  # one folder on a case-insensitive disk
+        validate_participants(_table(site=["SiteA", "site_a", "B"]), PSCHEMA, "p.tsv")
+    assert "sites 'SiteA' and 'site_a' both map to the file-name label 'sitea'" in one_line(e)
+
+
+def test_a_site_without_letters_or_digits_is_refused():
+    with pytest.raises(GenbrainInputError) as e:
+        validate_participants(_table(site=["A", "__", "B"]), PSCHEMA, "p.tsv")
+    assert "p.tsv: line 3 (sub-02): site '__' has no letter or digit" in one_line(e)
+    with pytest.raises(GenbrainInputError) as e:
+        validate_participants(_table(site=["A", "  ", "B"]), PSCHEMA, "p.tsv")
+    assert "p.tsv: line 3 (sub-02): the site is blank; expected a site name" in one_line(e)
+
+
+def test_participant_id_without_sub_prefix_says_how_to_fix_it():
+    with pytest.raises(GenbrainInputError) as e:
+        validate_participants(_table(participant_id=["sub-01", "1000123", "sub-03"]), PSCHEMA,
+                              "p.tsv")
+    msg = one_line(e)
+    assert ("p.tsv: line 3: participant_id '1000123' lacks the BIDS prefix 'sub-'; write it "
+            "as 'sub-1000123'") in msg
+    assert "{subject}" in msg
+    with pytest.raises(GenbrainInputError) as e:
+        validate_participants(_table(participant_id=["sub-01", "sub-KKI_0050772", "sub-03"]),
+                              PSCHEMA, "p.tsv")
+    assert ("participant_id 'sub-KKI_0050772': the label after 'sub-' must be letters and "
+            "digits only (BIDS), e.g. 'sub-KKI0050772'") in one_line(e)
+
+
+def test_cohort_converts_between_site_names_and_path_labels(tmp_path):
+    from genbrain.chunks import assign_chunks
+    from genbrain.workflow import Cohort
+
+    table = assign_chunks(validate_participants(_table(site=["SH_JZ2", "SH_JZ2", "KKI_1"]),
+                                                PSCHEMA, "p.tsv"), 1)
+    c = Cohort("scz", {"modalities": ["T1w"], "role": "disorder"}, table, "p.tsv",
+               "/d/{site}/{participant_id}_{modality}.nii.gz", False, frozenset())
+    assert c.site_label("SH_JZ2") == "SHJZ2" and c.site_of_label("KKI1") == "KKI_1"
+    assert c.chunks() == [("KKI_1", 0), ("SH_JZ2", 0), ("SH_JZ2", 1)]
+    assert c.image_paths("SH_JZ2", 1) == ["/d/SH_JZ2/sub-02_T1w.nii.gz"]  # files keep names
+    with pytest.raises(GenbrainInputError) as e:
+        c.site_of_label("SH_JZ2")
+    assert "cohort 'scz' has no site labelled 'SH_JZ2'; expected one of ['KKI1', 'SHJZ2']" \
+        in one_line(e)
 
 
 # --- config -------------------------------------------------------------------------------
@@ -223,6 +284,15 @@ def test_real_cohort_without_participants(demo_config):
     assert "config/demo.yaml" in one_line(e)
 
 
+def test_a_cohort_name_with_an_underscore_gets_a_suggestion(demo_config):
+    demo_config["cohorts"]["SH_JZ"] = demo_config["cohorts"].pop("scz")
+    with pytest.raises(GenbrainInputError) as e:
+        validate_config(demo_config, SCHEMA, "demo.yaml")
+    msg = one_line(e)
+    assert msg.startswith("demo.yaml: key 'SH_JZ' under 'cohorts' is not a valid name")
+    assert msg.endswith("e.g. 'SHJZ')")
+
+
 def test_malformed_yaml(tmp_path):
     p = tmp_path / "c.yaml"
     p.write_text("seed: 1\ncohorts: [unclosed\n")
@@ -239,3 +309,98 @@ def test_image_pattern_with_an_unknown_placeholder(demo_config):
     with pytest.raises(GenbrainInputError) as e:
         validate_config(demo_config, SCHEMA, "demo.yaml")
     assert "'cohorts.scz.images' uses unknown placeholder {session}" in one_line(e)
+
+
+# --- image content: units and modality mix-ups (issue 13) -----------------------------------
+
+def _subject_vectors(small_cohort):
+    """(pid, {modality: raw in-mask vector}) of a standard-space simulated subject."""
+    space = standard_space()
+    pid = small_cohort["table"].query("site == 'std'")["participant_id"].iloc[0]
+    return pid, {m: space.to_vector(load_volume(small_cohort["pattern"].format(
+        participant_id=pid, modality=m))[1]) for m in ("T1w", "VBM")}
+
+
+@pytest.mark.parametrize("probe", ["T1w as VBM", "VBM in percent", "FA x 1000", "FA above 1"])
+def test_an_image_mostly_outside_its_modality_range_is_refused(small_cohort, probe):
+    from genbrain.qc import check_content
+
+    _, vec = _subject_vectors(small_cohort)
+    vbm = vec["VBM"]
+    fa = np.clip(0.15 + 0.5 * vbm, 0, 0.95)  # an FA-like map in [0, 1]
+    modality, values, found = {
+        "T1w as VBM": ("VBM", vec["T1w"] * 1000, "outside [0, 1]"),  # raw scanner intensities
+        "VBM in percent": ("VBM", vbm * 100, "outside [0, 1]"),
+        "FA x 1000": ("FA", fa * 1000, "outside [0, 1]"),
+        "FA above 1": ("FA", fa + 1, "outside [0, 1]"),
+    }[probe]
+    for ok in (vbm, fa):  # the correct maps pass
+        check_content(ok, DEFAULT_REGISTRY["VBM" if ok is vbm else "FA"], "ok.nii.gz")
+    with pytest.raises(GenbrainInputError) as e:
+        check_content(values, DEFAULT_REGISTRY[modality], "/data/sub-01_x.nii.gz (participant "
+                      "sub-01)")
+    msg = one_line(e)
+    assert msg.startswith(f"/data/sub-01_x.nii.gz (participant sub-01): {modality} image has ")
+    assert found in msg and "median" in msg
+    assert f"expected {modality} (" in msg and f"'modalities.{modality}.clamp'" in msg
+
+
+def test_a_few_outliers_are_clamped_not_refused(small_cohort):
+    from genbrain.qc import check_content
+
+    _, vec = _subject_vectors(small_cohort)
+    vbm = vec["VBM"].copy()
+    vbm[: len(vbm) // 10] = 1.7  # 10% of the brain above the range: clamped, kept
+    check_content(vbm, DEFAULT_REGISTRY["VBM"], "few.nii.gz")
+    row = DEFAULT_REGISTRY["VBM"].normalise(vbm)
+    assert row.std() > 0.5
+
+
+@pytest.mark.parametrize("modality,value", [("VBM", 0.0), ("VBM", 0.4), ("T1w", 0.0),
+                                            ("T1w", 812.0), ("FA", 1.0)])
+def test_a_constant_map_is_refused_in_every_modality(modality, value):
+    from genbrain.qc import check_content
+
+    values = np.full(standard_space().n_voxels, value, np.float32)
+    with pytest.raises(GenbrainInputError) as e:
+        check_content(values, DEFAULT_REGISTRY[modality], "flat.nii.gz")
+    assert (f"flat.nii.gz: {modality} image is constant inside the brain mask (every voxel "
+            f"{value:g})") in one_line(e)
+
+
+def test_a_t1w_given_as_vbm_stops_its_chunk_although_qc_looks_at_t1w(small_cohort, tmp_path):
+    # The issue's probe: a VBM file holding a T1 (raw intensities) entered the store as a
+    # constant row (every voxel clamped to 1, i.e. 2.5996 after normalising) and passed QC,
+    # which registers T1w only. Every modality of every subject is checked now.
+    from genbrain.preprocess.chunk import preprocess_chunk
+
+    rows = small_cohort["table"].query("site == 'std'")
+    images = {pid: {m: small_cohort["pattern"].format(participant_id=pid, modality=m)
+                    for m in ("T1w", "VBM")} for pid in rows["participant_id"]}
+    pid = rows["participant_id"].iloc[1]
+    img, t1 = load_volume(images[pid]["T1w"])
+    images[pid]["VBM"] = _nifti(tmp_path / f"{pid}_VBM.nii.gz", t1 * 1000, img.affine)
+    out = tmp_path / "chunk"
+    with pytest.raises(GenbrainInputError) as e:
+        preprocess_chunk(rows, images, [False] * len(rows), DEFAULT_REGISTRY, out,
+                         qc_modality="T1w")
+    msg = one_line(e)
+    assert msg.startswith(f"{tmp_path / f'{pid}_VBM.nii.gz'} (participant {pid}): VBM image")
+    assert "outside [0, 1]" in msg
+    assert not out.exists()
+
+
+def test_an_image_pattern_may_use_the_bare_subject_label(demo_config):
+    from genbrain.simulate.write import image_path
+
+    scz = demo_config["cohorts"]["scz"]
+    scz.pop("simulate")
+    scz["participants"] = "p.tsv"
+    scz["images"] = "/ukb/{subject}/{site}/{modality}.nii.gz"
+    validate_config(demo_config, SCHEMA, "demo.yaml")
+    assert image_path(scz["images"], "sub-1000123", "SH_JZ2", "T1w") == \
+        "/ukb/1000123/SH_JZ2/T1w.nii.gz"
+    scz["images"] = "/ukb/{site}/{modality}.nii.gz"  # names no subject at all
+    with pytest.raises(GenbrainInputError) as e:
+        validate_config(demo_config, SCHEMA, "demo.yaml")
+    assert "cohorts.scz.images" in one_line(e)

@@ -8,8 +8,14 @@ import torch
 
 from genbrain.errors import GenbrainInputError
 from genbrain.io import save_tsv
-from genbrain.pretrain import (launch_command, loss_table, pretrain, run_pretraining,
-                              sample_panel, training_store)
+from genbrain.pretrain import (
+    launch_command,
+    loss_table,
+    pretrain,
+    run_pretraining,
+    sample_panel,
+    training_store,
+)
 from genbrain.space import standard_space
 from genbrain.store import ImageStore, merge_indices, write_shard
 from genbrain.synthesize import SamplingConfig
@@ -67,6 +73,27 @@ def test_pretrain_resumes_from_its_work_folder(cohort, tmp_path):
     assert table["step"].tolist() == [1, 2, 3]
     assert table["smoothed"].tolist() == pytest.approx(
         [again[:2].mean(), again.mean(), again[1:].mean()])  # centred, ends truncated
+
+
+def test_centroid3d_pretrains_with_the_standard_space_token_centroids(cohort, tmp_path):
+    # `pos_embed: centroid3d` from the config runs end to end: the job computes each token's
+    # voxel centroid on the brain mask, the checkpoint keeps them, sampling rebuilds the model.
+    from genbrain.model.dit import token_centroids
+    from genbrain.train import load_for_sampling
+
+    out = tmp_path / "checkpoint.pt"
+    pretrain(cohort / "index.tsv", cohort / "split.tsv",
+             {**SETTINGS, "steps": 1, "pos_embed": "centroid3d"}, tmp_path / "work", out,
+             seed=5)
+    spec = torch.load(out, weights_only=False)["config"]["model"]
+    assert spec["pos_embed"] == "centroid3d"
+    ijk = np.argwhere(standard_space().mask)  # C order: the voxel-vector order
+    expected = token_centroids(ijk, 256)
+    assert np.asarray(spec["token_centroids"]).shape == (-(-standard_space().n_voxels // 256), 3)
+    np.testing.assert_allclose(spec["token_centroids"], expected)
+    assert expected[:, 0].min() < 20 and expected[:, 0].max() > 70  # spans the brain in x
+    model, _, _ = load_for_sampling(out, "model")
+    assert model.pos_embed_kind == "centroid3d"
 
 
 def test_sample_panel_pairs_each_modality_with_the_nearest_holdout(cohort, tmp_path):

@@ -10,8 +10,17 @@ def test_snakemake_lint_is_clean():
 
 def test_snakefmt_check_is_clean():
     res = subprocess.run([str(BIN / "snakefmt"), "--check", "Snakefile", "rules/"], cwd=ROOT,
-                         capture_output=True, text=True)
+                         check=False, capture_output=True, text=True)
     assert res.returncode == 0, res.stdout + res.stderr
+
+
+def test_ruff_is_clean():
+    # ruff (pinned in requirements.lock and the dev extra) with pyproject.toml's settings, over
+    # every Python tree of the repository; `make test` runs it through this test.
+    res = subprocess.run([str(BIN / "ruff"), "check", "--output-format", "concise", "genbrain",
+                          "tests", "benchmarks", "workflow"], cwd=ROOT, check=False,
+                         capture_output=True, text=True)
+    assert res.returncode == 0, res.stdout[-6000:] + res.stderr
 
 
 def test_every_rule_has_log_benchmark_conda_and_a_docstring():

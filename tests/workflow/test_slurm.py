@@ -54,7 +54,7 @@ def _rules() -> dict[str, str]:
 
 
 def _gpu_rules() -> set[str]:
-    return {name for name, body in _rules().items() if re.search(r"^\s+gpu=", body, re.M)}
+    return {name for name, body in _rules().items() if re.search(r"^\s+gpu=", body, re.MULTILINE)}
 
 
 def _profile(path) -> dict:
@@ -102,26 +102,20 @@ def test_test_profile_runs_gpu_rules_without_gpus_on_a_small_node():
     assert prof["slurm-status-command"] == "squeue"  # no accounting database: sacct fails
     for name in _gpu_rules():
         assert prof["set-resources"][name]["gpu"] == 0, name
-        threads = re.search(r"^\s+threads: (\d+)", _rules()[name], re.M)
+        threads = re.search(r"^\s+threads: (\d+)", _rules()[name], re.MULTILINE)
         if threads and int(threads.group(1)) > NODE_CPUS:
             assert prof["set-threads"][name] <= NODE_CPUS, name
 
 
-def test_documented_command_loads_the_slurm_profile_alone(tmp_path):
-    # The header's `snakemake --workflow-profile slurm`, run from elsewhere with -s: the
-    # profile must be found next to the Snakefile and replace profiles/default (latency-wait 5).
-    # Dry run; env-modules instead of conda only because conda is absent here.
-    cmd = [str(BIN / "snakemake"), "-s", str(ROOT / "Snakefile"), "--workflow-profile",
-           "slurm", "--configfile", str(ROOT / "config" / "demo.yaml"), "-d", str(tmp_path),
-           "-n", "--sdm", "env-modules"]
-    res = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=300)
-    out = res.stdout + res.stderr
-    assert res.returncode == 0, out[-3000:]
-    assert f"Using workflow specific profile {ROOT / 'profiles' / 'slurm'} " in out
-    assert "profiles/default" not in out
+DEFAULT_PROFILE = ROOT / "profiles" / "default" / "config.yaml"
+
+
+def _assert_slurm_resources_planned(out: str) -> None:
+    """Every job the dry-run prints of a rule in the Slurm profile's set-resources carries those
+    resources (the profile was loaded and not overridden)."""
     prof = _profile(SLURM_PROFILE)
     seen = set()
-    for name, body in re.findall(r"^rule (\w+):\n(.*?)(?:\n\n|\Z)", out, re.M | re.S):
+    for name, body in re.findall(r"^rule (\w+):\n(.*?)(?:\n\n|\Z)", out, re.MULTILINE | re.DOTALL):
         res_line = re.search(r"resources: (.*)", body)
         if res_line is None or name not in prof["set-resources"]:
             continue
@@ -130,6 +124,51 @@ def test_documented_command_loads_the_slurm_profile_alone(tmp_path):
             assert printed[key] == str(value), (name, key)
         seen.add(name)
     assert "preprocess_chunk" in seen and seen & _gpu_rules()
+
+
+def test_profile_slurm_from_the_repository_root(tmp_path):
+    # The product card's command, literally, from the repository root (as a dry run of the
+    # demo's DAG in a scratch folder; env-modules instead of conda only because conda is absent
+    # here). `slurm` there is the link to profiles/slurm; profiles/default is loaded after it.
+    cmd = [str(BIN / "snakemake"), "--profile", "slurm", "-n", "--sdm", "env-modules",
+           "--configfile", str(ROOT / "config" / "demo.yaml"), "-d", str(tmp_path)]
+    res = subprocess.run(cmd, cwd=ROOT, check=False, capture_output=True, text=True, timeout=300)
+    out = res.stdout + res.stderr
+    assert res.returncode == 0, out[-3000:]
+    assert ("Using profiles slurm and workflow specific profile profiles/default for setting "
+            "default command line arguments." in out)
+    _assert_slurm_resources_planned(out)
+    assert (ROOT / "slurm").resolve() == SLURM_PROFILE.parent.resolve()
+
+
+def test_default_profile_never_overrides_the_slurm_profile():
+    # Under `--profile slurm`, profiles/default is the workflow profile and wins key by key:
+    # each of its keys must agree with the Slurm profile's, and it must not hold cores (every
+    # Slurm job's threads would be capped at the submit host's cores: pretrain_dit was planned
+    # with 2 threads instead of 8 on a 2-core host), latency-wait or resources.
+    default, slurm = _profile(DEFAULT_PROFILE), _profile(SLURM_PROFILE)
+    for key in ("cores", "latency-wait", "jobs", "local-cores", "max-threads", "executor",
+                "default-resources", "set-resources", "set-threads", "resources"):
+        assert key not in default, key
+    for key, value in default.items():
+        assert slurm.get(key, value) == value, key
+    assert slurm["latency-wait"] >= 30
+
+
+def test_documented_command_loads_the_slurm_profile_alone(tmp_path):
+    # `snakemake --workflow-profile slurm`, run from elsewhere with -s: the profile must be
+    # found next to the Snakefile and replace profiles/default.
+    # Dry run; env-modules instead of conda only because conda is absent here.
+    cmd = [str(BIN / "snakemake"), "-s", str(ROOT / "Snakefile"), "--workflow-profile",
+           "slurm", "--configfile", str(ROOT / "config" / "demo.yaml"), "-d", str(tmp_path),
+           "-n", "--sdm", "env-modules"]
+    res = subprocess.run(cmd, cwd=tmp_path, check=False, capture_output=True, text=True,
+                         timeout=300)
+    out = res.stdout + res.stderr
+    assert res.returncode == 0, out[-3000:]
+    assert f"Using workflow specific profile {ROOT / 'profiles' / 'slurm'} " in out
+    assert "profiles/default" not in out
+    _assert_slurm_resources_planned(out)
 
 
 # --------------------------------------------------------------------------------------------
@@ -144,14 +183,15 @@ def _cluster_problem() -> str | None:
         return f"no Slurm client (sinfo, sbatch, squeue or scontrol not found); {hint}"
     try:
         # quick (sinfo waits ~10 s for a controller that is down)
-        ping = subprocess.run(["scontrol", "ping"], capture_output=True, text=True, timeout=15)
+        ping = subprocess.run(["scontrol", "ping"], check=False, capture_output=True, text=True,
+                              timeout=15)
         if "is UP" not in ping.stdout:
             said = ((ping.stdout + ping.stderr).strip().splitlines() or ["no answer"])[0]
             return f"the Slurm controller is not up (scontrol ping: {said}); {hint}"
-        info = subprocess.run(["sinfo", "-h", "-N", "-o", "%N %T"], capture_output=True,
+        info = subprocess.run(["sinfo", "-h", "-N", "-o", "%N %T"], check=False,
+                              capture_output=True, text=True, timeout=15)
+        conf = subprocess.run(["scontrol", "show", "config"], check=False, capture_output=True,
                               text=True, timeout=15)
-        conf = subprocess.run(["scontrol", "show", "config"], capture_output=True, text=True,
-                              timeout=15)
     except subprocess.TimeoutExpired:
         return f"the Slurm controller does not answer within 15 s; {hint}"
     if info.returncode != 0:
@@ -160,7 +200,7 @@ def _cluster_problem() -> str | None:
     states = dict(line.split() for line in info.stdout.splitlines() if line.strip())
     if not any(s.rstrip("*") in ("idle", "mixed") for s in states.values()):
         return f"no Slurm node accepts jobs (nodes: {states or 'none'}); {hint}"
-    age = re.search(r"^MinJobAge\s*=\s*(\d+)", conf.stdout, re.M)
+    age = re.search(r"^MinJobAge\s*=\s*(\d+)", conf.stdout, re.MULTILINE)
     if age is None or int(age.group(1)) < 60:
         # the plugin would poll with sacct, which fails without accounting: Snakemake hangs
         return f"the cluster forgets finished jobs after MinJobAge={age and age.group(1)} s " \
@@ -181,7 +221,7 @@ def slurm_run(tmp_path_factory):
     cmd = ["timeout", "-s", "INT", "-k", "30", "1200", str(BIN / "snakemake"),
            "-s", str(ROOT / "Snakefile"), "--workflow-profile", str(TEST_PROFILE),
            "--configfile", str(cfg), "-d", str(work)]
-    res = subprocess.run(cmd, cwd=tmp, capture_output=True, text=True, timeout=1260)
+    res = subprocess.run(cmd, cwd=tmp, check=False, capture_output=True, text=True, timeout=1260)
     out = res.stdout + res.stderr
     assert res.returncode == 0, out[-4000:]
     return work, out
@@ -198,7 +238,8 @@ def test_every_job_of_the_slice_went_through_sbatch_and_completed(slurm_run):
     assert counts == SLICE_JOBS
     # Slurm's own record (kept MinJobAge s after the end): the jobs of this run by name.
     q = subprocess.run(["squeue", "--states=all", "-h", "--name", run_id,
-                        "-o", "%i|%T|%k|%m|%l"], capture_output=True, text=True, timeout=30)
+                        "-o", "%i|%T|%k|%m|%l"], check=False, capture_output=True, text=True,
+                       timeout=30)
     rows = {r.split("|")[0]: r.split("|")[1:] for r in q.stdout.split()}
     prof = _profile(TEST_PROFILE / "config.yaml")
     assert set(rows) == set(submitted)

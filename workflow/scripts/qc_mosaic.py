@@ -3,13 +3,13 @@
 import sys
 
 sys.path.insert(0, snakemake.scriptdir)  # noqa: F821
-from _smk import run  # noqa: E402
+from _smk import run
 
 
 def main(smk):
     from genbrain.qc import mosaic
 
-    mosaic(smk.input.index, smk.wildcards.site, smk.params.modality, smk.params.n_subjects,
+    mosaic(smk.input.index, smk.params.site, smk.params.modality, smk.params.n_subjects,
            smk.output.png)
 
 

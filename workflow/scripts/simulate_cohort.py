@@ -3,7 +3,7 @@
 import sys
 
 sys.path.insert(0, snakemake.scriptdir)  # noqa: F821
-from _smk import run  # noqa: E402
+from _smk import run
 
 
 def main(smk):
@@ -12,7 +12,7 @@ def main(smk):
 
     p = smk.params
     table = participants(smk.wildcards.cohort, p.spec, p.seed)
-    rows = chunk_rows(table, p.chunk_size, smk.wildcards.site, int(smk.wildcards.chunk))
+    rows = chunk_rows(table, p.chunk_size, p.site, int(smk.wildcards.chunk))
     write_chunk(smk.wildcards.cohort, p.spec, p.seed, rows, p.modalities, p.pattern,
                 smk.output.manifest)
 
