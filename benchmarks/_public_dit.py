@@ -37,6 +37,9 @@ import torch.nn.functional as F
 from torch import nn
 
 # ------------------------------------------------------------------ timm 1.0.31, verbatim
+# Kept as timm writes it (typing.Optional/Tuple/Type/Union, unused unpacked names), so ruff's
+# pyupgrade rewrites and RUF059 are off for this file; all their findings lie in this section.
+# ruff: noqa: UP006, UP007, UP035, UP045, RUF059
 
 _HAS_FUSED_ATTN = hasattr(torch.nn.functional, 'scaled_dot_product_attention')
 if 'TIMM_FUSED_ATTN' in os.environ:
@@ -125,7 +128,7 @@ class Attention(nn.Module):
             assert dim % num_heads == 0, 'dim should be divisible by num_heads'
             head_dim = dim // num_heads
         if qk_norm or scale_norm:
-            assert norm_layer is not None, 'norm_layer must be provided if qk_norm or scale_norm is True'  # noqa: E501 (verbatim)
+            assert norm_layer is not None, 'norm_layer must be provided if qk_norm or scale_norm is True'
 
         self.num_heads = num_heads
         self.head_dim = head_dim
@@ -306,7 +309,7 @@ class DiTBlock(nn.Module):
         self.attn = Attention(hidden_size, num_heads=num_heads, qkv_bias=True, **block_kwargs)
         self.norm2 = nn.LayerNorm(hidden_size, elementwise_affine=False, eps=1e-6)
         mlp_hidden_dim = int(hidden_size * mlp_ratio)
-        approx_gelu = lambda: nn.GELU(approximate="tanh")  # noqa: E731 (as DiT writes it)
+        approx_gelu = lambda: nn.GELU(approximate="tanh")
         self.mlp = Mlp(in_features=hidden_size, hidden_features=mlp_hidden_dim,
                        act_layer=approx_gelu, drop=0)
         self.adaLN_modulation = nn.Sequential(

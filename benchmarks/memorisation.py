@@ -49,8 +49,13 @@ import pandas as pd
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from genbrain.audit import (DEFAULT_MEMORY_MB, _standardise, _syn_block_for, max_correlation,
-                            memorisation_audit)
+from genbrain.audit import (
+    DEFAULT_MEMORY_MB,
+    _standardise,
+    _syn_block_for,
+    max_correlation,
+    memorisation_audit,
+)
 from genbrain.io import save_tsv
 from genbrain.stats.rows import ImageRows
 from genbrain.store import ImageStore, merge_indices, write_shard
@@ -67,10 +72,10 @@ def _size(text: str) -> tuple[int, int]:
 
 def build(root: Path, n_syn: int, n_train: int) -> None:
     """Training and synthetic float16 stores (written once; reused if present)."""
-    if (root / "syn" / "index.tsv").exists() and (root / "train" / "index.tsv").exists():
-        if len(ImageStore(root / "train" / "index.tsv")) >= n_train and \
-                len(ImageStore(root / "syn" / "index.tsv")) >= n_syn:
-            return
+    if (root / "syn" / "index.tsv").exists() and (root / "train" / "index.tsv").exists() and \
+            len(ImageStore(root / "train" / "index.tsv")) >= n_train and \
+            len(ImageStore(root / "syn" / "index.tsv")) >= n_syn:
+        return
     shutil.rmtree(root, ignore_errors=True)
     rng = np.random.default_rng(0)
     base = rng.standard_normal(V, dtype=np.float32)

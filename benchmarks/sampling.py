@@ -41,10 +41,10 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _public_dit import perturb_, public_dit  # noqa: E402
+from _public_dit import perturb_, public_dit
 
-from genbrain.model.diffusion import DDIMSampler, GaussianDiffusion  # noqa: E402
-from genbrain.model.dit import build_dit  # noqa: E402
+from genbrain.model.diffusion import DDIMSampler, GaussianDiffusion
+from genbrain.model.dit import build_dit
 
 V = 228_483
 STEPS, SCALE = 50, 1.2

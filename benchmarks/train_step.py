@@ -39,10 +39,10 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _public_dit import public_dit, perturb_  # noqa: E402
+from _public_dit import perturb_, public_dit
 
-from genbrain.model.diffusion import GaussianDiffusion  # noqa: E402
-from genbrain.model.dit import build_dit  # noqa: E402
+from genbrain.model.diffusion import GaussianDiffusion
+from genbrain.model.dit import build_dit
 
 V = 228_483
 NAMES = {"base": "baseline, public DiT + timm Attention/Mlp, explicit attention",

@@ -89,9 +89,8 @@ def save_nifti(img: nib.Nifti1Image, path: str | os.PathLike) -> None:
 
 def save_npy(array: np.ndarray, path: str | os.PathLike) -> None:
     """Write a .npy array atomically."""
-    with atomic_path(path) as tmp:
-        with open(tmp, "wb") as fh:
-            np.save(fh, array)
+    with atomic_path(path) as tmp, open(tmp, "wb") as fh:
+        np.save(fh, array)
 
 
 def save_tsv(df: pd.DataFrame, path: str | os.PathLike) -> None:

@@ -145,7 +145,7 @@ class ModalityRegistry(Mapping[str, Modality]):
         """Size of the embedding table needed: max index + 1."""
         return max(m.index for m in self._by_name.values()) + 1
 
-    def extended(self, extra: Mapping[str, Mapping]) -> "ModalityRegistry":
+    def extended(self, extra: Mapping[str, Mapping]) -> ModalityRegistry:
         """A registry with new modalities from a config mapping ``name -> {index, clamp, norm,
         mean, std, description}``; an entry whose name exists overrides those fields."""
         mods = dict(self._by_name)

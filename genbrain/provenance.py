@@ -13,6 +13,7 @@ import datetime
 import hashlib
 import html
 import json
+import math
 import os
 import platform
 import subprocess
@@ -51,7 +52,7 @@ def git_state(repo: str | os.PathLike) -> dict:
     git = ["git", "-c", f"safe.directory={repo}", "-C", str(repo)]
     try:
         head = subprocess.run([*git, "rev-parse", "HEAD"], capture_output=True, text=True,
-                              timeout=60)
+                              timeout=60, check=False)
         if head.returncode != 0:
             return {"commit": None, "dirty": None, "changes": [],
                     "note": f"{repo}: not a git work tree ({head.stderr.strip()[:120]})"}
@@ -167,7 +168,7 @@ def collect(repo: str | os.PathLike, config: Mapping, files: Mapping[str, Iterab
     sha256, package versions, seeds, input-file checksums and per-rule runtimes."""
     config = json.loads(canonical_json(config))  # plain JSON types, as hashed
     return {
-        "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "created": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
         "platform": {"system": platform.platform(), "machine": platform.machine(),
                      "cpus": os.cpu_count(), "python": sys.version.split()[0]},
         "git": git_state(repo),
@@ -190,7 +191,7 @@ def _table(rows: list[dict], columns: list[str]) -> str:
 
 
 def _fmt(value) -> str:
-    if value is None or (isinstance(value, float) and value != value):
+    if value is None or (isinstance(value, float) and math.isnan(value)):
         return "n/a"
     return str(value)
 
@@ -213,9 +214,9 @@ def render_html(record: Mapping) -> str:
              for k, v in record["packages"].items()], ["package", "version"]),
         "<h2>Input files</h2>" + _table(record["files"], ["role", "path", "bytes", "sha256"]),
         "<h2>Runtime and memory per rule</h2>" + _table(record["runtime"], RUNTIME_COLUMNS),
-        f"<h2>Configuration</h2><p>sha256 of the key-sorted JSON: "
-        f"<code>{record['config_sha256']}</code></p>"
-        f"<pre>{html.escape(json.dumps(record['config'], indent=2, sort_keys=True))}</pre>",
+        (f"<h2>Configuration</h2><p>sha256 of the key-sorted JSON: "
+         f"<code>{record['config_sha256']}</code></p>"
+         f"<pre>{html.escape(json.dumps(record['config'], indent=2, sort_keys=True))}</pre>"),
     ]
     style = ("body{font-family:sans-serif;font-size:14px;margin:1em}"
              "table{border-collapse:collapse;margin-bottom:1em}"

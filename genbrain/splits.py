@@ -35,7 +35,7 @@ def holdout_split(participants: pd.DataFrame, fraction: float, seed: int) -> pd.
     for site in sorted(table["site"].unique()):
         rows = np.flatnonzero((table["site"] == site).to_numpy())
         ids = np.sort(table["participant_id"].to_numpy()[rows])
-        n_hold = int(round(fraction * len(rows)))
+        n_hold = round(fraction * len(rows))
         n_hold = min(max(n_hold, 1 if len(rows) > 1 else 0), len(rows) - 1)
         held = set(rng.choice(ids, size=n_hold, replace=False)) if n_hold else set()
         is_held = table["participant_id"].iloc[rows].isin(held).to_numpy()

@@ -171,7 +171,7 @@ class GaussianDiffusion:
     def respace(self, use_timesteps: Iterable[int]) -> GaussianDiffusion:
         """A diffusion over the kept steps only, with betas recomputed from their ``abar``
         (``beta'_i = 1 - abar_{k_i} / abar_{k_{i-1}}``) and the timestep map composed."""
-        use = sorted(set(int(i) for i in use_timesteps))
+        use = sorted({int(i) for i in use_timesteps})
         if not use or use[0] < 0 or use[-1] >= self.num_timesteps:
             raise GenbrainInputError(f"respaced timesteps must lie in 0..{self.num_timesteps - 1}")
         abar = self.alphas_cumprod[use]

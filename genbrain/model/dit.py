@@ -411,7 +411,7 @@ class DiT(nn.Module):
                 generator: torch.Generator | None = None) -> Tensor:
         """Noisy voxel vectors x (N, C_in, V), timesteps t (N,) in the original 0..999 scale,
         labels (N,) -> (N, 2 * C_out, V): predicted epsilon then variance interpolation v."""
-        N, C, V = x.shape
+        _N, C, V = x.shape
         if C != self.in_channels or V != self.n_voxels:
             raise GenbrainInputError(f"DiT input has shape {tuple(x.shape)}; expected "
                                      f"(N, {self.in_channels}, {self.n_voxels})")

@@ -144,7 +144,7 @@ def register_fsl(moving: Mapping[str, str], reference: str, options: Mapping | N
     """Register with FSL (flirt + fnirt + applywarp); see :func:`fsl_commands`."""
     with tempfile.TemporaryDirectory(prefix="genbrain-fsl-") as tmp:
         for cmd in fsl_commands(moving, reference, tmp, options):
-            res = subprocess.run(cmd, capture_output=True, text=True)
+            res = subprocess.run(cmd, capture_output=True, text=True, check=False)
             if res.returncode != 0:
                 raise GenbrainInputError(f"{moving[reference]}: {Path(cmd[0]).name} failed "
                                          f"({res.stderr.strip().splitlines()[-1:]})")

@@ -4,8 +4,13 @@ import pytest
 from PIL import Image
 from scipy import stats as sstats
 
-from genbrain.audit import (AUDIT_COLUMNS, PrivacyGateError, max_correlation, memorisation_audit,
-                            privacy_gate)
+from genbrain.audit import (
+    AUDIT_COLUMNS,
+    PrivacyGateError,
+    max_correlation,
+    memorisation_audit,
+    privacy_gate,
+)
 from genbrain.errors import GenbrainInputError
 from genbrain.figures import audit_histogram, similarity_figure
 from genbrain.io import save_tsv

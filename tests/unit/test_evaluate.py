@@ -11,7 +11,7 @@ from genbrain.errors import GenbrainInputError
 from genbrain.evaluate import audit_report, privacy_gate, similarity_report
 from genbrain.io import read_tsv, save_tsv
 from genbrain.splits import evaluation_cohorts, similarity_covariates
-from genbrain.store import ImageStore, merge_indices, write_shard
+from genbrain.store import merge_indices, write_shard
 
 V = 300
 K = 2
@@ -102,7 +102,7 @@ def test_similarity_report_picks_the_right_members(stage):
         mean = np.stack([syn[g.index].mean(axis=0) for _, g in avg])
         first = avg.head(1)
         expect["synthetic_avg"] = _tmaps_scipy(mean, first["age"], first["sex"])
-        for kind, maps in expect.items():
+        for kind, maps in expect.items():  # noqa: PERF102 (table.query reads `kind` as @kind)
             for e, effect in enumerate(("age", "sex")):
                 got = table.query("kind == @kind and replicate == @rep and effect == @effect")
                 assert got["cosine"].item() == pytest.approx(_cos(maps[e], ref[e]), abs=1e-6)

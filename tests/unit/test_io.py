@@ -42,17 +42,15 @@ def test_atomic_dirs_get_the_umask_permissions_and_replace_the_old_folder(tmp_pa
 
 def test_a_failed_write_leaves_the_old_output_and_no_temporary(tmp_path):
     (tmp_path / "t.tsv").write_text("old\n")
-    with pytest.raises(RuntimeError):
-        with atomic_path(tmp_path / "t.tsv") as tmp:
-            tmp.write_text("half")
-            raise RuntimeError("killed")
+    with pytest.raises(RuntimeError), atomic_path(tmp_path / "t.tsv") as tmp:
+        tmp.write_text("half")
+        raise RuntimeError("killed")
     out = tmp_path / "d"
     out.mkdir()
     (out / "kept").write_text("old")
-    with pytest.raises(RuntimeError):
-        with atomic_dir(out) as tmp:
-            (tmp / "half").write_text("half")
-            raise RuntimeError("killed")
+    with pytest.raises(RuntimeError), atomic_dir(out) as tmp:
+        (tmp / "half").write_text("half")
+        raise RuntimeError("killed")
     assert (tmp_path / "t.tsv").read_text() == "old\n"
     assert sorted(p.name for p in out.iterdir()) == ["kept"]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["d", "t.tsv"]

@@ -8,8 +8,14 @@ import numpy as np
 import pytest
 import torch
 
-from genbrain.model.dit import (PRESETS, DiT, build_dit, centroid3d_pos_embed, dit_from_spec,
-                                token_centroids)
+from genbrain.model.dit import (
+    PRESETS,
+    DiT,
+    build_dit,
+    centroid3d_pos_embed,
+    dit_from_spec,
+    token_centroids,
+)
 
 V = 1000
 N_MOD = 5

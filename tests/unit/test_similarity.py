@@ -6,8 +6,18 @@ from scipy.spatial.distance import cosine as scipy_cosine
 
 from genbrain.errors import GenbrainInputError
 from genbrain.io import save_tsv
-from genbrain.stats import (Cohort, ImageRows, correlation_maps, cosine_similarity, draw_cohorts,
-                            sex_codes, similarity_protocol, summarise_similarity, t_from_r, tmaps)
+from genbrain.stats import (
+    Cohort,
+    ImageRows,
+    correlation_maps,
+    cosine_similarity,
+    draw_cohorts,
+    sex_codes,
+    similarity_protocol,
+    summarise_similarity,
+    t_from_r,
+    tmaps,
+)
 from genbrain.store import ImageStore, merge_indices, write_shard
 
 V = 300

@@ -56,7 +56,7 @@ def test_store_errors(tmp_path):
 
 def test_batched_rows_equal_item_by_item_reads_in_any_order(tmp_path):
     d1, a = _chunk(tmp_path, "a", 3, 0)
-    d2, b = _chunk(tmp_path, "b", 2, 10_000)
+    d2, _b = _chunk(tmp_path, "b", 2, 10_000)
     out = tmp_path / "store" / "index.tsv"
     merge_indices([d1 / "index.tsv", d2 / "index.tsv"], out)
     store = ImageStore(out)

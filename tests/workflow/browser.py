@@ -81,7 +81,8 @@ def menu(driver, html: Path, path: tuple[str, ...] = ()) -> tuple[list[str], lis
     for entry in path:
         before = shown(driver)
         driver.find_element(By.XPATH, f"//nav//*[normalize-space(text())='{entry}']").click()
-        WebDriverWait(driver, WAIT_S).until(lambda d: shown(d) != before)
+        # the lambda only runs inside this iteration's wait, so it sees this `before`
+        WebDriverWait(driver, WAIT_S).until(lambda d: shown(d) != before)  # noqa: B023
     lines = [ln for ln in shown(driver).splitlines() if ln.strip()]
     if path:  # after the breadcrumbs: Results > category > subcategory
         lines = lines[lines.index("Results") + 1 + len(path):]

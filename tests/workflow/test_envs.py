@@ -34,7 +34,7 @@ def test_every_env_pins_exact_versions_that_match_the_lock():
             if dep == "pip":
                 continue
             name, _, version = dep.partition("=")
-            version, _, build = version.partition("=")  # pytorch=2.13.0=cuda*: a build string
+            version, _, _build = version.partition("=")  # pytorch=2.13.0=cuda*: a build string
             assert re.fullmatch(r"[0-9][0-9a-z.]*", version), f"{env.name}: {dep} is not pinned"
             if name == "python":
                 assert version == "3.11"

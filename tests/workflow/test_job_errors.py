@@ -6,7 +6,7 @@ import pandas as pd
 import yaml
 
 from genbrain.space import AFFINE, standard_space
-from tests.workflow.helpers import ROOT, snakemake
+from tests.workflow.helpers import snakemake
 
 
 def test_corrupt_image_fails_the_job_with_one_line(tmp_path):

@@ -3,7 +3,7 @@
 import sys
 
 sys.path.insert(0, snakemake.scriptdir)  # noqa: F821
-from _smk import run  # noqa: E402
+from _smk import run
 
 
 def main(smk):

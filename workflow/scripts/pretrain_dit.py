@@ -6,7 +6,7 @@ torchrun with G processes over N nodes (see genbrain.pretrain.run_pretraining)."
 import sys
 
 sys.path.insert(0, snakemake.scriptdir)  # noqa: F821
-from _smk import run  # noqa: E402
+from _smk import run
 
 
 def main(smk):

@@ -4,7 +4,7 @@ input-file checksums and per-rule runtime/memory from the benchmark files."""
 import sys
 
 sys.path.insert(0, snakemake.scriptdir)  # noqa: F821
-from _smk import run  # noqa: E402
+from _smk import run
 
 
 def main(smk):
