@@ -8,7 +8,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-$(shell sha1sum requirements.lock | cut -c1-12)
 CORES ?= all
 
-.PHONY: venv demo test test-fast lint clean-demo
+.PHONY: venv demo test test-fast lint clean-demo fidelity
 
 venv: $(STAMP)
 
@@ -26,6 +26,11 @@ demo: venv
 	$(BIN)/snakemake --configfile config/demo.yaml --report results/report.html
 	@echo "report: results/report.html"
 
+# The fidelity record of a finished demo: docs/fidelity.md and results/fidelity.tsv (one row per
+# scientific claim: the paper's number, our goal, the measured value, its 95% CI, a verdict).
+fidelity: venv
+	$(BIN)/python -m genbrain.fidelity --results results --out docs/fidelity.md
+
 test: venv
 	$(BIN)/python -m pytest
 
@@ -35,6 +40,7 @@ test-fast: venv
 lint: venv
 	$(BIN)/snakemake --lint --configfile config/demo.yaml
 	$(BIN)/snakefmt --check Snakefile rules/
+	$(BIN)/ruff check genbrain tests benchmarks workflow
 
 clean-demo:
 	rm -rf results logs .snakemake

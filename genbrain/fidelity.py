@@ -1,0 +1,487 @@
+"""The fidelity record: per scientific claim the demo checks, the paper's number, our goal, what
+a finished run measured, its 95% CI and a verdict (issue 12, item 4).
+
+    python -m genbrain.fidelity --results results --out docs/fidelity.md   # or: make fidelity
+
+writes ``docs/fidelity.md`` and the same table as ``results/fidelity.tsv``;
+:func:`fidelity_rst` renders it for the report's front page.
+
+Each claim is registered once with its text, the paper's number and our goal, together with a
+collector ``function(results_dir) -> rows`` (:func:`register`); a later stage adds its claims
+by registering its collectors, without touching the writer. A collector reads result files
+through :func:`read_result`: a file that is not there (the stage has not run) gives one
+"not measured" row naming it, never a crash; so does a file without the expected columns.
+
+Definitions (also printed under the table):
+
+- **verdict**: *met* when the measured value satisfies the goal, *not met* when it does not,
+  *not measured* when the result is missing or not finite. It judges the point estimate; the
+  CI says how far the replicates let us trust it.
+- **95% CI**: a t-interval over replicates, ``mean +- t(0.975, m - 1) * sd / sqrt(m)`` (the
+  error bars of :func:`genbrain.stats.similarity.summarise_similarity`). For similarity the
+  replicates are the m hold-out cohorts and their synthetic mirrors, and the value is
+  ``relative_to_real`` (100 * cosine / the mean cosine of the real cohorts, that mean taken
+  as fixed, as in the paper's relative score). A single replicate, or a maximum over images
+  (memorisation), has no CI.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import math
+import operator
+import os
+import sys
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from scipy import stats as sstats
+
+from genbrain.errors import GenbrainInputError
+from genbrain.io import atomic_path, read_tsv, save_tsv
+
+log = logging.getLogger(__name__)
+
+VERDICTS = ("met", "not met", "not measured")
+COLUMNS = ["claim_id", "claim", "subject", "paper", "goal", "measured", "ci_low", "ci_high",
+           "ci_method", "n", "unit", "verdict", "source", "note"]
+_OPS: dict[str, Callable[[float, float], bool]] = {">=": operator.ge, "<=": operator.le}
+
+
+class MissingResult(Exception):
+    """A result file a collector needs is absent or lacks what it needs (the stage has not
+    run, or ran with older code); the claim is then *not measured*."""
+
+    def __init__(self, path: str | os.PathLike, reason: str = "not found"):
+        super().__init__(f"{path}: {reason}")
+        self.path = str(path)
+        self.reason = reason
+
+
+@dataclass(frozen=True)
+class Goal:
+    """A goal on a measured value: ``op`` (``>=`` or ``<=``) ``value``, in ``unit``."""
+
+    op: str
+    value: float
+    unit: str = ""
+
+    def __post_init__(self) -> None:
+        if self.op not in _OPS:
+            raise ValueError(f"goal operator must be one of {sorted(_OPS)}, got {self.op!r}")
+
+    def met(self, measured: float) -> bool:
+        """Whether ``measured`` satisfies the goal."""
+        return _OPS[self.op](measured, self.value)
+
+    def __str__(self) -> str:
+        return f"{self.op} {_fmt(self.value, self.unit)}"
+
+
+@dataclass(frozen=True)
+class Row:
+    """One row of the record: a claim measured on one subject (a modality, a cohort)."""
+
+    claim_id: str
+    claim: str
+    subject: str
+    paper: str
+    goal: str
+    measured: float
+    ci_low: float
+    ci_high: float
+    ci_method: str
+    n: int
+    unit: str
+    verdict: str
+    source: str
+    note: str = ""
+
+
+@dataclass(frozen=True)
+class Claim:
+    """A claim: its id, what is claimed (``text``), the paper's number as text, our goal, and
+    the unit of the measured value (``%`` or ``r``)."""
+
+    id: str
+    text: str
+    paper: str
+    goal: Goal
+    unit: str = ""
+
+    def measured(self, value: float, subject: str = "", *, ci: tuple[float, float] | None = None,
+                 ci_method: str = "", n: int = 1, source: str = "", note: str = "") -> Row:
+        """A measured row; the verdict follows from the goal (NaN -> not measured)."""
+        value = float(value)
+        if not math.isfinite(value):
+            return self.not_measured(source, f"the value is {value}", subject)
+        lo, hi = ci if ci is not None else (math.nan, math.nan)
+        verdict = "met" if self.goal.met(value) else "not met"
+        return Row(self.id, self.text, subject, self.paper, str(self.goal), value,
+                   float(lo), float(hi), ci_method or ("-" if ci is None else ""), int(n),
+                   self.unit, verdict, source, note)
+
+    def not_measured(self, source: str, reason: str, subject: str = "") -> Row:
+        """The row of a claim whose result is missing: ``source`` names the file."""
+        return Row(self.id, self.text, subject, self.paper, str(self.goal), math.nan,
+                   math.nan, math.nan, "-", 0, self.unit, "not measured", source, reason)
+
+
+Collector = Callable[[Path], Sequence[Row]]
+
+
+@dataclass
+class Entry:
+    claim: Claim
+    collect: Collector
+
+
+REGISTRY: dict[str, Entry] = {}
+
+
+def register(claim: Claim, registry: dict[str, Entry] | None = None
+             ) -> Callable[[Collector], Collector]:
+    """Decorator: register ``collect(results_dir) -> rows`` for ``claim`` in ``registry``
+    (default :data:`REGISTRY`, the one ``make fidelity`` runs); claim ids are unique.
+
+    A collector returns the rows of its claim (``claim.measured(...)``, one per modality or
+    cohort) and reads files with :func:`read_result`, whose :class:`MissingResult` the writer
+    turns into a *not measured* row. A later stage registers its claims in its own module,
+    imported at the end of this one."""
+    target = REGISTRY if registry is None else registry
+
+    def add(collect: Collector) -> Collector:
+        if claim.id in target:
+            raise ValueError(f"fidelity claim '{claim.id}' is already registered")
+        target[claim.id] = Entry(claim, collect)
+        return collect
+    return add
+
+
+def read_result(results: str | os.PathLike, relpath: str,
+                columns: Iterable[str] = ()) -> pd.DataFrame:
+    """A result table ``results/relpath``; :class:`MissingResult` when it is absent,
+    unreadable, or lacks one of ``columns``."""
+    path = Path(results) / relpath
+    if not path.exists():
+        raise MissingResult(path)
+    try:
+        table = read_tsv(path)
+    except GenbrainInputError as err:
+        raise MissingResult(path, f"unreadable ({err})") from err
+    missing = [c for c in columns if c not in table.columns]
+    if missing:
+        raise MissingResult(path, f"no column(s) {missing}")
+    return table
+
+
+def t_interval(values: Sequence[float], level: float = 0.95) -> tuple[float, float, float]:
+    """(mean, low, high): the ``level`` t-interval of the mean of the finite ``values``
+    (low = high = NaN for fewer than two)."""
+    x = np.asarray(values, dtype=np.float64)
+    x = x[np.isfinite(x)]
+    if len(x) == 0:
+        return math.nan, math.nan, math.nan
+    m = float(x.mean())
+    if len(x) < 2:
+        return m, math.nan, math.nan
+    half = float(sstats.t.ppf(0.5 + level / 2, len(x) - 1) * x.std(ddof=1) / np.sqrt(len(x)))
+    return m, m - half, m + half
+
+
+# ---------------------------------------------------------------------------------------------
+# today's claims: the pretrained model's evaluation (similarity, realism, memorisation)
+
+SIMILARITY_FILE = "evaluate/similarity/pretrain.tsv"
+SAMPLES_FILE = "pretrain/samples.tsv"
+AUDIT_FILE = "evaluate/audit/pretrain.tsv"
+GATE_FILE = "evaluate/audit/pretrain_gate.tsv"
+#: modalities the later stages use; each should look like a brain (issue 12, item 3)
+REALISM_REQUIRED = ("T1w", "VBM", "FLAIR", "FA", "fc*", "task*")
+
+
+def _similarity(claim: Claim, effect: str, kind: str) -> Collector:
+    """Collector of one (effect, kind) of the similarity table: per modality, the mean
+    ``relative_to_real`` over replicates and its t-interval."""
+    def collect(results: Path) -> list[Row]:
+        path = Path(results) / SIMILARITY_FILE
+        table = read_result(results, SIMILARITY_FILE,
+                            ("modality", "effect", "kind", "replicate", "n", "cosine",
+                             "relative_to_real"))
+        rows = []
+        for modality, of_m in table.groupby("modality", sort=True):
+            mine = of_m[(of_m["effect"] == effect) & (of_m["kind"] == kind)]
+            if mine.empty:
+                rows.append(claim.not_measured(str(path), f"no {effect}/{kind} rows", modality))
+                continue
+            real = of_m[(of_m["effect"] == effect) & (of_m["kind"] == "real")]["cosine"]
+            m, lo, hi = t_interval(mine["relative_to_real"])
+            reps = int(mine["relative_to_real"].notna().sum())
+            note = (f"cosine {mine['cosine'].mean():.3f} vs real {real.mean():.3f}; "
+                    f"cohorts of {int(mine['n'].iloc[0])}")
+            rows.append(claim.measured(m, modality, ci=None if reps < 2 else (lo, hi),
+                                       ci_method=f"t, {reps} replicates" if reps >= 2 else "",
+                                       n=reps, source=str(path), note=note))
+        return rows
+    return collect
+
+
+for _effect, _kind, _goal, _paper, _what in (
+        ("age", "synthetic", 60.0, "88%", "single synthetic samples"),
+        ("age", "synthetic_avg", 100.0, "140%", "means of k synthetic samples"),
+        ("sex", "synthetic", 30.0, "not transcribed here", "single synthetic samples"),
+        ("sex", "synthetic_avg", 30.0, "not transcribed here", "means of k synthetic samples")):
+    _claim = Claim(
+        id=f"similarity.{_effect}.{'single' if _kind == 'synthetic' else 'averaged'}",
+        text=f"{_effect} t-map similarity of cohorts of {_what}, relative to real cohorts",
+        paper=_paper, goal=Goal(">=", _goal, "%"), unit="%")
+    register(_claim)(_similarity(_claim, _effect, _kind))
+
+
+REALISM = Claim("realism", "synthetic image's Pearson r with the hold-out mean image",
+                paper="not reported (our check; real brains score 0.77-0.99)",
+                goal=Goal(">=", 0.7), unit="r")
+
+
+@register(REALISM)
+def _realism(results: Path) -> list[Row]:
+    """Per modality of ``samples.tsv``: the mean ``r_synthetic`` over its samples (one per
+    modality today: no CI); a required modality absent from the table is not measured."""
+    path = str(Path(results) / SAMPLES_FILE)
+    table = read_result(results, SAMPLES_FILE, ("modality", "r_synthetic", "r_real"))
+    rows = []
+    for modality, of_m in table.groupby("modality", sort=False):
+        m, lo, hi = t_interval(of_m["r_synthetic"])
+        k = int(of_m["r_synthetic"].notna().sum())
+        rows.append(REALISM.measured(
+            m, modality, ci=None if k < 2 else (lo, hi),
+            ci_method=f"t, {k} samples" if k >= 2 else "one sample", n=k, source=path,
+            note=f"real image r {of_m['r_real'].mean():.2f}"))
+    present = list(table["modality"].astype(str).unique())
+    for want in REALISM_REQUIRED:
+        if not any(_matches(m, want) for m in present):
+            rows.append(REALISM.not_measured(path, "no such modality in the table", want))
+    return rows
+
+
+MEMORISATION = Claim("memorisation",
+                     "no synthetic image is a near-copy of a training image: largest Pearson r",
+                     paper="none above r = 0.95 (the paper's near-copy threshold)",
+                     goal=Goal("<=", 0.95), unit="r")
+
+
+@register(MEMORISATION)
+def _memorisation(results: Path) -> list[Row]:
+    """The largest ``max_r`` of the evaluation cohort's audit (every synthetic image vs every
+    training image of its modality); the gate table when the audit is absent. The goal's
+    threshold is the gate's own when the gate table records one."""
+    audit_path, gate_path = Path(results) / AUDIT_FILE, Path(results) / GATE_FILE
+    claim = MEMORISATION
+    try:
+        gate = read_result(results, GATE_FILE, ("threshold", "max_r", "n_synthetic"))
+        threshold = float(gate["threshold"].iloc[0])
+        claim = Claim(claim.id, claim.text, claim.paper, Goal("<=", threshold), claim.unit)
+    except MissingResult:
+        gate = None
+    try:
+        audit = read_result(results, AUDIT_FILE, ("modality", "max_r"))
+    except MissingResult:
+        if gate is None:
+            raise MissingResult(f"{audit_path} and {gate_path}") from None
+        return [claim.measured(float(gate["max_r"].iloc[0]), "pretrain cohort",
+                               ci_method="a maximum", n=int(gate["n_synthetic"].iloc[0]),
+                               source=str(gate_path),
+                               note="from the gate table (audit table absent)")]
+    r = pd.to_numeric(audit["max_r"], errors="coerce")
+    flagged = int((r > claim.goal.value).sum())
+    per_mod = audit.assign(max_r=r).groupby("modality", sort=True)["max_r"].max()
+    note = (f"{flagged} of {len(audit)} images above {claim.goal.value:g}; per modality "
+            + ", ".join(f"{m} {v:.2f}" for m, v in per_mod.items()))
+    return [claim.measured(float(r.max()), "pretrain cohort", ci_method="a maximum", n=len(audit),
+                           source=str(audit_path), note=note)]
+
+
+# ---------------------------------------------------------------------------------------------
+# the writer
+
+
+def _matches(name: str, pattern: str) -> bool:
+    return name.startswith(pattern[:-1]) if pattern.endswith("*") else name == pattern
+
+
+def fidelity_table(results: str | os.PathLike,
+                   registry: Mapping[str, Entry] | None = None) -> pd.DataFrame:
+    """Run every registered collector on a results folder -> the record, columns
+    :data:`COLUMNS`, claims in registration order. A collector's :class:`MissingResult`
+    becomes one *not measured* row naming the file."""
+    registry = REGISTRY if registry is None else registry
+    rows: list[Row] = []
+    for claim_id, entry in registry.items():
+        try:
+            got = list(entry.collect(Path(results)))
+        except MissingResult as missing:
+            log.info("fidelity: %s not measured: %s", claim_id, missing)
+            got = [entry.claim.not_measured(missing.path, missing.reason)]
+        if not got:
+            got = [entry.claim.not_measured(str(results), "the collector found nothing")]
+        rows.extend(got)
+    return pd.DataFrame([asdict(r) for r in rows], columns=COLUMNS)
+
+
+def _fmt(value: float, unit: str) -> str:
+    if not isinstance(value, (int, float)) or not math.isfinite(value):
+        return "n/a"
+    return f"{value:.0f}%" if unit == "%" else f"{value:.2f}"
+
+
+def _cells(row: Mapping) -> dict[str, str]:
+    """The human-readable cells of one record row."""
+    unit = row["unit"]
+    claim = row["claim"] + (f" ({row['subject']})" if row["subject"] else "")
+    if math.isfinite(row["ci_low"]):
+        ci = f"{_fmt(row['ci_low'], unit)} to {_fmt(row['ci_high'], unit)} ({row['ci_method']})"
+    else:
+        ci = f"n/a ({row['ci_method']})" if row["ci_method"] not in ("", "-") else "n/a"
+    where = f"`{row['source']}`" if row["source"] else ""
+    detail = "; ".join(x for x in (row["note"], where) if x)
+    return {"claim": claim, "paper": str(row["paper"]), "goal": str(row["goal"]),
+            "measured": _fmt(row["measured"], unit), "ci": ci, "verdict": row["verdict"],
+            "detail": detail}
+
+
+HEADERS = {"claim": "claim", "paper": "paper", "goal": "our goal", "measured": "measured",
+           "ci": "95% CI", "verdict": "verdict", "detail": "notes and source"}
+
+
+def fidelity_markdown(table: pd.DataFrame, results: str | os.PathLike = "results") -> str:
+    """docs/fidelity.md: a title, how it was made, the table and the definitions."""
+    def esc(text: str) -> str:
+        return text.replace("|", "\\|").replace("\n", " ")
+
+    counts = table["verdict"].value_counts()
+    lines = [
+        "# Fidelity record",
+        "",
+        f"What the run in `{results}/` measured for each scientific claim the demo checks, "
+        "against the paper and our goals (issue 12). Written by `make fidelity` "
+        f"(`python -m genbrain.fidelity --results {results} --out docs/fidelity.md`); the same "
+        f"table is `{results}/fidelity.tsv`. Verdicts: "
+        + ", ".join(f"{counts.get(v, 0)} {v}" for v in VERDICTS) + ".",
+        "",
+        "| " + " | ".join(HEADERS.values()) + " |",
+        "| " + " | ".join("---" for _ in HEADERS) + " |",
+    ]
+    for row in table.to_dict("records"):
+        cells = _cells(row)
+        lines.append("| " + " | ".join(esc(cells[k]) for k in HEADERS) + " |")
+    lines += ["", "How to read it:", ""]
+    lines += [
+        ("- *verdict*: met / not met judge the measured value (the point estimate) against our "
+         "goal; not measured means the result file is missing (named) or holds no finite "
+         "value."),
+        ("- *95% CI*: a t-interval over replicates, mean +- t(0.975, m - 1) sd / sqrt(m). "
+         "Similarity: over the m hold-out cohorts and their synthetic mirrors, of 100 x cosine "
+         "/ mean cosine of the real cohorts (that mean taken as fixed, as in the paper's "
+         "relative score). Realism: over samples per modality (one today: no CI). "
+         "Memorisation is a maximum over all synthetic images: no CI."),
+        ("- *similarity* is relative to real cohorts of the same size (100% = as good as real "
+         "data); the demo's cohorts are smaller than the paper's 100."),
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def fidelity_rst(table: pd.DataFrame) -> str:
+    """The record as an RST ``list-table`` (for the report's front page, workflow.rst)."""
+    def esc(text: str) -> str:
+        return text.replace("\\", "\\\\").replace("*", "\\*").replace("`", "").replace(
+            "\n", " ") or "n/a"
+
+    title = "Fidelity record (``make fidelity``; definitions in docs/fidelity.md)"
+    out = [f".. list-table:: {title}", "   :header-rows: 1", ""]
+    out.append("   * - " + "\n     - ".join(HEADERS.values()))
+    for row in table.to_dict("records"):
+        cells = _cells(row)
+        out.append("   * - " + "\n     - ".join(esc(cells[k]) for k in HEADERS))
+    return "\n".join(out) + "\n"
+
+
+def write_fidelity(results: str | os.PathLike, out_md: str | os.PathLike,
+                   out_tsv: str | os.PathLike | None = None,
+                   registry: Mapping[str, Entry] | None = None) -> pd.DataFrame:
+    """Build the record from ``results`` and write the markdown page and the TSV
+    (default ``results/fidelity.tsv``), both atomically. Returns the table."""
+    table = fidelity_table(results, registry)
+    out_tsv = Path(results) / "fidelity.tsv" if out_tsv is None else out_tsv
+    save_tsv(table, out_tsv)
+    with atomic_path(out_md) as tmp:
+        tmp.write_text(fidelity_markdown(table, results))
+    return table
+
+
+def write_fidelity_page(results: str | os.PathLike, out_html: str | os.PathLike,
+                        out_tsv: str | os.PathLike,
+                        registry: Mapping[str, Entry] | None = None) -> pd.DataFrame:
+    """The record as a self-contained HTML page (the report's *Fidelity record*, rendered
+    from :func:`fidelity_rst` by docutils) and its TSV, both atomically. Returns the table."""
+    from docutils.core import publish_string
+
+    table = fidelity_table(results, registry)
+    save_tsv(table, out_tsv)
+    counts = table["verdict"].value_counts()
+    intro = ("One row per scientific claim of the paper that this run checks: the paper's "
+             "number, our goal, the measured value with its 95% CI and the verdict ("
+             + ", ".join(f"{counts.get(v, 0)} {v}" for v in VERDICTS) + "). A claim whose "
+             "results file is missing is 'not measured', with the file named.")
+    html = publish_string(f"Fidelity record\n===============\n\n{intro}\n\n"
+                          + fidelity_rst(table), writer_name="html5",
+                          settings_overrides={"embed_stylesheet": True,
+                                              "report_level": 4}).decode()
+    with atomic_path(out_html) as tmp:
+        tmp.write_text(html)
+    return table
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Command line: ``python -m genbrain.fidelity --results results --out docs/fidelity.md``."""
+    p = argparse.ArgumentParser(prog="python -m genbrain.fidelity", description=__doc__.split(
+        "\n\n")[0])
+    p.add_argument("--results", default="results", help="a finished run's results folder")
+    p.add_argument("--out", default="docs/fidelity.md", help="the markdown page to write")
+    p.add_argument("--tsv", default=None, help="the TSV copy (default: RESULTS/fidelity.tsv)")
+    a = p.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    if not Path(a.results).is_dir():
+        print(f"genbrain error: {a.results}: no such results folder (run `make demo` first)",
+              file=sys.stderr)
+        sys.exit(1)
+    table = write_fidelity(a.results, a.out, a.tsv)
+    counts = table["verdict"].value_counts()
+    print(f"{a.out}: {len(table)} rows ("
+          + ", ".join(f"{counts.get(v, 0)} {v}" for v in VERDICTS) + ")")
+
+
+__all__ = [
+    "COLUMNS",
+    "REGISTRY",
+    "Claim",
+    "Collector",
+    "Goal",
+    "MissingResult",
+    "Row",
+    "fidelity_markdown",
+    "fidelity_rst",
+    "fidelity_table",
+    "read_result",
+    "register",
+    "t_interval",
+    "write_fidelity",
+    "write_fidelity_page",
+]
+
+if __name__ == "__main__":
+    main()
