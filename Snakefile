@@ -1,7 +1,8 @@
 # genbrain-pipeline: reproduce GenBrain (a diffusion-transformer foundation model of
 # multimodal brain MRI) end to end, or run the same DAG on the embedded simulated cohorts.
-#   snakemake --profile profiles/default --configfile config/demo.yaml   # embedded default
-#   snakemake --profile profiles/slurm                                   # the paper, on Slurm
+#   snakemake --cores all --configfile config/demo.yaml   # embedded default, this machine
+#   snakemake --profile slurm                              # the paper, on Slurm (README)
+# Run from the repository root: `slurm` there links to profiles/slurm/, where --profile looks.
 from snakemake.utils import min_version
 
 min_version("9.0")
@@ -21,6 +22,7 @@ include: "rules/common.smk"
 include: "rules/simulate.smk"
 include: "rules/preprocess.smk"
 include: "rules/pretrain.smk"
+include: "rules/finetune.smk"
 include: "rules/synthesize.smk"
 include: "rules/evaluate.smk"
 include: "rules/report.smk"

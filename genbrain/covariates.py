@@ -31,6 +31,7 @@ REQUIRED = ("synthetic_id", "age", "sex", "modality")
 RESERVED = ("source_participant_id", "modality_index", "shard", "row", "k", "seed", "guidance",
             "ddim_steps")
 GRID_KEYS = ("age", "sex", "modality")
+OPTIONAL_GRID_KEYS = ("diagnosis",)  # for models with a disease head
 
 
 def read_covariates(path: str | os.PathLike) -> pd.DataFrame:
@@ -71,20 +72,25 @@ def check_covariates(table: pd.DataFrame, source: str) -> None:
 
 
 def grid_covariates(grid: Mapping[str, Sequence], n: int) -> pd.DataFrame:
-    """Every combination of the grid's ages, sexes and modalities, ``n`` rows each (column
-    ``replicate`` 0..n-1), in the order age, sex, modality, replicate."""
-    combos = itertools.product(*(list(grid[k]) for k in GRID_KEYS), range(n))
-    table = pd.DataFrame(list(combos), columns=[*GRID_KEYS, "replicate"])
+    """Every combination of the grid's ages, sexes, (diagnoses,) and modalities, ``n`` rows
+    each (column ``replicate`` 0..n-1), in the order age, sex, (diagnosis,) modality,
+    replicate."""
+    keys = [k for k in ("age", "sex", *OPTIONAL_GRID_KEYS, "modality") if k in grid
+            or k in GRID_KEYS]
+    combos = itertools.product(*(list(grid[k]) for k in keys), range(n))
+    table = pd.DataFrame(list(combos), columns=[*keys, "replicate"])
     table.insert(0, "synthetic_id", np.arange(len(table)))
     return table
 
 
 def cohort_covariates(name: str, spec: Mapping, modalities: Sequence[str],
-                      model: str = "the pretrained model") -> pd.DataFrame:
+                      model: str = "the pretrained model",
+                      diagnosis_levels: Sequence[str] | None = None,
+                      score_column: str | None = None) -> pd.DataFrame:
     """The covariate table of the configured synthetic cohort ``name`` (config entry ``spec``:
     exactly one of ``covariates`` / ``grid``, with ``n`` for a grid), checked against the
-    ``modalities`` the sampling ``model`` was trained on. Errors are one line naming the file
-    (or config key) and row."""
+    ``modalities`` and conditions (``diagnosis_levels``, ``score_column``) of the sampling
+    ``model``. Errors are one line naming the file (or config key) and row."""
     key = f"synthesize.cohorts.{name}"
     if name == "pretrain":
         raise GenbrainInputError(f"config: '{key}': the name 'pretrain' is the pretrained "
@@ -112,9 +118,26 @@ def cohort_covariates(name: str, spec: Mapping, modalities: Sequence[str],
     if reserved:
         raise GenbrainInputError(f"{source}: column '{reserved[0]}' is written by synthesis; "
                                  "rename it")
-    if "diagnosis" in table.columns:
+    if diagnosis_levels:
+        if "diagnosis" not in table.columns:
+            raise GenbrainInputError(f"{source}: {model} is conditioned on diagnosis "
+                                     f"({', '.join(diagnosis_levels)}); the table needs a "
+                                     "'diagnosis' column")
+        fail_at_first(~table["diagnosis"].isin(list(diagnosis_levels)), source,
+                      lambda i: f"diagnosis '{table['diagnosis'].iloc[i]}' is not one of "
+                                f"{', '.join(diagnosis_levels)}")
+    elif "diagnosis" in table.columns:
         raise GenbrainInputError(f"{source}: column 'diagnosis': {model} has no disease "
                                  "condition (only age, sex, modality); drop the column")
+    if score_column:
+        values = pd.to_numeric(table[score_column], errors="coerce") \
+            if score_column in table.columns else None
+        if values is None:
+            raise GenbrainInputError(f"{source}: {model} is conditioned on '{score_column}'; "
+                                     "the table needs that column")
+        fail_at_first(values.isna(), source,
+                      lambda i: f"{score_column} '{table[score_column].iloc[i]}' is not a "
+                                "number")
     check_covariates(table, source)
     fail_at_first(~table["modality"].isin(list(modalities)), source,
                   lambda i: f"modality '{table['modality'].iloc[i]}' is not one {model} was "

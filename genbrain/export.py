@@ -29,6 +29,7 @@ from genbrain.io import atomic_dir, read_tsv, save_nifti, save_tsv
 from genbrain.modalities import DEFAULT_REGISTRY, ModalityRegistry
 from genbrain.space import standard_space
 from genbrain.store import ImageStore
+from genbrain.training.checkpoints import model_conditions
 
 SPACE_ENTITIES = "space-MNI152NLin6Asym_res-2"
 BIDS_VERSION = "1.10.0"
@@ -78,7 +79,9 @@ def export_cohort(index: str | os.PathLike, gate: str | os.PathLike, out_dir: st
     out_dir = Path(out_dir)
     space = standard_space()
     n = len(store) if max_images is None else min(int(max_images), len(store))
-    model = {"checkpoint": Path(checkpoint).name, "sha256": sha256(checkpoint)}
+    model = {"checkpoint": str(checkpoint), "sha256": sha256(checkpoint)}
+    spec = model_conditions(checkpoint)  # what the model was conditioned on, from its run
+    columns = ["modality", *spec.columns] + ["source_participant_id"] * bool(spec.sources)
     rows = []
     with atomic_dir(out_dir) as tmp:
         for i in range(n):
@@ -94,12 +97,12 @@ def export_cohort(index: str | os.PathLike, gate: str | os.PathLike, out_dir: st
                 units = mod.description or mod.name
             path = tmp / sub / kind / f"{stem}.nii.gz"
             save_nifti(space.image(space.to_volume(vec.astype(np.float32))), path)
-            conditions = {k: _plain(meta[k]) for k in ("age", "sex", "modality", "diagnosis",
-                                                       "score") if k in meta.index
-                          and not pd.isna(meta[k])}
+            conditions = {k: _plain(meta[k]) for k in columns
+                          if k in meta.index and not pd.isna(meta[k])}
             sidecar = {"Description": "Synthetic image drawn by GenBrain (diffusion transformer)",
                        "Sources": [f"model:{model['checkpoint']}"], "Model": model,
-                       "Conditions": conditions, "SyntheticId": int(meta["synthetic_id"]),
+                       "Conditions": conditions, "ConditionSpec": spec.describe(),
+                       "SyntheticId": int(meta["synthetic_id"]),
                        "Sampling": dict(sampling), "Units": units,
                        "PrivacyGate": {"threshold": float(gate_row["threshold"]),
                                        "max_r": float(gate_row["max_r"])}}

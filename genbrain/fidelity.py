@@ -309,6 +309,42 @@ def _memorisation(results: Path) -> list[Row]:
 # the writer
 
 
+FINETUNE_DIRECTION = Claim(
+    "finetune.disease_direction",
+    "a disease-conditioned fine-tune's learned patients-minus-controls effect agrees with the "
+    "planted effect map (Pearson r)",
+    paper="not reported (our check; the BWAS and diagnosis gains rest on it)",
+    goal=Goal(">=", 0.3), unit="r")
+
+
+@register(FINETUNE_DIRECTION)
+def _finetune_direction(results: Path) -> list[Row]:
+    """Per fine-tune and modality with a disease head, on simulated cohorts: the r of the
+    learned effect with the truth (``checks.tsv``), beside the training set's own map's r (the
+    yardstick a site's own data reach). The goal, 0.3, is about what the demo's sites' own maps
+    reach (n = 60-80)."""
+    files = sorted(Path(results).glob("finetune/*/*/checks.tsv"))
+    if not files:
+        raise MissingResult(Path(results) / "finetune/<task>/<unit>/checks.tsv")
+    rows = []
+    for path in files:
+        table = read_result(results, str(path.relative_to(results)),
+                            ("check", "modality", "value"))
+        value = {(c, m): v for c, m, v in zip(table["check"], table["modality"],
+                                               table["value"])}
+        for (check, modality), r in value.items():
+            if check != "disease_effect_vs_truth":
+                continue
+            own = value.get(("disease_site_vs_truth", modality), math.nan)
+            rows.append(FINETUNE_DIRECTION.measured(
+                r, f"{path.parent.parent.name}/{path.parent.name} {modality}",
+                ci_method="one map", source=str(path),
+                note=f"the training set's own map: r {own:.2f}"))
+    if not rows:
+        raise MissingResult(files[0], "no disease head with a simulated truth")
+    return rows
+
+
 def _matches(name: str, pattern: str) -> bool:
     return name.startswith(pattern[:-1]) if pattern.endswith("*") else name == pattern
 

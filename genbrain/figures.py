@@ -13,6 +13,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 
 import numpy as np
 import pandas as pd
@@ -120,15 +121,20 @@ def loss_curve(table: pd.DataFrame, out_png: str | os.PathLike, title: str = "")
     """Per-step training loss (light) and its running mean (dark) on a log scale."""
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(5.5, 3.2))
+    _loss_axes(ax, table, "optimizer step", title)
+    fig.tight_layout()
+    _save(fig, out_png)
+
+
+def _loss_axes(ax, table: pd.DataFrame, xlabel: str, title: str) -> None:
+    """Per-step loss (light) and its running mean (dark), log scale, on ``ax``."""
     ax.plot(table["step"], table["loss"], color="0.75", lw=0.6, label="loss per step")
     ax.plot(table["step"], table["smoothed"], color="C0", lw=1.5, label="running mean")
     ax.set_yscale("log")
-    ax.set_xlabel("optimizer step")
+    ax.set_xlabel(xlabel)
     ax.set_ylabel("IDDPM hybrid loss")
     ax.legend(frameon=False, fontsize=8)
     ax.set_title(title, fontsize=9)
-    fig.tight_layout()
-    _save(fig, out_png)
 
 
 def synthetic_vs_real(real: np.ndarray, synthetic: np.ndarray, names: Sequence[str],
@@ -207,5 +213,58 @@ def truth_maps(maps: dict[tuple[str, str], np.ndarray], out_png: str | os.PathLi
             if c == 0:
                 ax.set_ylabel(m, fontsize=8)
     fig.suptitle(title, fontsize=8)
+    fig.tight_layout()
+    _save(fig, out_png)
+
+
+def finetune_checks_figure(loss: pd.DataFrame, checks: pd.DataFrame,
+                           maps: dict[tuple[str, str], dict[str, np.ndarray]],
+                           out_png: str | os.PathLike, title: str = "") -> None:
+    """One fine-tune at a glance: its loss curve, then per (modality, label head) the model's
+    learned effect beside the training set's own effect map (and the simulated truth when
+    known), each on the axial slice where the reference map is largest and its own symmetric
+    blue-red scale (99th percentile of |value|), with the r of the checks table."""
+    from genbrain.space import standard_space
+
+    plt = _pyplot()
+    space = standard_space()
+    panels = [(key, kind) for key, m in maps.items() for kind in ("model", "site", "truth")
+              if kind in m]
+    n_rows = 1 + len(maps)
+    fig = plt.figure(figsize=(7.5, 2.6 * n_rows))
+    _loss_axes(fig.add_subplot(n_rows, 1, 1), loss, "fine-tuning step", title)
+    value = {(r.check, r.modality): r.value for r in checks.itertuples()}
+    names = {"model": "model's learned effect", "site": "training set's own map",
+             "truth": "simulated truth"}
+    for r, key in enumerate(maps):
+        m, head = key
+        ref = maps[key].get("truth", maps[key]["site"])
+        vol_ref = space.to_volume(np.nan_to_num(ref))
+        z = int(np.argmax(np.abs(vol_ref).sum(axis=(0, 1))))
+        kinds = [k for (k2, k) in panels if k2 == key]
+        for c, kind in enumerate(kinds):
+            a = fig.add_subplot(n_rows, 3, 3 * (r + 1) + c + 1)
+            vec = np.nan_to_num(maps[key][kind])
+            vol = space.to_volume(vec)
+            scale = float(np.percentile(np.abs(vec), 99)) or 1.0
+            a.imshow(np.where(space.mask[:, :, z], 0.85, 1.0).T, origin="lower", cmap="gray",
+                     vmin=0, vmax=1)
+            if np.abs(vec).max() < 1e-6:  # a zero-initialised head that has not moved
+                a.text(0.5, 0.5, "no effect learned", ha="center", va="center", fontsize=7,
+                       transform=a.transAxes)
+            else:
+                shown = np.where(space.mask[:, :, z], vol[:, :, z], np.nan).T
+                a.imshow(shown, origin="lower", cmap="RdBu_r", vmin=-scale, vmax=scale)
+            label = names[kind]
+            if kind == "model":
+                r_site = value.get((f"{head}_effect_vs_site", m), float("nan"))
+                r_truth = value.get((f"{head}_effect_vs_truth", m))
+                label += f"\nr site {r_site:.2f}" + (
+                    "" if r_truth is None else f", r truth {r_truth:.2f}")
+            elif kind == "site" and (f"{head}_site_vs_truth", m) in value:
+                label += f"\nr truth {value[(f'{head}_site_vs_truth', m)]:.2f}"
+            a.set_title(f"{m} {head}: {label}", fontsize=7)
+            a.set_xticks([])
+            a.set_yticks([])
     fig.tight_layout()
     _save(fig, out_png)

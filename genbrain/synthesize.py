@@ -32,14 +32,14 @@ import numpy as np
 import pandas as pd
 import torch
 
-from genbrain.covariates import (SEXES, check_covariates, fail_at_first,  # noqa: F401
-                                 read_covariates)
+from genbrain.conditions import Conditions, encode_labels
+from genbrain.covariates import check_covariates, read_covariates  # noqa: F401
 from genbrain.errors import GenbrainInputError
 from genbrain.io import atomic_dir, save_tsv
 from genbrain.modalities import DEFAULT_REGISTRY, ModalityRegistry
 from genbrain.model.diffusion import DDIMSampler, GaussianDiffusion
 from genbrain.model.dit import DiT
-from genbrain.store import write_shard
+from genbrain.store import ImageStore, write_shard
 from genbrain.train import TrainConfig, load_for_sampling
 
 log = logging.getLogger(__name__)
@@ -77,15 +77,13 @@ class SamplingConfig:
 def condition_labels(table: pd.DataFrame, model: DiT, norms: Mapping[str, Mapping[str, float]],
                      config: TrainConfig, registry: ModalityRegistry = DEFAULT_REGISTRY,
                      source: str = "covariates") -> dict[str, torch.Tensor]:
-    """DiT labels (each (N,)) for the rows of a covariate table, scaled as in training.
+    """DiT labels (each (N,)) for the rows of a covariate table, encoded as in training
+    (:func:`genbrain.conditions.encode_labels` with the run's conditions and scalings).
 
-    Age (and score) are z-scored with the checkpoint's scalings; sex M = 0, F = 1; modality =
-    registry index, which must exist in the model's table; ``diagnosis`` is required when the
-    model has a disease head and must be one of the run's ``diagnosis_levels``."""
+    Modality = registry index, which must exist in the model's table; ``diagnosis`` is
+    required when the model has a disease head, the score column when it has a score head."""
     check_covariates(table, source)
-    age = (table["age"].to_numpy(np.float64) - norms["age"]["mean"]) / norms["age"]["std"]
-    labels = {"age": torch.from_numpy(age.astype(np.float32)),
-              "sex": torch.tensor(table["sex"].map(SEXES.index).to_numpy(np.int64))}
+    conditions = Conditions.of(config, norms)
     n_mod = model.modality_embedder.num_embeddings - 1
     index = []
     for i, name in enumerate(table["modality"]):
@@ -98,27 +96,13 @@ def condition_labels(table: pd.DataFrame, model: DiT, norms: Mapping[str, Mappin
                                      f"but the model's modality table holds {n_mod} "
                                      f"(indices 0..{n_mod - 1})")
         index.append(m)
-    labels["modality"] = torch.tensor(index, dtype=torch.int64)
-    if model.disease_embedder is not None:
-        levels = list(config.diagnosis_levels or [])
-        if "diagnosis" not in table.columns:
-            raise GenbrainInputError(f"{source}: the model has a disease head ({levels}); "
-                                     "the table needs a 'diagnosis' column")
-        fail_at_first(~table["diagnosis"].isin(levels), source,
-                      lambda i: f"diagnosis '{table['diagnosis'].iloc[i]}' is not one of "
-                                f"{', '.join(levels)}")
-        labels["disease"] = torch.tensor(table["diagnosis"].map(levels.index)
-                                         .to_numpy(np.int64))
-    if model.score_embedder is not None:
-        col = config.score_column
-        values = pd.to_numeric(table[col], errors="coerce").to_numpy(np.float64) \
-            if col in table.columns else None
-        if values is None or not np.isfinite(values).all():
-            raise GenbrainInputError(f"{source}: the model has a score head; the table needs a "
-                                     f"numeric '{col}' column")
-        z = (values - norms["score"]["mean"]) / norms["score"]["std"]
-        labels["score"] = torch.from_numpy(z.astype(np.float32))
-    return labels
+    for kind, head, column in (("disease", model.disease_embedder, "diagnosis"),
+                               ("score", model.score_embedder, conditions.score_column)):
+        if head is not None and column not in table.columns:
+            raise GenbrainInputError(f"{source}: the model has a {kind} head; the table needs "
+                                     f"a '{column}' column")
+    return {k: torch.from_numpy(np.array(v)) for k, v in encode_labels(
+        table.reset_index(drop=True), conditions, np.asarray(index, np.int64), source).items()}
 
 
 def row_noise(seed: int, synthetic_ids: np.ndarray, k: int, n_channels: int,
@@ -136,11 +120,22 @@ def row_noise(seed: int, synthetic_ids: np.ndarray, k: int, n_channels: int,
 def sample_table(model: DiT, norms: Mapping[str, Mapping[str, float]], config: TrainConfig,
                  table: pd.DataFrame, sampling: SamplingConfig,
                  registry: ModalityRegistry = DEFAULT_REGISTRY, source: str = "covariates",
-                 device: torch.device | str | None = None) -> np.ndarray:
+                 device: torch.device | str | None = None,
+                 sources: np.ndarray | None = None) -> np.ndarray:
     """Images for every row of ``table`` -> (N, V) float32, each the mean of ``sampling.k``
-    samples; progress (rows, images/s, ETA) is logged after every batch."""
+    samples; progress (rows, images/s, ETA) is logged after every batch. An image-conditioned
+    model (``config.sources``) needs ``sources`` (N, K, V): each row's source images, in the
+    order of ``config.sources`` (:func:`source_images` reads them from a store)."""
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     labels = condition_labels(table, model, norms, config, registry, source)
+    want = len(config.sources or [])
+    got = 0 if sources is None else sources.shape[1]
+    if want != got or (sources is not None and sources.shape[0] != len(table)):
+        raise GenbrainInputError(
+            f"{source}: the model takes {want} source images per row "
+            f"({', '.join(config.sources or []) or 'none'}) but "
+            f"{'none were' if sources is None else f'an array of shape {sources.shape} was'} "
+            "given")
     sampler = DDIMSampler(GaussianDiffusion.linear(prediction=config.prediction),
                           steps=sampling.steps,
                           guidance_scale=sampling.guidance, clip_x0=sampling.clip_x0,
@@ -153,8 +148,11 @@ def sample_table(model: DiT, norms: Mapping[str, Mapping[str, float]], config: T
     for start in range(0, n, sampling.batch_size):
         rows = slice(start, min(start + sampling.batch_size, n))
         noise = row_noise(sampling.seed, ids[rows], sampling.k, C, V)
+        x_cond = None if sources is None else \
+            torch.from_numpy(np.asarray(sources[rows], np.float32)).to(device)  # (b, K, V)
         x = sampler.sample(model, {k: v[rows].to(device) for k, v in labels.items()}, V,
-                           torch.Generator(), n_channels=C, k=sampling.k, noise=noise)
+                           torch.Generator(), n_channels=C, k=sampling.k, noise=noise,
+                           x_cond=x_cond)
         out[rows] = x[:, 0].float().cpu().numpy()  # (b, V)
         done, spent = rows.stop, time.perf_counter() - t0
         log.info("%s: %d/%d images  %.2f images/s  ETA %ds", source, done, n, done / spent,
@@ -162,12 +160,39 @@ def sample_table(model: DiT, norms: Mapping[str, Mapping[str, float]], config: T
     return out
 
 
+def source_images(store: ImageStore, table: pd.DataFrame, sources: list[str],
+                  source: str = "covariates") -> np.ndarray:
+    """(N, K, V) float32: for every row of ``table`` (``participant_id``, and ``site`` when the
+    store has several), the store's images of the K ``sources`` modalities of that
+    participant; a missing one is a one-line error naming the row and participant."""
+    t = store.table
+    by_key = {(str(p), str(m)): i for i, (p, m) in enumerate(zip(t["participant_id"],
+                                                                  t["modality"]))}
+    if "participant_id" not in table.columns:
+        raise GenbrainInputError(f"{source}: the model is image-conditioned on "
+                                 f"{', '.join(sources)}; the table needs a 'participant_id' "
+                                 "column naming whose source images to use")
+    rows = np.zeros((len(table), len(sources)), np.int64)
+    for i, pid in enumerate(table["participant_id"].astype(str)):
+        for j, m in enumerate(sources):
+            if (pid, m) not in by_key:
+                raise GenbrainInputError(f"{source}: row {i + 1}: {store.index_path} has no "
+                                         f"{m} image of {pid}")
+            rows[i, j] = by_key[(pid, m)]
+    out = np.empty((len(table), len(sources), store.n_voxels), np.float32)
+    for j in range(len(sources)):
+        out[:, j] = store.batch(rows[:, j])
+    return out
+
+
 def synthesize_shard(checkpoint: str | os.PathLike, covariates: pd.DataFrame,
                      out_dir: str | os.PathLike, sampling: SamplingConfig,
                      registry: ModalityRegistry = DEFAULT_REGISTRY, dtype: str = "float32",
-                     site: str = "synthetic", source: str = "covariates") -> pd.DataFrame:
+                     site: str = "synthetic", source: str = "covariates",
+                     source_store: str | os.PathLike | None = None) -> pd.DataFrame:
     """Sample the rows of ``covariates`` with the model of ``checkpoint`` and write them as one
-    image-store shard folder ``out_dir`` (``<modality>.npy`` + ``index.tsv``).
+    image-store shard folder ``out_dir`` (``<modality>.npy`` + ``index.tsv``). An
+    image-conditioned model reads each row's source images from ``source_store`` (an index).
 
     The folder is built beside ``out_dir`` and renamed into place, so after a kill it is either
     complete or absent. Returns the shard's index (the covariate columns plus ``site``,
@@ -175,7 +200,16 @@ def synthesize_shard(checkpoint: str | os.PathLike, covariates: pd.DataFrame,
     """
     out_dir = Path(out_dir)
     model, norms, config = load_for_sampling(checkpoint, sampling.weights)
-    images = sample_table(model, norms, config, covariates, sampling, registry, source)
+    src = None
+    if config.sources:
+        if source_store is None:
+            raise GenbrainInputError(f"{checkpoint}: the model is image-conditioned on "
+                                     f"{', '.join(config.sources)}; give the store to read the "
+                                     "source images from")
+        src = source_images(ImageStore(source_store), covariates.reset_index(drop=True),
+                            list(config.sources), source)
+    images = sample_table(model, norms, config, covariates, sampling, registry, source,
+                          sources=src)
     index = covariates.reset_index(drop=True).copy()
     # participant_id names the synthetic image; a mirrored real subject keeps its own column
     if "participant_id" in index.columns:

@@ -18,7 +18,7 @@ from genbrain.errors import GenbrainInputError
 from genbrain.io import read_tsv
 from genbrain.simulate.cohort import participants as simulated_participants
 from genbrain.simulate.write import image_path
-from genbrain.tables import validate_participants
+from genbrain.tables import site_labels, validate_participants
 
 SIM_ROOT = "results/simulated"
 
@@ -30,7 +30,12 @@ def simulated_pattern(cohort: str) -> str:
 
 @dataclass
 class Cohort:
-    """One cohort: its config entry, validated table (with ``chunk``) and image pattern."""
+    """One cohort: its config entry, validated table (with ``chunk``) and image pattern.
+
+    Sites keep their names from the table (``site`` column, tables, figures); every path uses
+    the site's label instead (:func:`genbrain.tables.site_label`: its letters and digits), so
+    the ``{site}`` wildcard of the rules holds labels: :meth:`site_label` and
+    :meth:`site_of_label` convert."""
 
     name: str
     spec: Mapping
@@ -40,10 +45,31 @@ class Cohort:
     simulated: bool
     native_sites: frozenset[str]
     _groups: dict = field(default_factory=dict, repr=False)
+    _labels: dict = field(default_factory=dict, repr=False)
+    _sites: dict = field(default_factory=dict, repr=False)
 
     def __post_init__(self):
         self._groups = {(str(s), int(c)): g for (s, c), g in
                         self.table.groupby(["site", "chunk"], sort=True)}
+        self._labels = site_labels(self.table["site"], self.participants)
+        self._sites = {label: site for site, label in self._labels.items()}
+
+    def site_label(self, site: str) -> str:
+        """The label of a site of this cohort as it appears in paths (``'SH_JZ2'`` ->
+        ``'SHJZ2'``)."""
+        try:
+            return self._labels[str(site)]
+        except KeyError:
+            raise GenbrainInputError(f"cohort '{self.name}' has no site '{site}'; expected one "
+                                     f"of {self.sites}") from None
+
+    def site_of_label(self, label: str) -> str:
+        """The site name whose path label is ``label`` (inverse of :meth:`site_label`)."""
+        try:
+            return self._sites[str(label)]
+        except KeyError:
+            raise GenbrainInputError(f"cohort '{self.name}' has no site labelled '{label}'; "
+                                     f"expected one of {sorted(self._sites)}") from None
 
     @property
     def modalities(self) -> list[str]:
@@ -118,11 +144,28 @@ def pretrain_cohort(cohorts: Mapping[str, Cohort]) -> str | None:
     return names[0] if names else None
 
 
+def model_checkpoint(model: str) -> str:
+    """The checkpoint of a model the workflow trains: ``pretrain`` or a fine-tune's
+    ``<task>/<unit>`` (:mod:`genbrain.finetune`)."""
+    if model == "pretrain":
+        return "results/pretrain/checkpoint.pt"
+    return f"results/finetune/{model}/checkpoint.pt"
+
+
+def model_training_set(model: str) -> str:
+    """The table naming a model's training participants (``split`` = train), which the
+    memorisation audit compares its synthetic images with."""
+    if model == "pretrain":
+        return "results/pretrain/split.tsv"
+    return f"results/finetune/{model}/training.tsv"
+
+
 @dataclass(frozen=True)
 class SyntheticCohort:
     """A synthetic cohort the workflow draws: its covariate table has ``n_rows`` rows, sampled
-    in shards of ``shard_size`` rows (one job each); ``real`` is the cohort whose training
-    images the memorisation audit compares it with."""
+    in shards of ``shard_size`` rows (one job each) by ``model`` (``pretrain`` or a fine-tune's
+    ``<task>/<unit>``); ``real`` is the cohort whose training images the memorisation audit
+    compares it with (the model's training set)."""
 
     name: str
     n_rows: int
@@ -130,6 +173,7 @@ class SyntheticCohort:
     real: str
     modalities: tuple[str, ...]
     k: int = 1
+    model: str = "pretrain"
 
     @property
     def n_shards(self) -> int:
@@ -141,9 +185,17 @@ class SyntheticCohort:
                                      f"0..{self.n_shards - 1}, not {shard}")
         return slice(shard * self.shard_size, min((shard + 1) * self.shard_size, self.n_rows))
 
+    @property
+    def checkpoint(self) -> str:
+        return model_checkpoint(self.model)
 
-def synthetic_cohorts(config: Mapping, cohorts: Mapping[str, Cohort],
-                      pretrain: str | None) -> dict[str, SyntheticCohort]:
+    @property
+    def training_set(self) -> str:
+        return model_training_set(self.model)
+
+
+def synthetic_cohorts(config: Mapping, cohorts: Mapping[str, Cohort], pretrain: str | None,
+                      finetunes: Mapping | None = None) -> dict[str, SyntheticCohort]:
     """The synthetic cohorts of the configured stages, sized at parse time so that shards are
     known before any job runs:
 
@@ -151,41 +203,61 @@ def synthetic_cohorts(config: Mapping, cohorts: Mapping[str, Cohort],
       each of ``n_cohorts`` hold-out cohorts of ``cohort_size``, every member's age and sex,
       every similarity modality, ``k`` samples (one row each; the evaluation averages them);
     - every ``synthesize.cohorts.<name>``: a researcher's own covariate table or grid, drawn by
-      the pretrained model with ``k`` samples averaged per row
-      (:func:`genbrain.covariates.cohort_covariates`)."""
+      its ``model`` (the pretrained model, or a fine-tune ``<task>/<unit>`` of ``finetunes``:
+      :class:`genbrain.finetune.FinetuneJob` by name) with ``k`` samples averaged per row
+      (:func:`genbrain.covariates.cohort_covariates` checks the table against the model's
+      modalities and conditions)."""
     from genbrain.covariates import cohort_covariates
     from genbrain.splits import holdout_split
 
-    if pretrain is None:
-        if config["synthesize"]["cohorts"]:
-            raise GenbrainInputError("config: 'synthesize.cohorts' needs a cohort with role "
-                                     "'pretrain' (its model draws the images); add one, or "
-                                     "set 'synthesize.cohorts: {}'")
-        return {}
-    sim = config["evaluate"]["similarity"]
-    own = cohorts[pretrain].modalities
-    mods = sim["modalities"] or own
-    for m in mods:
-        if m not in own:
-            raise GenbrainInputError(f"config: 'evaluate.similarity.modalities' lists '{m}', "
-                                     f"which the pretraining cohort '{pretrain}' lacks; "
-                                     f"expected some of {own}")
-    split = holdout_split(cohorts[pretrain].table, config["pretrain"]["holdout_fraction"],
-                          int(config["seed"]))
-    n_hold = int((split["split"] == "holdout").sum())
-    need = sim["cohort_size"] * sim["n_cohorts"]
-    if n_hold < need:
-        raise GenbrainInputError(
-            f"config: evaluate.similarity needs {sim['n_cohorts']} x {sim['cohort_size']} = "
-            f"{need} hold-out participants but pretrain.holdout_fraction "
-            f"{config['pretrain']['holdout_fraction']} holds out {n_hold} of cohort "
-            f"'{pretrain}'; lower cohort_size or n_cohorts, or raise the fraction")
+    finetunes = finetunes or {}
+    out: dict[str, SyntheticCohort] = {}
     shard_size = config["synthesize"]["shard_size"]
-    n_rows = need * len(mods) * sim["k"]
-    out = {"pretrain": SyntheticCohort("pretrain", n_rows, shard_size, pretrain, tuple(mods))}
+    if pretrain is not None:
+        sim = config["evaluate"]["similarity"]
+        own = cohorts[pretrain].modalities
+        mods = sim["modalities"] or own
+        for m in mods:
+            if m not in own:
+                raise GenbrainInputError(f"config: 'evaluate.similarity.modalities' lists "
+                                         f"'{m}', which the pretraining cohort '{pretrain}' "
+                                         f"lacks; expected some of {own}")
+        split = holdout_split(cohorts[pretrain].table, config["pretrain"]["holdout_fraction"],
+                              int(config["seed"]))
+        n_hold = int((split["split"] == "holdout").sum())
+        need = sim["cohort_size"] * sim["n_cohorts"]
+        if n_hold < need:
+            raise GenbrainInputError(
+                f"config: evaluate.similarity needs {sim['n_cohorts']} x {sim['cohort_size']} "
+                f"= {need} hold-out participants but pretrain.holdout_fraction "
+                f"{config['pretrain']['holdout_fraction']} holds out {n_hold} of cohort "
+                f"'{pretrain}'; lower cohort_size or n_cohorts, or raise the fraction")
+        n_rows = need * len(mods) * sim["k"]
+        out["pretrain"] = SyntheticCohort("pretrain", n_rows, shard_size, pretrain, tuple(mods))
     for name, spec in config["synthesize"]["cohorts"].items():
-        table = cohort_covariates(name, spec, own)
-        out[name] = SyntheticCohort(name, len(table), shard_size, pretrain,
-                                    tuple(sorted(table["modality"].unique())), int(spec["k"]))
+        model = spec.get("model", "pretrain")
+        key = f"synthesize.cohorts.{name}.model"
+        if model == "pretrain":
+            if pretrain is None:
+                raise GenbrainInputError(f"config: '{key}' is 'pretrain' but no cohort has role "
+                                         "'pretrain' (its model draws the images); add one, or "
+                                         "name a fine-tune")
+            real, mods, levels, score = pretrain, cohorts[pretrain].modalities, None, None
+            what = "the pretrained model"
+        elif model in finetunes:
+            job = finetunes[model]
+            if job.sources:
+                raise GenbrainInputError(f"config: '{key}': fine-tune {model} is conditioned on "
+                                         "source images; synthesize.cohorts draws from label-"
+                                         "conditioned models only")
+            real, mods = job.cohort, list(job.modalities)
+            levels, score, what = job.diagnosis_levels, job.score_column, f"fine-tune {model}"
+        else:
+            raise GenbrainInputError(f"config: '{key}' is '{model}'; expected 'pretrain' or one "
+                                     f"of the fine-tunes {sorted(finetunes)}")
+        table = cohort_covariates(name, spec, mods, what, diagnosis_levels=levels,
+                                  score_column=score)
+        out[name] = SyntheticCohort(name, len(table), shard_size, real,
+                                    tuple(sorted(table["modality"].unique())), int(spec["k"]),
+                                    model)
     return out
-

@@ -8,7 +8,15 @@ sys.path.insert(0, str(Path(workflow.basedir)))
 
 from genbrain.config import validate_config
 from genbrain.errors import GenbrainInputError
-from genbrain.workflow import load_cohorts, pretrain_cohort, synthetic_cohorts
+from genbrain.finetune import plan_finetunes
+from genbrain.modalities import registry_from_config
+from genbrain.workflow import (
+    load_cohorts,
+    model_checkpoint,
+    model_training_set,
+    pretrain_cohort,
+    synthetic_cohorts,
+)
 
 SCHEMAS = Path(workflow.basedir) / "workflow" / "schemas"
 
@@ -27,7 +35,8 @@ except GenbrainInputError as err:
 
 try:
     PRETRAIN = pretrain_cohort(COHORTS)
-    SYNTHETIC = synthetic_cohorts(config, COHORTS, PRETRAIN)
+    FINETUNES = plan_finetunes(config, COHORTS, PRETRAIN, registry_from_config(config))
+    SYNTHETIC = synthetic_cohorts(config, COHORTS, PRETRAIN, FINETUNES)
 except GenbrainInputError as err:
     raise WorkflowError(str(err)) from None
 
@@ -42,10 +51,28 @@ wildcard_constraints:
     chunk=r"\d+",
     shard=r"\d+",
     synth="|".join(SYNTHETIC) or "none",
+    task="|".join(sorted({j.task for j in FINETUNES.values()})) or "(?!)",
+    unit="[A-Za-z0-9]+",
 
 
 def _chunk_dir(cohort, site, chunk):
+    """A chunk's store folder; ``site`` is the site's path label."""
     return f"results/stores/{cohort}/site-{site}/chunk-{chunk:03d}"
+
+
+def _site(wildcards):
+    """The site name (as in the participants table) of the ``{site}`` wildcard's label."""
+    return COHORTS[wildcards.cohort].site_of_label(wildcards.site)
+
+
+def get_site(wildcards):
+    """The site of a per-site job by its name in the table (``SH_JZ2``, not ``SHJZ2``)."""
+    return _site(wildcards)
+
+
+def get_mosaic_labels(wildcards):
+    """Report labels of a site's QC mosaic, with the site's original name."""
+    return {"cohort": wildcards.cohort, "site": _site(wildcards), "figure": "QC mosaic"}
 
 
 def get_sim_spec(wildcards):
@@ -70,17 +97,17 @@ def get_chunk_images(wildcards):
     cohort = COHORTS[wildcards.cohort]
     if cohort.simulated:
         return f"results/simulated/{wildcards.cohort}/manifests/site-{wildcards.site}_chunk-{wildcards.chunk}.tsv"
-    return cohort.image_paths(wildcards.site, wildcards.chunk)
+    return cohort.image_paths(_site(wildcards), wildcards.chunk)
 
 
 def get_chunk_subjects(wildcards):
     """participant_id -> {modality: path} for one chunk."""
     cohort = COHORTS[wildcards.cohort]
-    return cohort.images(cohort.rows(wildcards.site, wildcards.chunk))
+    return cohort.images(cohort.rows(_site(wildcards), wildcards.chunk))
 
 
 def get_chunk_native(wildcards):
-    return COHORTS[wildcards.cohort].is_native(wildcards.site)
+    return COHORTS[wildcards.cohort].is_native(_site(wildcards))
 
 
 def get_backend_options(wildcards):
@@ -96,7 +123,9 @@ def get_qc_modality(wildcards):
 
 def get_cohort_chunks(wildcards):
     cohort = COHORTS[wildcards.cohort]
-    return [_chunk_dir(cohort.name, s, c) for s, c in cohort.chunks()]
+    return [
+        _chunk_dir(cohort.name, cohort.site_label(s), c) for s, c in cohort.chunks()
+    ]
 
 
 def get_pretrain_participants(wildcards):
@@ -147,6 +176,21 @@ def get_cohort_scores(wildcards):
     return list(COHORTS[wildcards.cohort].spec.get("scores", []))
 
 
+def get_user_cohort_spec(wildcards):
+    """The config entry ``synthesize.cohorts.<name>`` of a researcher's synthetic cohort."""
+    return config["synthesize"]["cohorts"][wildcards.synth]
+
+
+def get_pretrain_modalities(wildcards):
+    """The pretraining cohort's modalities (none without a pretraining cohort)."""
+    return COHORTS[PRETRAIN].modalities if PRETRAIN else []
+
+
+def get_similarity_modalities(wildcards):
+    """The modalities of the pretrained model's evaluation cohort."""
+    return SYNTHETIC["pretrain"].modalities if SYNTHETIC else []
+
+
 def get_user_covariates_input(wildcards):
     """The researcher's covariate TSV of a synthetic cohort ([] for a grid)."""
     spec = config["synthesize"]["cohorts"][wildcards.synth]
@@ -181,6 +225,9 @@ def get_all_outputs(provenance=True):
             "results/figures/pretrain/loss_curve.png",
             "results/figures/pretrain/samples.png",
         ]
+    outputs += get_finetune_outputs()
+    if PRETRAIN:
+        outputs.append("results/fidelity/fidelity.html")
     for name in SYNTHETIC:
         if name == "pretrain":  # the similarity needs the mirrored real cohorts
             outputs.append(f"results/evaluate/similarity/{name}.tsv")
@@ -193,7 +240,8 @@ def get_all_outputs(provenance=True):
         outputs.append(f"results/qc/{name}/registration.tsv")
         outputs.append(f"results/qc/{name}/demographics.tsv")
         outputs += [
-            f"results/qc/{name}/site-{site}_mosaic.png" for site in cohort.sites
+            f"results/qc/{name}/site-{cohort.site_label(site)}_mosaic.png"
+            for site in cohort.sites
         ]
         if cohort.simulated:
             outputs.append(f"results/simulated/{name}/participants.tsv")
@@ -201,3 +249,110 @@ def get_all_outputs(provenance=True):
     if provenance:
         outputs.append("results/provenance/provenance.html")
     return outputs
+
+
+# ------------------------------------------------------------------ fine-tuning
+
+
+def _job(wildcards):
+    """The fine-tuning job of the ``{task}``/``{unit}`` wildcards."""
+    return FINETUNES[f"{wildcards.task}/{wildcards.unit}"]
+
+
+def get_finetune_job(wildcards):
+    """The job's plan as a plain dict (task, cohort, sites, modalities, conditions...)."""
+    return _job(wildcards).to_dict()
+
+
+def get_finetune_inputs(wildcards):
+    """A fine-tune's inputs: its cohort's store and the checkpoint it starts from."""
+    job = _job(wildcards)
+    init = model_checkpoint("pretrain") if job.init == "pretrain" else job.init
+    return {"index": f"results/stores/{job.cohort}/index.tsv", "init": init}
+
+
+def get_finetune_split(wildcards):
+    """The cohort's 3:1:1 split when the job trains on its training split only."""
+    job = _job(wildcards)
+    return [f"results/splits/{job.cohort}.tsv"] if job.split == "train" else []
+
+
+def get_split_levels(wildcards):
+    """The diagnosis levels a cohort's split is stratified by."""
+    return list(COHORTS[wildcards.cohort].spec["diagnosis_levels"])
+
+
+def get_finetune_truth(wildcards):
+    """The simulated ground truth of a fine-tune's cohort ([] for a real cohort)."""
+    job = _job(wildcards)
+    if not COHORTS[job.cohort].simulated:
+        return []
+    return [f"results/simulated/{job.cohort}/ground_truth"]
+
+
+def get_finetune_outputs():
+    """Every fine-tune's checkpoint and its checks (table and figure)."""
+    out = []
+    for job in FINETUNES.values():
+        out += [
+            f"{job.out_dir}/checkpoint.pt",
+            f"{job.out_dir}/checks.tsv",
+            f"results/figures/finetune/{job.task}/{job.unit}_checks.png",
+        ]
+    return out
+
+
+def get_synth_checkpoint(wildcards):
+    """The checkpoint a synthetic cohort is drawn from (the pretrained model or a fine-tune)."""
+    return SYNTHETIC[wildcards.synth].checkpoint
+
+
+def get_synth_training_set(wildcards):
+    """The training participants of a synthetic cohort's model (for the audit)."""
+    return SYNTHETIC[wildcards.synth].training_set
+
+
+def get_user_cohort_model(wildcards):
+    """What a researcher's synthetic cohort is checked against: its model's modalities and
+    conditions."""
+    model = SYNTHETIC[wildcards.synth].model
+    if model == "pretrain":
+        return {
+            "what": "the pretrained model",
+            "modalities": COHORTS[PRETRAIN].modalities,
+            "diagnosis_levels": None,
+            "score_column": None,
+        }
+    job = FINETUNES[model]
+    return {
+        "what": f"fine-tune {model}",
+        "modalities": list(job.modalities),
+        "diagnosis_levels": list(job.diagnosis_levels or []) or None,
+        "score_column": job.score_column,
+    }
+
+
+def get_finetune_participants(wildcards):
+    """The participants table of a fine-tune's cohort."""
+    return COHORTS[_job(wildcards).cohort].participants
+
+
+def get_finetune_store(wildcards):
+    """The store index of a fine-tune's cohort."""
+    return f"results/stores/{_job(wildcards).cohort}/index.tsv"
+
+
+def get_finetune_work_dir(wildcards):
+    """The resumable training folder of a fine-tune (deliberately not a declared output)."""
+    return f"{_job(wildcards).out_dir}/work"
+
+
+def get_fidelity_inputs(wildcards):
+    """The tables the fidelity record reads (its claims: genbrain/fidelity.py)."""
+    return {
+        "similarity": "results/evaluate/similarity/pretrain.tsv",
+        "samples": "results/pretrain/samples.tsv",
+        "audit": "results/evaluate/audit/pretrain.tsv",
+        "gate": "results/evaluate/audit/pretrain_gate.tsv",
+        "finetune": [f"{job.out_dir}/checks.tsv" for job in FINETUNES.values()],
+    }

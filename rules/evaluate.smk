@@ -35,11 +35,12 @@ rule evaluate_similarity:
 
 rule audit_memorisation:
     """Memorisation audit (the paper's Fig. 2b): for every synthetic image, the maximum Pearson
-    r with every training image of its modality, by streamed matrix products."""
+    r with every training image of its modality (of the model the cohort is drawn from: the
+    pretraining split, or a fine-tune's training set), by streamed matrix products."""
     input:
         synthetic="results/synthetic/{synth}/index.tsv",
         real=get_synth_real_store,
-        split="results/pretrain/split.tsv",
+        split=get_synth_training_set,
     output:
         table="results/evaluate/audit/{synth}.tsv",
         top=report(
@@ -101,7 +102,7 @@ rule export_synthetic:
     input:
         synthetic="results/synthetic/{synth}/index.tsv",
         gate="results/evaluate/audit/{synth}_gate.tsv",
-        checkpoint="results/pretrain/checkpoint.pt",
+        checkpoint=get_synth_checkpoint,
     output:
         export=directory("results/export/{synth}"),
     log:

@@ -1,7 +1,8 @@
-# A few seconds of work that reads the workflow's git checkout: run it on the submit host,
-# not as a cluster job.
+# A few seconds of work (the provenance reads the workflow's git checkout): run them on the
+# submit host, not as cluster jobs.
 localrules:
     provenance,
+    fidelity_record,
 
 
 rule provenance:
@@ -31,3 +32,27 @@ rule provenance:
         benchmarks="results/benchmarks",
     script:
         "../workflow/scripts/provenance.py"
+
+
+rule fidelity_record:
+    """The fidelity record: one row per claim of the paper that the run checks (the paper's
+    number, our goal, the measured value with its CI, the verdict), from the evaluation's
+    tables; `make fidelity` writes the same table to docs/fidelity.md."""
+    input:
+        unpack(get_fidelity_inputs),
+    output:
+        html=report(
+            "results/fidelity/fidelity.html",
+            caption="../workflow/report/fidelity_record.rst",
+            category="Fidelity record",
+            labels={"page": "fidelity record"},
+        ),
+        table="results/fidelity/fidelity.tsv",
+    log:
+        "logs/fidelity_record.log",
+    benchmark:
+        "results/benchmarks/fidelity_record/fidelity_record.tsv"
+    conda:
+        "../envs/model.yaml"
+    script:
+        "../workflow/scripts/fidelity_record.py"

@@ -15,7 +15,7 @@ rule similarity_covariates:
         "../envs/model.yaml"
     params:
         similarity=config["evaluate"]["similarity"],
-        modalities=SYNTHETIC["pretrain"].modalities if SYNTHETIC else [],
+        modalities=get_similarity_modalities,
         seed=config["seed"],
     script:
         "../workflow/scripts/similarity_covariates.py"
@@ -37,8 +37,8 @@ rule cohort_covariates:
     conda:
         "../envs/model.yaml"
     params:
-        spec=lambda wildcards: config["synthesize"]["cohorts"][wildcards.synth],
-        modalities=COHORTS[PRETRAIN].modalities if PRETRAIN else [],
+        spec=get_user_cohort_spec,
+        model=get_user_cohort_model,
     script:
         "../workflow/scripts/cohort_covariates.py"
 
@@ -48,7 +48,7 @@ rule synthesize_shard:
     guidance) into an image-store shard; shards are independent jobs that resume alone.
     """
     input:
-        checkpoint="results/pretrain/checkpoint.pt",
+        checkpoint=get_synth_checkpoint,
         covariates="results/synthetic/{synth}/covariates.tsv",
     output:
         shard=directory("results/synthetic/{synth}/shard-{shard}"),

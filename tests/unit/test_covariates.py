@@ -49,8 +49,8 @@ def test_tsv_ids_are_kept(tmp_path):
     ({"age": [55, "old"], "sex": ["F", "M"], "modality": ["T1w"] * 2},
      "row 2: age 'old' is not a number"),
     ({"age": [55, 60, 61], "sex": ["F"] * 3, "modality": ["T1w", "T1w", "fc01"]},
-     "row 3: modality 'fc01' is not one the pretrained model was trained on; expected one of "
-     "['T1w', 'VBM', 'FA']"),
+     ("row 3: modality 'fc01' is not one the pretrained model was trained on; expected one of "
+      "['T1w', 'VBM', 'FA']")),
     ({"synthetic_id": [1, 1], "age": [55, 60], "sex": ["F"] * 2, "modality": ["T1w"] * 2},
      "row 2: synthetic_id 1 is used twice"),
     ({"age": [55], "modality": ["T1w"]}, "missing column 'sex'"),
@@ -127,6 +127,10 @@ def test_cohort_names_are_checked_by_the_schema():
 
 def test_researcher_cohorts_need_a_pretraining_cohort():
     cfg = _demo_config(g={"grid": {"age": [50], "modality": ["T1w"]}})
-    with pytest.raises(GenbrainInputError, match="'synthesize.cohorts' needs a cohort with role "
-                       "'pretrain'"):
+    with pytest.raises(GenbrainInputError, match="'synthesize.cohorts.g.model' is 'pretrain' but "
+                       "no cohort has role 'pretrain'"):
+        synthetic_cohorts(cfg, {}, None)
+    cfg["synthesize"]["cohorts"]["g"]["model"] = "scz/siteX"
+    with pytest.raises(GenbrainInputError, match="'synthesize.cohorts.g.model' is 'scz/siteX'; "
+                       r"expected 'pretrain' or one of the fine-tunes \[\]"):
         synthetic_cohorts(cfg, {}, None)

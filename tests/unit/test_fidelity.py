@@ -257,3 +257,26 @@ def test_command_line(results, tmp_path, capsys):
         fidelity.main(["--results", str(tmp_path / "nothing"), "--out", str(out)])
     assert err.value.code == 1
     assert "no such results folder" in capsys.readouterr().err
+
+
+def test_fine_tune_direction_rows_come_from_each_fine_tunes_checks(tmp_path):
+    import pandas as pd
+
+    from genbrain.fidelity import FINETUNE_DIRECTION, fidelity_table
+    from genbrain.finetune import write_checks
+
+    checks = pd.DataFrame({"check": ["loss_start", "disease_effect_vs_truth",
+                                     "disease_site_vs_truth"],
+                           "modality": ["", "VBM", "VBM"], "value": [0.5, 0.42, 0.31],
+                           "detail": ["", "", ""]})
+    out = tmp_path / "finetune" / "scz" / "siteA"
+    out.mkdir(parents=True)
+    write_checks(checks, {"task": "scz", "unit": "siteA"}, out / "checks.tsv")
+    rows = fidelity_table(tmp_path)
+    rows = rows[rows["claim_id"] == FINETUNE_DIRECTION.id]
+    assert rows["subject"].tolist() == ["scz/siteA VBM"]
+    assert rows["measured"].tolist() == [0.42] and rows["verdict"].tolist() == ["met"]
+    assert "own map: r 0.31" in rows["note"].item()
+    empty = fidelity_table(tmp_path / "none")
+    assert empty.loc[empty["claim_id"] == FINETUNE_DIRECTION.id, "verdict"].item() == \
+        "not measured"

@@ -17,8 +17,13 @@ from genbrain.io import save_tsv
 from genbrain.modalities import DEFAULT_REGISTRY, ModalityRegistry
 from genbrain.space import standard_space
 from genbrain.store import ImageStore, merge_indices, write_shard
-from genbrain.synthesize import (SamplingConfig, condition_labels, row_noise, sample_table,
-                                 synthesize_shard)
+from genbrain.synthesize import (
+    SamplingConfig,
+    condition_labels,
+    row_noise,
+    sample_table,
+    synthesize_shard,
+)
 from genbrain.train import load_for_sampling, train
 from tests.unit.test_train import config, make_store, one_line
 
@@ -157,7 +162,7 @@ def test_shard_is_a_store_and_is_complete_or_absent(checkpoint, tmp_path, monkey
 
 
 @pytest.fixture
-def full_size_store(tmp_path):
+def full_size_store(tmp_path, checkpoint):
     """Three synthetic full-brain images (T1w z-scores, FA in normalised units)."""
     space = standard_space()
     rng = np.random.default_rng(0)
@@ -172,9 +177,7 @@ def full_size_store(tmp_path):
                            "shard": ["T1w.npy", "T1w.npy", "FA.npy"], "row": [0, 1, 0]}),
              root / "shard-000" / "index.tsv")
     merge_indices([root / "shard-000" / "index.tsv"], root / "index.tsv")
-    ckpt = tmp_path / "checkpoint.pt"
-    ckpt.write_bytes(b"weights")
-    return root / "index.tsv", ckpt, x
+    return root / "index.tsv", checkpoint, x
 
 
 def gate_file(path, passed: bool):
@@ -203,8 +206,10 @@ def test_export_writes_bids_derivatives_with_sidecars(full_size_store, tmp_path)
     np.testing.assert_allclose(fa_vec, DEFAULT_REGISTRY["FA"].denormalise(x[2]), atol=1e-5)
     side = json.loads(t1.with_name(t1.name.replace(".nii.gz", ".json")).read_text())
     assert side["Conditions"] == {"age": 60.0, "sex": "M", "modality": "T1w"}
+    # the conditions the model takes, from its checkpoint (the toy model: age, sex, modality)
+    assert set(side["ConditionSpec"]) == {"modality", "age", "sex"}
     assert side["Sampling"]["seed"] == 3 and side["SyntheticId"] == 1
-    assert side["Model"]["sha256"] == hashlib.sha256(b"weights").hexdigest()
+    assert side["Model"]["sha256"] == hashlib.sha256(ckpt.read_bytes()).hexdigest()
     assert side["PrivacyGate"] == {"threshold": 0.95, "max_r": 0.41}
 
 

@@ -24,8 +24,15 @@ from genbrain.errors import GenbrainInputError
 from genbrain.io import save_tsv
 from genbrain.model.diffusion import GaussianDiffusion
 from genbrain.store import write_shard
-from genbrain.train import (ItemOrder, MicroBatchSampler, TrainConfig, TrainingDiverged,
-                            load_for_sampling, loss_history, train)
+from genbrain.train import (
+    ItemOrder,
+    MicroBatchSampler,
+    TrainConfig,
+    TrainingDiverged,
+    load_for_sampling,
+    loss_history,
+    train,
+)
 
 ROOT = Path(__file__).resolve().parents[2]
 V = 512
@@ -49,9 +56,9 @@ def make_store(root: Path, n: int = 6, v: int = V, *, modality: str = "T1w", ind
 
 
 def config(**changes) -> TrainConfig:
-    base = dict(preset="nano/256", patch_size=16, n_modalities=2, steps=4, global_batch=4,
-                lr=1e-3, ema_decay=0.9, label_dropout=0.3, checkpoint_every=1000,
-                log_every=1000, sampling_weights="model")
+    base = {"preset": "nano/256", "patch_size": 16, "n_modalities": 2, "steps": 4,
+            "global_batch": 4, "lr": 1e-3, "ema_decay": 0.9, "label_dropout": 0.3,
+            "checkpoint_every": 1000, "log_every": 1000, "sampling_weights": "model"}
     return TrainConfig(**{**base, **changes})
 
 
@@ -61,16 +68,16 @@ def state(path: Path, key: str = "model") -> dict:
 
 def assert_states_equal(a: dict, b: dict) -> None:
     assert a.keys() == b.keys()
-    for k in a:
-        assert torch.equal(a[k], b[k]), k
+    for k, v in a.items():
+        assert torch.equal(v, b[k]), k
 
 
 def assert_states_close(a: dict, b: dict, changed_from: dict) -> None:
     """a == b to 1e-5, and training moved them away from ``changed_from`` by far more."""
     moved = max((a[k] - changed_from[k]).abs().max().item() for k in a)
     assert moved > 1e-3
-    for k in a:
-        torch.testing.assert_close(a[k], b[k], atol=1e-5, rtol=1e-5, msg=k)
+    for k, v in a.items():
+        torch.testing.assert_close(v, b[k], atol=1e-5, rtol=1e-5, msg=k)
 
 
 def one_line(err: pytest.ExceptionInfo) -> str:
@@ -132,7 +139,7 @@ def test_item_order_is_a_seeded_stream_of_epoch_permutations():
     # Two ranks' micro-batches tile each global batch: [r0 m0, r0 m1, r1 m0, r1 m1] per step.
     ranks = [iter(MicroBatchSampler(ItemOrder(6, 3), (0, 4), 4, 1, r, 2)) for r in range(2)]
     first_step = [next(ranks[0]), next(ranks[0]), next(ranks[1]), next(ranks[1])]
-    assert sum(first_step, []) == stream[4:8].tolist()
+    assert [i for micro in first_step for i in micro] == stream[4:8].tolist()
 
 
 KILLED_RUN = """
@@ -158,7 +165,7 @@ def test_resume_after_sigkill_is_bitwise_exact(tmp_path, variant):
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     proc = subprocess.run([sys.executable, "-c", KILLED_RUN, str(index), str(tmp_path / "cut"),
                            json.dumps(cfg.to_dict())], cwd=ROOT, env=env, timeout=120,
-                          capture_output=True, text=True)
+                          capture_output=True, text=True, check=False)
     assert proc.returncode == -signal.SIGKILL, proc.stderr
     assert torch.load(tmp_path / "cut" / "checkpoint.pt", weights_only=True)["step"] == 6
 
@@ -336,8 +343,11 @@ def test_score_head_learns_a_standardised_score(tmp_path):
     model, norms, _ = load_for_sampling(tuned)
     assert norms["score"] == pytest.approx({"mean": 7.0, "std": np.std([2, 4, 6, 8, 10, 12])})
     assert model.score_embedder.mlp[2].weight.abs().sum() > 0  # zero at surgery, trained
-    with pytest.raises(GenbrainInputError, match="model has no score head; use add_score_head"):
-        train(cfg, clinical, tmp_path / "headless", init_checkpoint=pre)
+    # the surgery the task implies is added without being named: the same run, bitwise
+    implied = train(cfg, clinical, tmp_path / "implied", init_checkpoint=pre).checkpoint
+    assert torch.load(implied, weights_only=True)["config"]["surgeries"] == [["add_score_head"]]
+    a, b = state(tuned), state(implied)
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 
 def test_batched_fetch_equals_item_by_item_fetch(tmp_path):

@@ -1,5 +1,7 @@
 """Dry-runs: the demo, the paper config pointed at a tiny fake dataset, and parse-time errors."""
 
+import zipfile
+
 import nibabel as nib
 import numpy as np
 import pandas as pd
@@ -40,7 +42,7 @@ def _fake_dataset(root, n_per_site=(3, 2)):
     pd.DataFrame(rows).to_csv(root / "participants.tsv", sep="\t", index=False)
 
 
-def _paper_config_for(root, tmp_path, **cohort_overrides):
+def _paper_config_for(root, tmp_path, finetune=False, **cohort_overrides):
     cfg = yaml.safe_load((ROOT / "config" / "config.yaml").read_text())
     scz = cfg["cohorts"]["scz"]
     scz["participants"] = str(root / "participants.tsv")
@@ -48,6 +50,15 @@ def _paper_config_for(root, tmp_path, **cohort_overrides):
                         "{participant_id}_{modality}.nii.gz")
     scz.update(cohort_overrides)
     cfg["cohorts"] = {"scz": scz}
+    # the paper's fine-tunes of the scz cohort (they start from a checkpoint: no pretraining
+    # cohort here); the stroke cohort's task goes with its cohort
+    tasks = {k: v for k, v in cfg["finetune"]["tasks"].items() if v["cohort"] == "scz"}
+    ckpt = tmp_path / "pretrained.pt"
+    with zipfile.ZipFile(ckpt, "w") as z:  # a zip archive, as torch.save writes
+        z.writestr("archive/data.pkl", b"")
+    for task in tasks.values():
+        task["init"] = str(ckpt)
+    cfg["finetune"]["tasks"] = tasks if finetune else {}
     cfg["preprocess"]["chunk_size"] = 2
     path = tmp_path / "config.yaml"
     path.write_text(yaml.safe_dump(cfg))
@@ -66,6 +77,57 @@ def test_paper_config_on_a_tiny_fake_dataset(tmp_path):
                 if len(line.split()) == 2 and line.split()[1].isdigit())
     assert jobs["preprocess_chunk"] == "3"
     assert "simulate_cohort" not in res.stdout
+
+
+def test_paper_fine_tunes_are_planned_per_site_and_a_new_site_adds_only_its_jobs(tmp_path):
+    data = tmp_path / "data"
+    data.mkdir()
+    _fake_dataset(data, n_per_site=(12, 10))
+    cfg = _paper_config_for(data, tmp_path, finetune=True)
+    res = snakemake("-n", "--configfile", str(cfg), "-d", str(tmp_path / "work"))
+    assert res.returncode == 0, res.stderr
+    jobs = dict(line.split() for line in res.stdout.splitlines()
+                if len(line.split()) == 2 and line.split()[1].isdigit())
+    # sczbwas and sczdx: one fine-tune and one checks job per site; sczdx trains on the split
+    assert jobs["finetune_model"] == "4" and jobs["finetune_checks"] == "4"
+    assert jobs["split_cohort"] == "1"
+    for task, site in (("sczbwas", "siteX"), ("sczbwas", "siteY"), ("sczdx", "siteX")):
+        assert f"results/finetune/{task}/{site}/checkpoint.pt" in res.stdout
+    # a researcher asks for one site's fine-tune: only that site's jobs run (its store first)
+    work = tmp_path / "work"
+    res = snakemake("-n", "--configfile", str(cfg), "-d", str(work),
+                    "results/finetune/sczbwas/siteY/checks.tsv")
+    assert res.returncode == 0, res.stderr
+    jobs = dict(line.split() for line in res.stdout.splitlines()
+                if len(line.split()) == 2 and line.split()[1].isdigit())
+    assert jobs["finetune_model"] == "1" and jobs["finetune_checks"] == "1"
+    assert "split_cohort" not in jobs and "sczbwas/siteX" not in res.stdout
+
+
+def test_fine_tune_mistakes_stop_the_dag_with_one_line(tmp_path):
+    data = tmp_path / "data"
+    data.mkdir()
+    _fake_dataset(data, n_per_site=(12, 8))
+    cases = [
+        ({"conditions": ["diagnosis"], "split": "train", "per_site": True},
+         "site 'siteY' has 4 'CN' participant(s)"),
+        ({"conditions": ["severity"]}, "'finetune.tasks.sczbwas.conditions' has 'severity'"),
+        ({"modalities": ["FLAIR"]}, "'finetune.tasks.sczbwas.modalities' lists 'FLAIR'"),
+        ({"init": str(tmp_path / "missing.pt")}, "missing.pt: init checkpoint not found"),
+        # the schema refuses architecture keys: a fine-tune inherits its init model's
+        ({"train": {"preset": "B/256"}}, "unknown key 'preset' under 'finetune.tasks.sczbwas"),
+    ]
+    for change, message in cases:
+        cfg_path = _paper_config_for(data, tmp_path, finetune=True)
+        cfg = yaml.safe_load(cfg_path.read_text())
+        cfg["finetune"]["tasks"] = {"sczbwas": {**cfg["finetune"]["tasks"]["sczbwas"],
+                                                **change}}
+        cfg["finetune"]["tasks"]["sczbwas"].pop("sites", None)
+        cfg_path.write_text(yaml.safe_dump(cfg))
+        res = snakemake("-n", "--configfile", str(cfg_path), "-d", str(tmp_path / "work"))
+        assert res.returncode != 0
+        out = res.stdout + res.stderr
+        assert message in out, (change, out[-600:])
 
 
 def test_missing_image_is_reported_by_name(tmp_path):
@@ -171,3 +233,79 @@ def test_provenance_checksums_the_researchers_covariate_table(tmp_path):
     job = res.stdout.split("rule provenance:", 1)[1]
     inputs = job.split("input:", 1)[1].splitlines()[0].split(", ")
     assert str(table) in [p.strip() for p in inputs]
+
+
+def _without_finetuning(path):
+    """Drop the paper's fine-tuning tasks (they name the paper's sites) from a config file."""
+    cfg = yaml.safe_load(path.read_text())
+    cfg.pop("finetune", None)
+    path.write_text(yaml.safe_dump(cfg))
+
+
+def _real_site_dataset(root, small_cohort):
+    """Three standard-space subjects of the shared simulated cohort filed under real-style
+    site names: two at 'SH_JZ2', one at 'KKI_1' (folders named as the sites are)."""
+    src = small_cohort["table"].query("site == 'std'").reset_index(drop=True)
+    rows = []
+    for i, row in src.iterrows():
+        site = "SH_JZ2" if i < 2 else "KKI_1"
+        pid = f"sub-{i + 1:02d}"
+        rows.append({"participant_id": pid, "site": site, "age": row["age"], "sex": row["sex"],
+                     "diagnosis": row["diagnosis"]})
+        for m in ("T1w", "VBM"):
+            p = root / "derivatives" / site / pid / f"{pid}_{m}.nii.gz"
+            p.parent.mkdir(parents=True, exist_ok=True)
+            p.symlink_to(small_cohort["pattern"].format(participant_id=row["participant_id"],
+                                                        modality=m))
+    pd.DataFrame(rows).to_csv(root / "participants.tsv", sep="\t", index=False)
+
+
+def test_real_site_names_run_through_preprocessing_under_path_labels(tmp_path, small_cohort):
+    data = tmp_path / "data"
+    data.mkdir()
+    _real_site_dataset(data, small_cohort)
+    cfg = _paper_config_for(data, tmp_path, sites=["SH_JZ2", "KKI_1"])
+    _without_finetuning(cfg)
+    work = tmp_path / "work"
+    res = snakemake("-n", "--configfile", str(cfg), "-d", str(work))
+    assert res.returncode == 0, res.stderr
+    for path in ("results/stores/scz/site-SHJZ2/chunk-000",
+                 "results/stores/scz/site-KKI1/chunk-000",
+                 "results/qc/scz/site-SHJZ2_mosaic.png", "results/qc/scz/site-KKI1_mosaic.png"):
+        assert path in res.stdout, path
+    res = snakemake("--cores", "1", "--configfile", str(cfg), "-d", str(work),
+                    "results/qc/scz/demographics.tsv", "results/qc/scz/site-SHJZ2_mosaic.png",
+                    timeout=600)
+    assert res.returncode == 0, (res.stdout + res.stderr)[-3000:]
+    index = pd.read_csv(work / "results" / "stores" / "scz" / "index.tsv", sep="\t")
+    assert sorted(index["site"].unique()) == ["KKI_1", "SH_JZ2"]  # tables keep the names
+    assert {s.split("/")[0] for s in index["shard"]} == {"site-KKI1", "site-SHJZ2"}
+    assert len(index) == 3 * 2 and index["qc_pass"].all()
+    demo = pd.read_csv(work / "results" / "qc" / "scz" / "demographics.tsv", sep="\t")
+    assert set(demo["site"]) == {"KKI_1", "SH_JZ2", "all"}
+    png = work / "results" / "qc" / "scz" / "site-SHJZ2_mosaic.png"
+    assert png.read_bytes()[:4] == b"\x89PNG"
+    # the report labels the mosaic with the site's name, not its path label
+    res = snakemake("--configfile", str(cfg), "-d", str(work), "--report",
+                    str(work / "report.html"), "results/qc/scz/site-SHJZ2_mosaic.png")
+    assert res.returncode == 0, (res.stdout + res.stderr)[-3000:]
+    html = (work / "report.html").read_text()
+    assert '"labels": {"cohort": "scz", "site": "SH_JZ2", "figure": "QC mosaic"}' in html
+    assert "Preprocessed images of site <strong>SH_JZ2</strong>" in html  # its caption
+
+
+def test_two_site_names_with_one_path_label_stop_the_workflow(tmp_path, small_cohort):
+    data = tmp_path / "data"
+    data.mkdir()
+    _real_site_dataset(data, small_cohort)
+    t = pd.read_csv(data / "participants.tsv", sep="\t")
+    t.loc[2, "site"] = "SH-JZ2"
+    t.to_csv(data / "participants.tsv", sep="\t", index=False)
+    cfg = _paper_config_for(data, tmp_path)
+    _without_finetuning(cfg)
+    res = snakemake("-n", "--configfile", str(cfg), "-d", str(tmp_path / "work"))
+    assert res.returncode == 1
+    out = res.stdout + res.stderr
+    assert "Traceback" not in out
+    assert any("sites 'SH_JZ2' and 'SH-JZ2' both map to the file-name label 'SHJZ2'" in ln
+               for ln in out.splitlines()), out[-2000:]

@@ -25,7 +25,7 @@ NODE_CPUS = 2  # the CI machine; the test profile must fit a node this small
 # One standard-space site of 8 subjects in two chunks, through every stage that exists: the
 # store and its QC, then a nano DiT (2 steps; its GPU rules run on CPU under the test profile),
 # 4 hold-out subjects x 2 modalities synthesized in 2 shards, their evaluation, the privacy gate
-# and the export: 22 Slurm jobs (`all` and `provenance` run locally).
+# and the export: 22 Slurm jobs (`all`, `provenance` and `fidelity_record` run locally).
 TINY = {
     "seed": 5,
     "cohorts": {"tiny": {"role": "pretrain", "modalities": ["T1w", "VBM"],

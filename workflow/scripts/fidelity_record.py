@@ -7,9 +7,12 @@ from _smk import run
 
 
 def main(smk):
+    from pathlib import Path
+
     from genbrain.fidelity import write_fidelity_page
 
-    write_fidelity_page(smk.params.results, smk.output.html, smk.output.table)
+    results = Path(smk.input.similarity).parents[2]  # results/evaluate/similarity/<name>.tsv
+    write_fidelity_page(results, smk.output.html, smk.output.table)
 
 
 run(main, snakemake)  # noqa: F821

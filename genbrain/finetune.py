@@ -1,0 +1,443 @@
+"""The fine-tuning stage: every downstream task adapts the pretrained DiT with one trainer.
+
+The paper fine-tunes its pretrained model on a small target dataset with a new condition:
+
+- a disease label per site (BWAS, cross-site diagnosis; 10,000 steps of 32 at lr 1e-4);
+- a numeric clinical score (stroke severity, aphasia);
+- a modality unseen in pretraining (ABIDE seed-based FC, stroke ADC): a new modality index;
+- source images as extra input channels (enhancement, cross-modality synthesis), with age and
+  sex removed.
+
+A task (config ``finetune.tasks.<name>``) names its cohort, target ``modalities``, what it
+``conditions`` on (``diagnosis`` and/or a score column of the cohort), its ``sources`` and
+whether it keeps ``demographics``; with ``per_site`` it is one job per site (the paper's
+single-site fine-tunes), else one job on the cohort's selected sites. Nothing about surgery or
+architecture is restated: the model starts from the init checkpoint (``init``: ``pretrain`` or
+a checkpoint path) with its architecture, and the trainer adds the heads, modality rows and
+input channels the data imply (:mod:`genbrain.training.surgery`). Training settings are
+``finetune.train`` (shared) overridden by the task's ``train``.
+
+:func:`plan_finetunes` runs at DAG build time (no torch): it checks every task against the
+cohort tables and names the config key, site or participant of a mistake before any GPU job.
+:func:`run_finetune` is the job; :func:`finetune_checks` measures what each fine-tune learned.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import zipfile
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from genbrain.errors import GenbrainInputError
+from genbrain.io import atomic_path, read_tsv, save_tsv
+
+log = logging.getLogger(__name__)
+
+SPLITS = ("all", "train")
+#: TrainConfig keys a fine-tune may set (its architecture comes from the init checkpoint and
+#: its data and conditions from the task).
+TRAIN_KEYS = ("steps", "global_batch", "micro_batch", "lr", "weight_decay", "ema_decay",
+              "label_dropout", "seed", "checkpoint_every", "log_every", "sampling_weights",
+              "precision", "finetune", "finetune_k", "template_images")
+#: the fewest participants per diagnosis level of a fine-tune's training set
+MIN_PER_LEVEL = 2
+
+
+@dataclass(frozen=True)
+class FinetuneJob:
+    """One fine-tuning job: task ``task`` on ``unit`` (a site label, or ``all``).
+
+    ``sites``: the cohort's site names whose participants train; ``split``: ``all`` of them, or
+    only the ``train`` split of the cohort's seeded per-site 3:1:1 split (so held-out
+    participants stay unseen, as a classifier's validation and test sets must); ``init``:
+    ``pretrain`` or a checkpoint path; ``train``: TrainConfig keys."""
+
+    task: str
+    unit: str
+    cohort: str
+    sites: tuple[str, ...]
+    modalities: tuple[str, ...]
+    diagnosis_levels: tuple[str, ...] | None
+    score_column: str | None
+    sources: tuple[str, ...]
+    demographics: bool
+    split: str
+    init: str
+    train: Mapping[str, Any] = field(default_factory=dict)
+
+    @property
+    def name(self) -> str:
+        """The model's name (``<task>/<unit>``), as synthetic cohorts refer to it."""
+        return f"{self.task}/{self.unit}"
+
+    @property
+    def out_dir(self) -> str:
+        return f"results/finetune/{self.task}/{self.unit}"
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain dict (for params and the checkpoint's ``meta``)."""
+        d = asdict(self)
+        d["train"] = dict(self.train)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> FinetuneJob:
+        d = dict(d)
+        for key in ("sites", "modalities", "sources"):
+            d[key] = tuple(d[key])
+        if d["diagnosis_levels"] is not None:
+            d["diagnosis_levels"] = tuple(d["diagnosis_levels"])
+        return cls(**d)
+
+
+def plan_finetunes(config: Mapping, cohorts: Mapping, pretrain: str | None,
+                   registry=None) -> dict[str, FinetuneJob]:
+    """Every fine-tuning job of ``config["finetune"]``, keyed by model name, checked against
+    the cohorts (:class:`genbrain.workflow.Cohort`) at parse time."""
+    section = config.get("finetune") or {}
+    shared = dict(section.get("train") or {})
+    jobs: dict[str, FinetuneJob] = {}
+    for task, spec in (section.get("tasks") or {}).items():
+        key = f"finetune.tasks.{task}"
+        name = spec["cohort"]
+        if name not in cohorts:
+            raise GenbrainInputError(f"config: '{key}.cohort' is '{name}', not a cohort; "
+                                     f"expected one of {sorted(cohorts)}")
+        cohort = cohorts[name]
+        own = cohort.modalities
+        targets = list(spec.get("modalities") or own)
+        sources = list(spec.get("sources") or [])
+        for what, mods in (("modalities", targets), ("sources", sources)):
+            for m in mods:
+                if m not in own:
+                    raise GenbrainInputError(f"config: '{key}.{what}' lists '{m}', which "
+                                             f"cohort '{name}' lacks; expected some of {own}")
+        both = sorted(set(targets) & set(sources))
+        if both:
+            raise GenbrainInputError(f"config: '{key}': '{both[0]}' is both a target modality "
+                                     "and a source; a task maps sources to other modalities")
+        if registry is not None:
+            for m in targets + sources:
+                registry[m]  # an unregistered modality: one line from the registry
+        conditions = list(spec.get("conditions") or [])
+        levels = None
+        score = None
+        for c in conditions:
+            if c == "diagnosis":
+                levels = cohort.spec.get("diagnosis_levels")
+                if not levels:
+                    raise GenbrainInputError(f"config: '{key}.conditions' has 'diagnosis' but "
+                                             f"cohort '{name}' declares no diagnosis_levels")
+            elif c in (cohort.spec.get("scores") or []):
+                if score is not None:
+                    raise GenbrainInputError(f"config: '{key}.conditions': one score per task "
+                                             f"('{score}' and '{c}')")
+                score = c
+            else:
+                raise GenbrainInputError(
+                    f"config: '{key}.conditions' has '{c}'; expected 'diagnosis' or one of "
+                    f"cohort '{name}'s scores {list(cohort.spec.get('scores') or [])}")
+        split = spec.get("split", "all")
+        if split == "train" and not levels:
+            raise GenbrainInputError(f"config: '{key}.split' is 'train', which needs the "
+                                     "per-site split stratified by diagnosis; condition the "
+                                     "task on 'diagnosis' or use split 'all'")
+        sites = list(spec.get("sites") or cohort.sites)
+        for s in sites:
+            if s not in cohort.sites:
+                raise GenbrainInputError(f"config: '{key}.sites' lists '{s}', not a site of "
+                                         f"cohort '{name}'; expected some of {cohort.sites}")
+        init = _check_init(spec.get("init", "pretrain"), pretrain, f"{key}.init")
+        train = {**shared, **dict(spec.get("train") or {})}
+        bad = sorted(set(train) - set(TRAIN_KEYS))
+        if bad:
+            raise GenbrainInputError(f"config: '{key}.train' sets '{bad[0]}'; a fine-tune takes "
+                                     "its architecture from its init checkpoint and its data "
+                                     f"from the task (settable: {', '.join(TRAIN_KEYS)})")
+        units = [(cohort.site_label(s), (s,)) for s in sites] if spec.get("per_site") \
+            else [("all", tuple(sites))]
+        for unit, unit_sites in units:
+            job = FinetuneJob(task=task, unit=unit, cohort=name, sites=unit_sites,
+                              modalities=tuple(targets),
+                              diagnosis_levels=tuple(levels) if levels else None,
+                              score_column=score, sources=tuple(sources),
+                              demographics=bool(spec.get("demographics", True)), split=split,
+                              init=init, train=train)
+            _check_members(job, cohort.table, key)
+            jobs[job.name] = job
+    return jobs
+
+
+def _check_init(init: str, pretrain: str | None, key: str) -> str:
+    """``pretrain`` (needs a pretraining cohort) or an existing genbrain-looking checkpoint."""
+    if init == "pretrain":
+        if pretrain is None:
+            raise GenbrainInputError(f"config: '{key}' is 'pretrain' but no cohort has role "
+                                     "'pretrain'; give a checkpoint path")
+        return init
+    if not Path(init).exists():
+        raise GenbrainInputError(f"{init}: init checkpoint not found (config key '{key}')")
+    if not zipfile.is_zipfile(init):  # torch.save writes a zip archive
+        raise GenbrainInputError(f"{init}: not a PyTorch checkpoint (config key '{key}'); "
+                                 "expected a genbrain training checkpoint")
+    return str(init)
+
+
+def _check_members(job: FinetuneJob, table: pd.DataFrame, key: str) -> None:
+    """The job's participants: enough of them, every diagnosis level at every site, no
+    missing score."""
+    rows = table[table["site"].astype(str).isin(job.sites)]
+    where = f"site '{job.sites[0]}'" if len(job.sites) == 1 else f"sites {list(job.sites)}"
+    if job.diagnosis_levels:
+        for site in job.sites:
+            at = rows[rows["site"].astype(str) == site]
+            counts = at["diagnosis"].value_counts()
+            need = 5 if job.split == "train" else MIN_PER_LEVEL  # 3:1:1 needs 5 per level
+            for level in job.diagnosis_levels:
+                if counts.get(level, 0) < need:
+                    have = [lv for lv in job.diagnosis_levels if counts.get(lv, 0)]
+                    raise GenbrainInputError(
+                        f"config: '{key}': site '{site}' has {counts.get(level, 0)} '{level}' "
+                        f"participant(s) (levels present: {have}); a disease-conditioned "
+                        f"fine-tune needs at least {need} of each of {list(job.diagnosis_levels)}")
+    elif len(rows) < MIN_PER_LEVEL:
+        raise GenbrainInputError(f"config: '{key}': {where} of cohort '{job.cohort}' has "
+                                 f"{len(rows)} participant(s); a fine-tune needs at least "
+                                 f"{MIN_PER_LEVEL}")
+    if job.score_column:
+        values = pd.to_numeric(rows[job.score_column], errors="coerce")
+        if values.isna().any():
+            pid = rows["participant_id"].iloc[int(np.flatnonzero(values.isna())[0])]
+            raise GenbrainInputError(f"config: '{key}': participant {pid} ({where}) has no "
+                                     f"'{job.score_column}' value; a score-conditioned "
+                                     "fine-tune needs the score of every participant (drop "
+                                     "them from the task's sites or fill the value)")
+
+
+def training_table(job: FinetuneJob, participants: pd.DataFrame,
+                   split: pd.DataFrame | None) -> pd.DataFrame:
+    """The participants a job trains on: (participant_id, site, split = train), in a table
+    the memorisation audit reads like the pretraining split."""
+    rows = participants[participants["site"].astype(str).isin(job.sites)]
+    if job.split == "train":
+        if split is None:
+            raise GenbrainInputError(f"fine-tune {job.name}: split 'train' needs the cohort's "
+                                     "split table")
+        train_ids = set(split.loc[split["split"] == "train", "participant_id"].astype(str))
+        rows = rows[rows["participant_id"].astype(str).isin(train_ids)]
+    out = rows[["participant_id", "site"]].copy()
+    out["split"] = "train"
+    return out.reset_index(drop=True)
+
+
+def cohort_split(participants: pd.DataFrame, levels: Sequence[str], seed: int,
+                 source: str) -> pd.DataFrame:
+    """The cohort's seeded per-site 3:1:1 train/validation/test split, stratified by
+    diagnosis (:func:`genbrain.classify.split_sites`: fine-tunes and classifiers share it)."""
+    from genbrain.classify import split_sites
+
+    table = split_sites(participants, list(levels), seed, source=source)
+    return table[["participant_id", "site", "diagnosis", "split"]].reset_index(drop=True)
+
+
+def run_finetune(job: Mapping[str, Any] | FinetuneJob, index: str | os.PathLike,
+                 training: str | os.PathLike, init_checkpoint: str | os.PathLike,
+                 work_dir: str | os.PathLike, checkpoint: str | os.PathLike, *, seed: int,
+                 threads: int | None = None) -> Path:
+    """Fine-tune (resuming from ``work_dir``) and copy the final checkpoint to ``checkpoint``.
+
+    ``index``: the cohort's store; ``training``: :func:`training_table`'s TSV. The run's
+    TrainConfig = the job's training keys + the init checkpoint's architecture + the task's
+    conditions; its checkpoint records the task, the init checkpoint and the training set
+    (``config["meta"]``)."""
+    import torch
+
+    from genbrain.store import ImageStore
+    from genbrain.train import TrainConfig, inherit_architecture, read_checkpoint, train
+
+    job = job if isinstance(job, FinetuneJob) else FinetuneJob.from_dict(job)
+    if threads:
+        torch.set_num_threads(int(threads))
+    members = read_tsv(training)
+    ids = set(members["participant_id"].astype(str))
+    wanted = list(job.modalities) + list(job.sources)
+    store = ImageStore(index, modalities=wanted, participants=ids)
+    if len(store) == 0:
+        raise GenbrainInputError(f"{index}: no {', '.join(wanted)} images of the {len(ids)} "
+                                 f"participants of fine-tune {job.name}")
+    init = read_checkpoint(init_checkpoint)
+    values = {k: v for k, v in job.train.items() if v is not None}
+    values.setdefault("seed", seed)
+    values = inherit_architecture(values, init["config"]["train"])
+    values.update(modalities=list(job.modalities),
+                  diagnosis_levels=list(job.diagnosis_levels) if job.diagnosis_levels else None,
+                  score_column=job.score_column, sources=list(job.sources) or None,
+                  demographics=job.demographics,
+                  n_modalities=init["config"]["model"]["n_modalities"])
+    config = TrainConfig.from_dict(values, f"finetune.tasks.{job.task}")
+    log.info("fine-tuning %s from %s on %d images of %d participants (%s; conditions: %s) "
+             "for %d steps", job.name, init_checkpoint, len(store), len(ids),
+             ", ".join(job.modalities), ", ".join(_conditions(job)) or "modality only",
+             config.steps)
+    meta = {"task": job.to_dict(), "training_participants": sorted(ids),
+            "init_checkpoint": str(init_checkpoint)}
+    result = train(config, store, work_dir, init_checkpoint=init_checkpoint, meta=meta)
+    with atomic_path(checkpoint) as tmp:
+        shutil.copyfile(result.checkpoint, tmp)
+    return Path(checkpoint)
+
+
+def _conditions(job: FinetuneJob) -> list[str]:
+    out = ["age", "sex"] * job.demographics + ["diagnosis"] * bool(job.diagnosis_levels)
+    out += [job.score_column] * bool(job.score_column)
+    out += [f"{m} image" for m in job.sources]
+    return out
+
+
+# --------------------------------------------------------------------------------------------
+# What a fine-tune learned
+# --------------------------------------------------------------------------------------------
+
+
+def _pearson(a: np.ndarray, b: np.ndarray) -> float:
+    a, b = a - a.mean(), b - b.mean()
+    den = float(np.sqrt((a * a).sum() * (b * b).sum()))
+    return float((a * b).sum() / den) if den > 0 else float("nan")
+
+
+def _x0(model, diffusion, x: Any, t: int, noise: Any, labels: Mapping[str, Any],
+        x_cond: Any = None) -> np.ndarray:
+    """(n, V) the model's clean-image estimate at timestep ``t`` from fixed noise."""
+    import torch
+
+    tt = torch.full((x.shape[0],), t, dtype=torch.long)
+    x_t = diffusion.q_sample(x, tt, noise)
+    inp = x_t if x_cond is None else torch.cat([x_t, x_cond], dim=1)
+    with torch.no_grad():
+        out = model(inp, diffusion.model_timesteps(tt), **labels)
+        _, x0 = diffusion.eps_and_xstart(out[:, : x.shape[1]], x_t, tt)
+    return x0[:, 0].double().numpy()
+
+
+def finetune_checks(checkpoint: str | os.PathLike, index: str | os.PathLike,
+                    training: str | os.PathLike, truth: Mapping[str, np.ndarray] | None = None,
+                    *, n_images: int = 16, t: int = 500, seed: int = 0
+                    ) -> tuple[pd.DataFrame, dict[tuple[str, str], dict[str, np.ndarray]]]:
+    """Faithfulness checks of one fine-tune -> (a tidy table (check, modality, value, detail),
+    the effect maps ``{(modality, head): {"model", "site"[, "truth"]: (V,)}}`` behind them).
+
+    - ``loss_start`` / ``loss_end``: mean loss of the first / last 10% of steps;
+    - label heads (disease, score): the direction of the learned effect. The model's clean-image
+      estimate at timestep ``t`` of up to ``n_images`` training images per modality, from fixed
+      noise, with the label switched between its levels (patients minus controls; score +1 SD
+      minus -1 SD), averaged: ``effect_vs_site`` is its Pearson r with the training set's own
+      standardised mean difference map, ``effect_vs_truth`` with the simulated true effect map
+      (``truth``: modality -> (V,), when the cohort is simulated). A zero-initialised head that
+      learned nothing gives no effect (r undefined);
+    - image-conditioned models: ``x0_vs_target``, the mean Pearson r of the clean-image estimate
+      given the sources with the real target image.
+    """
+    import torch
+
+    from genbrain.model.diffusion import GaussianDiffusion
+    from genbrain.store import ImageStore
+    from genbrain.train import load_for_sampling, loss_history
+    from genbrain.training.data import VoxelDataset
+
+    model, norms, config = load_for_sampling(checkpoint)
+    losses = loss_history(checkpoint)
+    tail = max(1, len(losses) // 10)
+    rows = [("loss_start", "", float(losses[:tail].mean()), f"mean of steps 1-{tail}"),
+            ("loss_end", "", float(losses[-tail:].mean()),
+             f"mean of the last {tail} of {len(losses)} steps")]
+    ids = set(read_tsv(training)["participant_id"].astype(str))
+    mods = list(config.modalities or [])
+    store = ImageStore(index, modalities=mods + list(config.sources or []), participants=ids)
+    data = VoxelDataset([store], modalities=mods, norms=norms,
+                        diagnosis_levels=config.diagnosis_levels,
+                        score_column=config.score_column, sources=config.sources,
+                        demographics=config.demographics)
+    diffusion = GaussianDiffusion.linear(prediction=config.prediction)
+    modality = data._labels["modality"]
+    maps: dict[tuple[str, str], dict[str, np.ndarray]] = {}
+    for m_name in mods:
+        items = np.flatnonzero(data.table["modality"].to_numpy() == m_name)
+        rng = np.random.default_rng([seed, len(items)])
+        items = np.sort(rng.permutation(items)[:n_images]) if len(items) > n_images else items
+        batch = data.__getitems__(items)
+        x = batch["x"].float()
+        g = torch.Generator().manual_seed(seed)
+        noise = torch.randn(x.shape, generator=g)
+        labels = {k: v for k, v in batch.items() if k not in ("x", "x_cond")}
+        x_cond = batch["x_cond"].float() if "x_cond" in batch else None
+        real = x[:, 0].double().numpy()
+        heads = []
+        if config.diagnosis_levels:
+            lv = list(config.diagnosis_levels)
+            diag = data.table["diagnosis"].to_numpy()[items]
+            heads.append(("disease", len(lv) - 1, 0, diag == lv[-1], diag == lv[0],
+                          f"{lv[-1]} minus {lv[0]}"))
+        if config.score_column:
+            z = data._labels["score"][items]
+            heads.append(("score", 1.0, -1.0, z > 0, z <= 0,
+                          f"{config.score_column} +1 SD minus -1 SD"))
+        for head, hi, lo, grp_hi, grp_lo, what in heads:
+            dtype = torch.long if head == "disease" else torch.float32
+            a = _x0(model, diffusion, x, t, noise,
+                    {**labels, head: torch.full((len(items),), hi, dtype=dtype)}, x_cond)
+            b = _x0(model, diffusion, x, t, noise,
+                    {**labels, head: torch.full((len(items),), lo, dtype=dtype)}, x_cond)
+            effect = (a - b).mean(axis=0)  # (V,)
+            rows.append((f"{head}_effect_sd", m_name, float(effect.std()),
+                         f"{what}: spatial SD of the model's effect (0 = nothing learned)"))
+            all_items = np.flatnonzero(modality == modality[items[0]])
+            site = _group_smd(store, data, all_items, head, config)
+            rows.append((f"{head}_effect_vs_site", m_name, _pearson(effect, site),
+                         f"r with the training set's own {what} standardised mean difference"))
+            maps[(m_name, head)] = {"model": effect, "site": site}
+            if truth is not None and m_name in truth:
+                rows.append((f"{head}_effect_vs_truth", m_name, _pearson(effect, truth[m_name]),
+                             f"r with the simulated true {what} map"))
+                rows.append((f"{head}_site_vs_truth", m_name, _pearson(site, truth[m_name]),
+                             "r of the training set's own map with the truth (the yardstick)"))
+                maps[(m_name, head)]["truth"] = truth[m_name]
+        if x_cond is not None:
+            est = _x0(model, diffusion, x, t, noise, labels, x_cond)
+            r = np.mean([_pearson(e, y) for e, y in zip(est, real)])
+            rows.append(("x0_vs_target", m_name, float(r),
+                         f"mean r of the clean-image estimate at t={t} with the target"))
+    return pd.DataFrame(rows, columns=["check", "modality", "value", "detail"]), maps
+
+
+def _group_smd(store, data, items: np.ndarray, head: str, config) -> np.ndarray:
+    """(V,) the training images' own effect map: standardised mean difference between the
+    label's groups (patients vs controls; score above vs below its mean)."""
+    x = store.batch(data._row[items]).astype(np.float64)  # (n, V)
+    if head == "disease":
+        lv = list(config.diagnosis_levels)
+        diag = data.table["diagnosis"].to_numpy()[items]
+        hi, lo = diag == lv[-1], diag == lv[0]
+    else:
+        z = data._labels["score"][items]
+        hi, lo = z > 0, z <= 0
+    if hi.sum() < 2 or lo.sum() < 2:
+        return np.full(x.shape[1], np.nan)
+    pooled = np.sqrt(((hi.sum() - 1) * x[hi].var(0, ddof=1) + (lo.sum() - 1)
+                      * x[lo].var(0, ddof=1)) / (hi.sum() + lo.sum() - 2))
+    return (x[hi].mean(0) - x[lo].mean(0)) / np.where(pooled > 0, pooled, np.inf)
+
+
+def write_checks(table: pd.DataFrame, job: Mapping[str, Any], out_tsv: str | os.PathLike) -> None:
+    """The checks table with the job's task and unit columns."""
+    out = table.copy()
+    out.insert(0, "unit", job["unit"])
+    out.insert(0, "task", job["task"])
+    save_tsv(out, out_tsv)

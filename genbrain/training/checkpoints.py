@@ -1,0 +1,98 @@
+"""Checkpoints: reading them, checking a resume against them, loading a model to sample.
+
+A checkpoint (``checkpoint.pt``) holds ``model``, ``ema`` (state dicts), ``optimizer``,
+``step``, ``data_position`` (epoch, offset, n_items), ``rng`` (the global torch and CUDA
+states), ``losses`` (float64: the mean loss of every step since step 1) and ``config`` =
+{train: TrainConfig as a dict (the model's conditions among them), model: DiT.spec(), norms
+(label scalings), surgeries, init_checkpoint}; see :mod:`genbrain.train`.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from genbrain.conditions import Conditions
+from genbrain.errors import GenbrainInputError
+from genbrain.model.dit import DiT, dit_from_spec
+from genbrain.training.config import RESUMABLE_CHANGES, WEIGHTS, TrainConfig
+
+
+def read_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
+    """A training checkpoint as a dict (CPU tensors); one-line errors for a missing file, an
+    unreadable one, or one that is not a genbrain training checkpoint."""
+    path = Path(path)
+    if not path.exists():
+        raise GenbrainInputError(f"{path}: checkpoint not found")
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except (RuntimeError, EOFError, OSError, ValueError, pickle.UnpicklingError) as err:
+        raise GenbrainInputError(f"{path}: not a readable training checkpoint "
+                                 f"({type(err).__name__}: {err})") from err
+    missing = [k for k in ("model", "ema", "step", "config") if k not in ckpt]
+    if missing:
+        raise GenbrainInputError(f"{path}: not a training checkpoint (missing {missing})")
+    return ckpt
+
+
+def check_resume(path: Path, ckpt: Mapping, run: Mapping, n_items: int) -> None:
+    """One-line error naming the first key where the checkpoint's run differs from this one."""
+    old = ckpt["config"]
+    diffs = [("training config key", k, old["train"].get(k), v) for k, v in run["train"].items()
+             if k not in RESUMABLE_CHANGES]
+    diffs.append(("surgeries", "", old.get("surgeries"), run["surgeries"]))
+    diffs += [("model spec key", k, old["model"].get(k), run["model"].get(k))
+              for k in {**old["model"], **run["model"]}]
+    diffs.append(("number of training images", "", ckpt["data_position"]["n_items"], n_items))
+    for what, key, a, b in diffs:
+        if a != b:
+            name = f"{what} '{key}'" if key else what
+            raise GenbrainInputError(
+                f"{path}: cannot resume: {name} is {_short(a)} in the checkpoint but "
+                f"{_short(b)} in this run; use another output folder or delete the checkpoint")
+
+
+def _short(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+def load_for_sampling(checkpoint_path: str | os.PathLike, weights: str | None = None,
+                      device: torch.device | str = "cpu"
+                      ) -> tuple[DiT, dict[str, dict[str, float]], TrainConfig]:
+    """A trained model ready to sample: (DiT in eval mode on ``device``, the label scalings
+    ``{"age": {"mean", "std"}, "score": ...}`` to z-score sampling covariates with, the run's
+    TrainConfig). ``weights``: "ema" or "model"; None = the run's ``sampling_weights``."""
+    ckpt = read_checkpoint(checkpoint_path)
+    config = TrainConfig.from_dict(ckpt["config"]["train"], f"{checkpoint_path}: config")
+    weights = weights or config.sampling_weights
+    if weights not in WEIGHTS:
+        raise GenbrainInputError(f"weights '{weights}' is unknown; expected one of "
+                                 f"{', '.join(WEIGHTS)}")
+    with torch.random.fork_rng(devices=[]):  # the throwaway initialisation leaves the RNG alone
+        model = dit_from_spec(ckpt["config"]["model"])
+    model.load_state_dict(ckpt[weights])
+    return model.to(device).eval(), ckpt["config"]["norms"], config
+
+
+def model_conditions(checkpoint_path: str | os.PathLike) -> Conditions:
+    """The conditions a trained model takes (:mod:`genbrain.conditions`), from its checkpoint."""
+    ckpt = read_checkpoint(checkpoint_path)
+    config = TrainConfig.from_dict(ckpt["config"]["train"], f"{checkpoint_path}: config")
+    return Conditions.of(config, ckpt["config"]["norms"])
+
+
+def loss_history(checkpoint_path: str | os.PathLike) -> np.ndarray:
+    """The mean loss of every optimizer step (1..step) recorded in a checkpoint, float64."""
+    ckpt = read_checkpoint(checkpoint_path)
+    losses = ckpt.get("losses")
+    if losses is None:
+        raise GenbrainInputError(f"{checkpoint_path}: the checkpoint holds no loss history "
+                                 "(written by an older version)")
+    return losses.numpy().astype(np.float64)

@@ -1,0 +1,325 @@
+"""Fine-tuning: each kind of condition learns its planted effect on tiny data, new heads start
+at the pretrained model's output, a stopped fine-tune resumes bitwise, synthesis from a
+fine-tune uses its conditions, and the parse-time plan names every mistake in one line.
+
+Models are nano widths with patch 16 on 512-voxel toy stores (see tests/unit/test_train.py)."""
+
+from dataclasses import replace
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from genbrain.errors import GenbrainInputError
+from genbrain.finetune import (
+    FinetuneJob,
+    finetune_checks,
+    plan_finetunes,
+    run_finetune,
+    training_table,
+)
+from genbrain.io import save_tsv
+from genbrain.modalities import DEFAULT_REGISTRY, ModalityRegistry
+from genbrain.model.diffusion import GaussianDiffusion
+from genbrain.store import ImageStore, write_shard
+from genbrain.synthesize import SamplingConfig, condition_labels, sample_table
+from genbrain.train import load_for_sampling, read_checkpoint, train
+from genbrain.training.data import VoxelDataset
+from genbrain.training.surgery import build_model, implied_surgeries, operate
+from tests.unit.test_train import V, config, make_store, one_line
+
+PATTERN = np.where((np.arange(V) % 128) < 40, 1.0, -0.5)  # the planted effect map
+# the toy models' modality table: T1w = 0, FLAIR = 1
+REG = ModalityRegistry([replace(DEFAULT_REGISTRY["T1w"], index=0),
+                        replace(DEFAULT_REGISTRY["FLAIR"], index=1)])
+
+
+def effect_store(root: Path, n: int = 16, *, modality: str = "T1w", index: int = 0,
+                 seed: int = 7, diagnosis: bool = False, score: bool = False,
+                 source: bool = False) -> Path:
+    """n smooth toy images with a planted effect: patients (diagnosis) or the score add
+    PATTERN; with ``source``, each participant also has a FLAIR image (index 1) whose values
+    the target copies (target = 0.8 source + 0.2 noise)."""
+    root.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    base = np.sin(np.arange(V) / 20.0) * rng.uniform(0.5, 1.5, (n, 1))
+    x = base + 0.1 * rng.standard_normal((n, V))
+    cols = {}
+    if diagnosis:
+        dx = np.array(["CN", "SCZ"] * (n // 2))
+        x = x + 0.8 * (dx == "SCZ")[:, None] * PATTERN
+        cols["diagnosis"] = dx
+    if score:
+        s = np.linspace(0, 10, n)
+        x = x + 0.15 * (s - 5)[:, None] * PATTERN
+        cols["nihss"] = s
+    ids = [f"sub-{i:02d}" for i in range(n)]
+    rows = {"participant_id": ids, "site": "a", "age": 40.0 + 2 * np.arange(n),
+            "sex": (["M", "F"] * n)[:n], **cols}
+    frames = [pd.DataFrame({**rows, "modality": modality, "modality_index": index,
+                            "shard": f"{modality}.npy", "row": range(n)})]
+    if source:
+        src = rng.standard_normal((n, V)).cumsum(axis=1) / 10  # smooth, subject-specific
+        x = 0.8 * src + 0.2 * rng.standard_normal((n, V))
+        write_shard(src, root / "FLAIR.npy", "float32")
+        frames.append(pd.DataFrame({**rows, "modality": "FLAIR", "modality_index": 1,
+                                    "shard": "FLAIR.npy", "row": range(n)}))
+    write_shard(x, root / f"{modality}.npy", "float32")
+    save_tsv(pd.concat(frames, ignore_index=True), root / "index.tsv")
+    return root / "index.tsv"
+
+
+@pytest.fixture(scope="module")
+def pretrained(tmp_path_factory):
+    """A nano model pretrained for a few steps on T1w (index 0) and FLAIR (index 1), with the
+    demo's learning settings (v-prediction, modality templates)."""
+    root = tmp_path_factory.mktemp("pre")
+    t1 = make_store(root / "t1", n=8)
+    flair = make_store(root / "flair", n=8, modality="FLAIR", index=1, seed=1)
+    return train(config(steps=6, modality_templates=True, prediction="v"), [t1, flair],
+                 root / "run").checkpoint
+
+
+def job(**changes) -> FinetuneJob:
+    base = {"task": "t", "unit": "a", "cohort": "c", "sites": ("a",), "modalities": ("T1w",),
+            "diagnosis_levels": None, "score_column": None, "sources": (),
+            "demographics": True, "split": "all", "init": "pretrain",
+            "train": {"steps": 150, "global_batch": 8, "lr": 5e-3, "ema_decay": 0.9,
+                      "checkpoint_every": 1000, "log_every": 1000, "sampling_weights": "model",
+                      "label_dropout": 0.2}}
+    return FinetuneJob(**{**base, **changes})
+
+
+def tune(tmp: Path, store: Path, pretrained: Path, **changes) -> tuple[Path, Path]:
+    """Fine-tune ``pretrained`` on every participant of ``store``; (checkpoint, training)."""
+    j = job(**changes)
+    training = tmp / "training.tsv"
+    save_tsv(training_table(j, ImageStore(store).table.drop_duplicates("participant_id"),
+                            None), training)
+    ckpt = run_finetune(j, store, training, pretrained, tmp / "work", tmp / "ckpt.pt", seed=1)
+    return ckpt, training
+
+
+def test_disease_head_learns_the_planted_patients_minus_controls_map(tmp_path, pretrained):
+    store = effect_store(tmp_path / "s", diagnosis=True)
+    ckpt, training = tune(tmp_path, store, pretrained, diagnosis_levels=("CN", "SCZ"))
+    saved = read_checkpoint(ckpt)["config"]
+    assert saved["surgeries"] == [["add_disease_head", 2]]  # implied, never named
+    assert saved["meta"]["task"]["diagnosis_levels"] == ["CN", "SCZ"]
+    assert saved["meta"]["training_participants"][:2] == ["sub-00", "sub-01"]
+    assert saved["train"]["preset"] == "nano/256"  # inherited from the init checkpoint
+    checks, maps = finetune_checks(ckpt, store, training, {"T1w": PATTERN})
+    value = dict(zip(checks["check"], checks["value"]))
+    assert value["disease_effect_vs_truth"] > 0.6
+    assert value["disease_effect_vs_site"] > 0.6
+    assert value["disease_effect_sd"] > 0
+    assert set(maps[("T1w", "disease")]) == {"model", "site", "truth"}
+
+
+def test_score_head_learns_the_planted_score_map(tmp_path, pretrained):
+    store = effect_store(tmp_path / "s", score=True)
+    ckpt, training = tune(tmp_path, store, pretrained, score_column="nihss")
+    assert read_checkpoint(ckpt)["config"]["surgeries"] == [["add_score_head"]]
+    checks, _ = finetune_checks(ckpt, store, training, {"T1w": PATTERN})
+    value = dict(zip(checks["check"], checks["value"]))
+    assert value["score_effect_vs_truth"] > 0.6
+
+
+def test_a_new_modality_gets_its_own_row_and_template(tmp_path, pretrained):
+    store = effect_store(tmp_path / "s", modality="ADC", index=2)  # beyond the 2-row table
+    ckpt, _ = tune(tmp_path, store, pretrained, modalities=("ADC",), train={
+        **job().train, "steps": 40})
+    saved = read_checkpoint(ckpt)
+    assert saved["config"]["surgeries"] == [["extend_modalities", 1]]
+    model, norms, cfg = load_for_sampling(ckpt)
+    assert model.spec()["n_modalities"] == 3 and model.has_modality_template(2)
+    # the clean-image estimate of an ADC item resembles ADC images, and the learned row moved
+    data = VoxelDataset([ImageStore(store)], norms=norms)
+    batch = data.__getitems__(list(range(8)))
+    diffusion = GaussianDiffusion.linear(prediction=cfg.prediction)
+    t = torch.full((8,), 300)
+    x_t = diffusion.q_sample(batch["x"].float(), t, torch.randn(8, 1, V,
+                                                              generator=torch.Generator()))
+    labels = {k: v for k, v in batch.items() if k != "x"}
+    with torch.no_grad():
+        out = model(x_t, diffusion.model_timesteps(t), **labels)
+    _, x0 = diffusion.eps_and_xstart(out[:, :1], x_t, t)
+    mean = batch["x"].float().mean(0)[0]
+    r = np.corrcoef(x0[:, 0].mean(0).numpy(), mean.numpy())[0, 1]
+    assert r > 0.8
+    assert model.modality_embedder.weight[2].abs().sum() > 0
+
+
+def test_source_channels_carry_the_paired_image(tmp_path, pretrained):
+    store = effect_store(tmp_path / "s", source=True)
+    ckpt, training = tune(tmp_path, store, pretrained, sources=("FLAIR",), demographics=False,
+                          train={**job().train, "steps": 80})
+    saved = read_checkpoint(ckpt)["config"]
+    assert saved["surgeries"] == [["widen_input", 1]]
+    assert saved["train"]["sources"] == ["FLAIR"] and saved["train"]["demographics"] is False
+    checks, _ = finetune_checks(ckpt, store, training)
+    value = dict(zip(checks["check"], checks["value"]))
+    # the estimate follows each subject's own source image (the population mean alone does not)
+    assert value["x0_vs_target"] > 0.6
+    model, norms, cfg = load_for_sampling(ckpt)
+    table = pd.DataFrame({"synthetic_id": [0, 1], "age": 50.0, "sex": "F", "modality": "T1w"})
+    labels = condition_labels(table, model, norms, cfg, REG)
+    assert labels["sex"].tolist() == [2, 2] and labels["age"].tolist() == [0.0, 0.0]  # nulls
+    with pytest.raises(GenbrainInputError, match="takes 1 source images per row"):
+        sample_table(model, norms, cfg, table, SamplingConfig(steps=2), REG)
+
+
+def test_new_heads_start_exactly_at_the_pretrained_output(tmp_path, pretrained):
+    ckpt = read_checkpoint(pretrained)
+    cfg = config(diagnosis_levels=["CN", "SCZ"], score_column="nihss", sources=["FLAIR"],
+                 modality_templates=True, prediction="v")
+    store = effect_store(tmp_path / "s", diagnosis=True, source=True)
+    index = pd.read_csv(store, sep="\t")
+    index["nihss"] = 3.0
+    save_tsv(index, store)
+    data = VoxelDataset([ImageStore(store)], modalities=["T1w"], norms=ckpt["config"]["norms"],
+                        diagnosis_levels=["CN", "SCZ"], score_column="nihss",
+                        sources=["FLAIR"])
+    before = build_model(cfg, V, ckpt, pretrained, None).eval()
+    after = build_model(cfg, V, ckpt, pretrained, None).eval()
+    implied = implied_surgeries(after, data)
+    assert [s[0] for s in implied] == ["add_disease_head", "add_score_head", "widen_input"]
+    operate(after, implied, seed=0)
+    batch = data.__getitems__(list(range(4)))
+    x, t = torch.randn(4, 1, V), torch.tensor([10, 200, 500, 900])
+    labels = {k: batch[k] for k in ("age", "sex", "modality")}
+    with torch.no_grad():
+        ref = before(x, t, **labels)
+        new = after(torch.cat([x, batch["x_cond"].float()], dim=1), t, **labels,
+                    disease=batch["disease"], score=torch.full((4,), 1.7))
+    assert torch.equal(ref, new)
+
+
+def test_a_stopped_fine_tune_resumes_bitwise(tmp_path, pretrained):
+    store = effect_store(tmp_path / "s", diagnosis=True)
+    steps = {**job().train, "checkpoint_every": 3}
+    whole, _ = tune(tmp_path / "whole", store, pretrained, diagnosis_levels=("CN", "SCZ"),
+                    train={**steps, "steps": 6})
+    tune(tmp_path / "parts", store, pretrained, diagnosis_levels=("CN", "SCZ"),
+         train={**steps, "steps": 3})  # stopped after its step-3 checkpoint
+    resumed, _ = tune(tmp_path / "parts", store, pretrained, diagnosis_levels=("CN", "SCZ"),
+                      train={**steps, "steps": 6})
+    a, b = read_checkpoint(whole), read_checkpoint(resumed)
+    assert a["step"] == b["step"] == 6
+    assert all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])
+    assert torch.equal(a["losses"], b["losses"])
+
+
+def test_synthesis_from_a_fine_tune_uses_its_diagnosis(tmp_path, pretrained):
+    store = effect_store(tmp_path / "s", diagnosis=True)
+    ckpt, _ = tune(tmp_path, store, pretrained, diagnosis_levels=("CN", "SCZ"))
+    model, norms, cfg = load_for_sampling(ckpt)
+    table = pd.DataFrame({"synthetic_id": [0, 1], "age": 50.0, "sex": "F",
+                          "modality": "T1w", "diagnosis": ["CN", "SCZ"]})
+    reg = REG
+    labels = condition_labels(table, model, norms, cfg, reg)
+    assert labels["disease"].tolist() == [0, 1]
+    # the same noise (synthetic_id 0 for both rows), only the diagnosis differs
+    table["synthetic_id"] = [0, 0]
+    with pytest.raises(GenbrainInputError, match="synthetic_id 0 is used twice"):
+        sample_table(model, norms, cfg, table, SamplingConfig(steps=4), reg)
+    one = sample_table(model, norms, cfg, table.iloc[:1], SamplingConfig(steps=4), reg)
+    two = sample_table(model, norms, cfg, table.iloc[1:], SamplingConfig(steps=4), reg)
+    diff = (two - one)[0]
+    assert np.corrcoef(diff, PATTERN)[0, 1] > 0.5  # SCZ minus CN follows the planted map
+    with pytest.raises(GenbrainInputError, match="table needs a 'diagnosis' column"):
+        condition_labels(table.iloc[:1].drop(columns="diagnosis"), model, norms, cfg, reg)
+
+
+# --------------------------------------------------------------------------------------------
+# The plan (parse time, no torch)
+# --------------------------------------------------------------------------------------------
+
+
+def cohort(n_per_level=(6, 6), sites=("a", "b"), scores=None):
+    rows = []
+    for s in sites:
+        for level, n in zip(("CN", "SCZ"), n_per_level):
+            for i in range(n):
+                rows.append({"participant_id": f"sub-{s}{level}{i}", "site": s,
+                             "diagnosis": level, "age": 40.0 + i, "sex": "MF"[i % 2],
+                             "severity": np.nan if scores == "missing" and i == 2 else i})
+    table = pd.DataFrame(rows)
+    spec = {"modalities": ["T1w", "VBM"], "diagnosis_levels": ["CN", "SCZ"],
+            "scores": ["severity"]}
+    return SimpleNamespace(modalities=spec["modalities"], spec=spec, table=table,
+                           sites=sorted(sites), site_label=lambda s: s.replace("_", ""))
+
+
+def plan(tasks, cohorts=None, pretrain="pop", train=None):
+    cfg = {"finetune": {"train": train or {}, "tasks": tasks}}
+    return plan_finetunes(cfg, cohorts or {"scz": cohort()}, pretrain)
+
+
+def test_a_per_site_task_is_one_job_per_site_with_the_shared_settings():
+    jobs = plan({"bwas": {"cohort": "scz", "conditions": ["diagnosis"], "per_site": True,
+                          "train": {"steps": 7}}}, train={"steps": 5, "lr": 1e-3})
+    assert sorted(jobs) == ["bwas/a", "bwas/b"]
+    j = jobs["bwas/a"]
+    assert j.sites == ("a",) and j.diagnosis_levels == ("CN", "SCZ")
+    assert j.modalities == ("T1w", "VBM") and j.train == {"steps": 7, "lr": 1e-3}
+    assert j.out_dir == "results/finetune/bwas/a"
+    assert FinetuneJob.from_dict(j.to_dict()) == j
+    pooled = plan({"all": {"cohort": "scz", "conditions": ["severity"]}})
+    assert list(pooled) == ["all/all"] and pooled["all/all"].score_column == "severity"
+
+
+@pytest.mark.parametrize("task, message", [
+    ({"cohort": "mdd"}, "'finetune.tasks.t.cohort' is 'mdd', not a cohort"),
+    ({"cohort": "scz", "modalities": ["FA"]}, "'finetune.tasks.t.modalities' lists 'FA'"),
+    ({"cohort": "scz", "sources": ["T1w"], "modalities": ["T1w"]},
+     "'T1w' is both a target modality and a source"),
+    ({"cohort": "scz", "conditions": ["iq"]}, "'finetune.tasks.t.conditions' has 'iq'"),
+    ({"cohort": "scz", "split": "train"}, "'finetune.tasks.t.split' is 'train', which needs"),
+    ({"cohort": "scz", "sites": ["z"]}, "'finetune.tasks.t.sites' lists 'z'"),
+    ({"cohort": "scz", "train": {"preset": "L/256"}}, "'finetune.tasks.t.train' sets 'preset'"),
+    ({"cohort": "scz", "init": "/nowhere/model.pt"},
+     ("/nowhere/model.pt: init checkpoint not found (config key 'finetune.tasks.t.init')")),
+])
+def test_plan_mistakes_are_one_line(task, message):
+    with pytest.raises(GenbrainInputError) as err:
+        plan({"t": task})
+    assert message in one_line(err)
+
+
+def test_plan_checks_the_sites_and_scores_and_the_init(tmp_path):
+    with pytest.raises(GenbrainInputError) as err:  # one diagnosis level at a site
+        plan({"t": {"cohort": "scz", "conditions": ["diagnosis"], "per_site": True}},
+             {"scz": cohort(n_per_level=(6, 0))})
+    assert "site 'a' has 0 'SCZ' participant(s) (levels present: ['CN'])" in one_line(err)
+    with pytest.raises(GenbrainInputError) as err:  # a 3:1:1 split needs 5 per level
+        plan({"t": {"cohort": "scz", "conditions": ["diagnosis"], "split": "train"}},
+             {"scz": cohort(n_per_level=(6, 4))})
+    assert "needs at least 5 of each" in one_line(err)
+    with pytest.raises(GenbrainInputError) as err:  # a missing score
+        plan({"t": {"cohort": "scz", "conditions": ["severity"]}},
+             {"scz": cohort(scores="missing")})
+    assert "participant sub-aCN2 (sites ['a', 'b']) has no 'severity' value" in one_line(err)
+    with pytest.raises(GenbrainInputError) as err:  # no pretraining cohort to start from
+        plan({"t": {"cohort": "scz"}}, pretrain=None)
+    assert "'finetune.tasks.t.init' is 'pretrain' but no cohort has role" in one_line(err)
+    fake = tmp_path / "model.pt"
+    fake.write_text("not a checkpoint")
+    with pytest.raises(GenbrainInputError) as err:
+        plan({"t": {"cohort": "scz", "init": str(fake)}})
+    assert f"{fake}: not a PyTorch checkpoint" in one_line(err)
+
+
+def test_training_table_keeps_the_sites_and_the_train_split():
+    c = cohort()
+    j = job(sites=("a",), split="train")
+    split = c.table.assign(split=["train", "validation", "test"] * (len(c.table) // 3))
+    t = training_table(j, c.table, split)
+    assert set(t["site"]) == {"a"} and set(t["split"]) == {"train"}
+    assert set(t["participant_id"]) == set(split.loc[(split["site"] == "a")
+                                                     & (split["split"] == "train"),
+                                                     "participant_id"])
+    assert len(training_table(job(sites=("a", "b")), c.table, None)) == len(c.table)
