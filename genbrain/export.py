@@ -14,7 +14,6 @@ gate's output and this function checks the gate table says so.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 from collections.abc import Mapping
@@ -25,7 +24,7 @@ import numpy as np
 import pandas as pd
 
 from genbrain.errors import GenbrainInputError
-from genbrain.io import atomic_dir, read_tsv, save_nifti, save_tsv
+from genbrain.io import atomic_dir, file_sha256, read_tsv, save_nifti, save_tsv
 from genbrain.modalities import DEFAULT_REGISTRY, ModalityRegistry
 from genbrain.space import standard_space
 from genbrain.store import ImageStore
@@ -44,15 +43,6 @@ def datatype(modality: str) -> str:
     if modality.startswith(("fc", "task_")):
         return "func"
     return "anat"
-
-
-def sha256(path: str | os.PathLike) -> str:
-    """Hex sha256 of a file, read in 1 MB blocks."""
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def check_gate(gate: str | os.PathLike) -> pd.Series:
@@ -79,7 +69,7 @@ def export_cohort(index: str | os.PathLike, gate: str | os.PathLike, out_dir: st
     out_dir = Path(out_dir)
     space = standard_space()
     n = len(store) if max_images is None else min(int(max_images), len(store))
-    model = {"checkpoint": str(checkpoint), "sha256": sha256(checkpoint)}
+    model = {"checkpoint": str(checkpoint), "sha256": file_sha256(checkpoint)}
     spec = model_conditions(checkpoint)  # what the model was conditioned on, from its run
     columns = ["modality", *spec.columns] + ["source_participant_id"] * bool(spec.sources)
     rows = []

@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import glob
 import gzip
+import hashlib
 import os
 import shutil
 import tempfile
@@ -146,3 +147,13 @@ def load_volume(path: str | os.PathLike) -> tuple[nib.Nifti1Image, np.ndarray]:
         )
     img3 = nib.Nifti1Image(data, img.affine, img.header if data.ndim == img.ndim else None)
     return img3, data
+
+
+def file_sha256(path: str | os.PathLike, block: int = 1 << 20) -> str:
+    """Hex sha256 of a file, read in 1 MiB blocks (provenance checksums, release sidecars)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while chunk := fh.read(block):
+            digest.update(chunk)
+    return digest.hexdigest()
+

@@ -25,7 +25,7 @@ from pathlib import Path
 import pandas as pd
 
 from genbrain.errors import GenbrainInputError
-from genbrain.io import atomic_path
+from genbrain.io import atomic_path, file_sha256
 
 # Distributions whose versions decide the results (PyPI names). Missing ones are recorded as
 # None: each rule runs in its own env, and the provenance rule's env need not hold them all.
@@ -97,15 +97,6 @@ def package_versions(names: Iterable[str] = PACKAGES) -> dict[str, str | None]:
     return out
 
 
-def sha256_file(path: str | os.PathLike, block: int = 1 << 20) -> str:
-    """Hex sha256 of a file, read in 1 MiB blocks."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while chunk := fh.read(block):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def file_checksums(files: Mapping[str, Iterable[str | os.PathLike]]) -> pd.DataFrame:
     """One row per (role, path): ``role, path, bytes, sha256``; ``files`` maps a role
     ("config", "participants" ...) to paths. A missing file is a one-line error."""
@@ -118,7 +109,7 @@ def file_checksums(files: Mapping[str, Iterable[str | os.PathLike]]) -> pd.DataF
             if not Path(path).is_file():
                 raise GenbrainInputError(f"{path}: {role} file not found (provenance checksums)")
             rows.append({"role": role, "path": str(path), "bytes": Path(path).stat().st_size,
-                         "sha256": sha256_file(path)})
+                         "sha256": file_sha256(path)})
     return pd.DataFrame(rows, columns=["role", "path", "bytes", "sha256"])
 
 
