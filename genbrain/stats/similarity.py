@@ -31,6 +31,7 @@ import numpy as np
 import pandas as pd
 from scipy import stats as sstats
 
+from genbrain.covariates import SEXES
 from genbrain.errors import GenbrainInputError
 from genbrain.stats.rows import ImageRows
 from genbrain.store import ImageStore
@@ -39,7 +40,7 @@ log = logging.getLogger(__name__)
 
 EFFECTS = ("age", "sex")
 KINDS = ("real", "synthetic", "synthetic_avg")
-SEX_CODES = {"M": 0.0, "F": 1.0}  # as the model's labels (genbrain.train.SEXES)
+SEX_CODES = {s: float(i) for i, s in enumerate(SEXES)}  # the model's coding: M = 0, F = 1
 COLUMNS = ["modality", "effect", "kind", "replicate", "n", "cosine", "relative_to_real"]
 
 
