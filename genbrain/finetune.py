@@ -37,7 +37,7 @@ import numpy as np
 import pandas as pd
 
 from genbrain.errors import GenbrainInputError
-from genbrain.io import atomic_path, read_tsv, save_tsv
+from genbrain.io import atomic_path, file_sha256, read_tsv, save_tsv
 
 log = logging.getLogger(__name__)
 
@@ -49,6 +49,8 @@ TRAIN_KEYS = ("steps", "global_batch", "micro_batch", "lr", "weight_decay", "ema
               "precision", "finetune", "finetune_k", "template_images")
 #: the fewest participants per diagnosis level of a fine-tune's training set
 MIN_PER_LEVEL = 2
+#: a label head -> the simulated effect whose true map it is checked against
+HEAD_EFFECTS = {"disease": "diagnosis", "score": "score"}
 
 
 @dataclass(frozen=True)
@@ -113,8 +115,11 @@ def plan_finetunes(config: Mapping, cohorts: Mapping, pretrain: str | None,
                                      f"expected one of {sorted(cohorts)}")
         cohort = cohorts[name]
         own = cohort.modalities
-        targets = list(spec.get("modalities") or own)
         sources = list(spec.get("sources") or [])
+        targets = list(spec.get("modalities") or [m for m in own if m not in sources])
+        if not targets:
+            raise GenbrainInputError(f"config: '{key}': every modality of cohort '{name}' is a "
+                                     "source; name the target modalities under 'modalities'")
         for what, mods in (("modalities", targets), ("sources", sources)):
             for m in mods:
                 if m not in own:
@@ -150,6 +155,13 @@ def plan_finetunes(config: Mapping, cohorts: Mapping, pretrain: str | None,
             raise GenbrainInputError(f"config: '{key}.split' is 'train', which needs the "
                                      "per-site split stratified by diagnosis; condition the "
                                      "task on 'diagnosis' or use split 'all'")
+        if split == "train":  # the split job splits every site of the cohort: check them now
+            try:
+                cohort_split(cohort.table, levels, int(config.get("seed", 0)),
+                             f"cohort '{name}'")
+            except GenbrainInputError as err:
+                raise GenbrainInputError(f"config: '{key}.split' is 'train', but the cohort's "
+                                         f"3:1:1 split fails: {err}") from None
         sites = list(spec.get("sites") or cohort.sites)
         for s in sites:
             if s not in cohort.sites:
@@ -288,11 +300,31 @@ def run_finetune(job: Mapping[str, Any] | FinetuneJob, index: str | os.PathLike,
              ", ".join(job.modalities), ", ".join(_conditions(job)) or "modality only",
              config.steps)
     meta = {"task": job.to_dict(), "training_participants": sorted(ids),
-            "init_checkpoint": str(init_checkpoint)}
+            "init_checkpoint": str(init_checkpoint),
+            "init_sha256": file_sha256(init_checkpoint)}
+    _discard_stale_work(Path(work_dir), meta)
     result = train(config, store, work_dir, init_checkpoint=init_checkpoint, meta=meta)
     with atomic_path(checkpoint) as tmp:
         shutil.copyfile(result.checkpoint, tmp)
     return Path(checkpoint)
+
+
+def _discard_stale_work(work_dir: Path, meta: Mapping[str, Any]) -> None:
+    """Remove a work folder whose checkpoint was trained from another init checkpoint (its
+    sha256) or on other participants: the workflow reruns a fine-tune exactly when one of
+    those changed, and resuming would return the stale model."""
+    import torch
+
+    ckpt = work_dir / "checkpoint.pt"
+    if not ckpt.exists():
+        return
+    old = torch.load(ckpt, map_location="cpu", weights_only=True)["config"].get("meta") or {}
+    for key in ("init_sha256", "training_participants"):
+        if old.get(key) != meta[key]:
+            log.info("%s: %s changed since this work folder was trained; starting afresh",
+                     work_dir, key.replace("_", " "))
+            shutil.rmtree(work_dir)
+            return
 
 
 def _conditions(job: FinetuneJob) -> list[str]:
@@ -328,7 +360,8 @@ def _x0(model, diffusion, x: Any, t: int, noise: Any, labels: Mapping[str, Any],
 
 
 def finetune_checks(checkpoint: str | os.PathLike, index: str | os.PathLike,
-                    training: str | os.PathLike, truth: Mapping[str, np.ndarray] | None = None,
+                    training: str | os.PathLike,
+                    truth: Mapping[str, Mapping[str, np.ndarray]] | None = None,
                     *, n_images: int = 16, t: int = 500, seed: int = 0
                     ) -> tuple[pd.DataFrame, dict[tuple[str, str], dict[str, np.ndarray]]]:
     """Faithfulness checks of one fine-tune -> (a tidy table (check, modality, value, detail),
@@ -340,7 +373,8 @@ def finetune_checks(checkpoint: str | os.PathLike, index: str | os.PathLike,
       noise, with the label switched between its levels (patients minus controls; score +1 SD
       minus -1 SD), averaged: ``effect_vs_site`` is its Pearson r with the training set's own
       standardised mean difference map, ``effect_vs_truth`` with the simulated true effect map
-      (``truth``: modality -> (V,), when the cohort is simulated). A zero-initialised head that
+      (``truth``: effect (``diagnosis``, ``score``) -> modality -> (V,), when the cohort is
+      simulated; each head is compared with its own effect's map). A zero-initialised head that
       learned nothing gives no effect (r undefined);
     - image-conditioned models: ``x0_vs_target``, the mean Pearson r of the clean-image estimate
       given the sources with the real target image.
@@ -403,12 +437,13 @@ def finetune_checks(checkpoint: str | os.PathLike, index: str | os.PathLike,
             rows.append((f"{head}_effect_vs_site", m_name, _pearson(effect, site),
                          f"r with the training set's own {what} standardised mean difference"))
             maps[(m_name, head)] = {"model": effect, "site": site}
-            if truth is not None and m_name in truth:
-                rows.append((f"{head}_effect_vs_truth", m_name, _pearson(effect, truth[m_name]),
+            true = (truth or {}).get(HEAD_EFFECTS[head], {}).get(m_name)
+            if true is not None:
+                rows.append((f"{head}_effect_vs_truth", m_name, _pearson(effect, true),
                              f"r with the simulated true {what} map"))
-                rows.append((f"{head}_site_vs_truth", m_name, _pearson(site, truth[m_name]),
+                rows.append((f"{head}_site_vs_truth", m_name, _pearson(site, true),
                              "r of the training set's own map with the truth (the yardstick)"))
-                maps[(m_name, head)]["truth"] = truth[m_name]
+                maps[(m_name, head)]["truth"] = true
         if x_cond is not None:
             est = _x0(model, diffusion, x, t, noise, labels, x_cond)
             r = np.mean([_pearson(e, y) for e, y in zip(est, real)])

@@ -111,7 +111,8 @@ def test_disease_head_learns_the_planted_patients_minus_controls_map(tmp_path, p
     assert saved["meta"]["task"]["diagnosis_levels"] == ["CN", "SCZ"]
     assert saved["meta"]["training_participants"][:2] == ["sub-00", "sub-01"]
     assert saved["train"]["preset"] == "nano/256"  # inherited from the init checkpoint
-    checks, maps = finetune_checks(ckpt, store, training, {"T1w": PATTERN})
+    checks, maps = finetune_checks(ckpt, store, training, {"diagnosis": {"T1w": PATTERN},
+                                                           "score": {"T1w": -PATTERN}})
     value = dict(zip(checks["check"], checks["value"]))
     assert value["disease_effect_vs_truth"] > 0.6
     assert value["disease_effect_vs_site"] > 0.6
@@ -123,7 +124,9 @@ def test_score_head_learns_the_planted_score_map(tmp_path, pretrained):
     store = effect_store(tmp_path / "s", score=True)
     ckpt, training = tune(tmp_path, store, pretrained, score_column="nihss")
     assert read_checkpoint(ckpt)["config"]["surgeries"] == [["add_score_head"]]
-    checks, _ = finetune_checks(ckpt, store, training, {"T1w": PATTERN})
+    # each head against its own effect's map (the diagnosis map here is the wrong one)
+    checks, _ = finetune_checks(ckpt, store, training, {"score": {"T1w": PATTERN},
+                                                        "diagnosis": {"T1w": -PATTERN}})
     value = dict(zip(checks["check"], checks["value"]))
     assert value["score_effect_vs_truth"] > 0.6
 
@@ -323,3 +326,42 @@ def test_training_table_keeps_the_sites_and_the_train_split():
                                                      & (split["split"] == "train"),
                                                      "participant_id"])
     assert len(training_table(job(sites=("a", "b")), c.table, None)) == len(c.table)
+
+
+def test_a_changed_init_checkpoint_retrains_instead_of_resuming(tmp_path, pretrained):
+    """The workflow reruns a fine-tune when its init model changed; the old work folder must
+    not be resumed into the output (it would be the stale fine-tune)."""
+    store = effect_store(tmp_path / "s", diagnosis=True)
+    steps = {**job().train, "steps": 4, "checkpoint_every": 2}
+    first, _ = tune(tmp_path, store, pretrained, diagnosis_levels=("CN", "SCZ"), train=steps)
+    other = tmp_path / "other.pt"
+    ckpt = torch.load(pretrained, weights_only=True)
+    ckpt["model"] = {k: v + 0.01 if v.is_floating_point() else v
+                     for k, v in ckpt["model"].items()}
+    torch.save(ckpt, other)
+    j = job(diagnosis_levels=("CN", "SCZ"), train=steps)
+    again = run_finetune(j, store, tmp_path / "training.tsv", other, tmp_path / "work",
+                         tmp_path / "again.pt", seed=1)
+    a, b = read_checkpoint(first), read_checkpoint(again)
+    assert b["config"]["meta"]["init_sha256"] != a["config"]["meta"]["init_sha256"]
+    assert not torch.equal(a["model"]["blocks.0.attn.qkv.weight"],
+                           b["model"]["blocks.0.attn.qkv.weight"])
+    assert len(b["losses"]) == 4  # trained afresh from step 1, not resumed at step 4
+
+
+def test_the_default_targets_leave_out_the_sources():
+    jobs = plan({"enh": {"cohort": "scz", "sources": ["T1w"], "demographics": False}})
+    assert jobs["enh/all"].modalities == ("VBM",) and jobs["enh/all"].sources == ("T1w",)
+    with pytest.raises(GenbrainInputError, match="every modality of cohort 'scz' is a source"):
+        plan({"enh": {"cohort": "scz", "sources": ["T1w", "VBM"]}})
+
+
+def test_a_train_split_checks_every_site_of_the_cohort_at_parse_time():
+    c = cohort(sites=("a", "b"))
+    c.table = pd.concat([c.table[c.table["site"] == "a"],
+                         c.table[(c.table["site"] == "b") & (c.table["diagnosis"] == "CN")]])
+    with pytest.raises(GenbrainInputError) as err:  # site b (not trained on) has one class
+        plan({"dx": {"cohort": "scz", "conditions": ["diagnosis"], "sites": ["a"],
+                     "split": "train"}}, {"scz": c})
+    assert ("'finetune.tasks.dx.split' is 'train', but the cohort's 3:1:1 split fails"
+            in one_line(err)) and "site 'b' has one class only" in one_line(err)

@@ -17,10 +17,10 @@ def main(smk):
     torch.set_num_threads(smk.threads)
     job = smk.params.job
     truth = None
-    if smk.input.truth:
-        effect = "diagnosis" if job["diagnosis_levels"] else "score"
-        maps = read_truth(smk.input.truth[0], job["modalities"])
-        truth = {m: v for (m, e), v in maps.items() if e == effect}
+    if smk.input.truth:  # effect -> modality -> the planted map
+        truth = {}
+        for (m, effect), v in read_truth(smk.input.truth[0], job["modalities"]).items():
+            truth.setdefault(effect, {})[m] = v
     checks, maps = finetune_checks(smk.input.checkpoint, smk.input.index, smk.input.training,
                                    truth, seed=smk.params.seed)
     write_checks(checks, job, smk.output.table)
