@@ -49,7 +49,6 @@ from __future__ import annotations
 import copy
 import dataclasses
 import hashlib
-import json
 import logging
 import math
 import os
@@ -70,6 +69,7 @@ from genbrain.io import atomic_path
 from genbrain.space import StandardSpace, standard_space
 from genbrain.store import ImageStore
 from genbrain.train import ItemOrder, _hms, _seed
+from genbrain.training.config import dataclass_from_dict, plain
 
 log = logging.getLogger(__name__)
 
@@ -146,16 +146,11 @@ class RegressConfig:
     def from_dict(cls, values: Mapping[str, Any], source: str = "regression config"
                   ) -> RegressConfig:
         """Build from a plain dict (a config section, a checkpoint); unknown keys are an error."""
-        names = [f.name for f in dataclasses.fields(cls)]
-        unknown = sorted(set(values) - set(names))
-        if unknown:
-            raise GenbrainInputError(f"{source}: unknown key '{unknown[0]}'; expected some of: "
-                                     f"{', '.join(names)}")
-        return cls(**values)
+        return dataclass_from_dict(cls, values, source)
 
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON-like dict (lists, not tuples), as stored in checkpoints."""
-        return json.loads(json.dumps(dataclasses.asdict(self)))  # tuples -> lists
+        return plain(dataclasses.asdict(self))
 
 
 def _who(table: pd.DataFrame, i: int) -> str:

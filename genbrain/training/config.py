@@ -32,6 +32,17 @@ def seed_of(*keys: int) -> int:
     return int(np.random.SeedSequence(list(keys)).generate_state(1, np.uint64)[0] >> np.uint64(1))
 
 
+def dataclass_from_dict(cls, values: Mapping[str, Any], source: str):
+    """``cls(**values)`` for a settings dataclass; an unknown key is a one-line error naming
+    ``source`` and the keys it accepts."""
+    names = [f.name for f in dataclasses.fields(cls)]
+    unknown = sorted(set(values) - set(names))
+    if unknown:
+        raise GenbrainInputError(f"{source}: unknown key '{unknown[0]}'; expected some of: "
+                                 f"{', '.join(names)}")
+    return cls(**values)
+
+
 def plain(obj: Any) -> Any:
     """JSON-like copy (tuples -> lists), so configs compare equal before and after saving."""
     return json.loads(json.dumps(obj))
@@ -132,12 +143,7 @@ class TrainConfig:
     @classmethod
     def from_dict(cls, values: Mapping[str, Any], source: str = "training config") -> TrainConfig:
         """Build from a plain dict (a config section, a checkpoint); unknown keys are an error."""
-        names = [f.name for f in dataclasses.fields(cls)]
-        unknown = sorted(set(values) - set(names))
-        if unknown:
-            raise GenbrainInputError(f"{source}: unknown key '{unknown[0]}'; expected some of: "
-                                     f"{', '.join(names)}")
-        return cls(**values)
+        return dataclass_from_dict(cls, values, source)
 
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON-like dict (lists, not tuples), as stored in checkpoints."""
