@@ -25,6 +25,7 @@ include: "rules/pretrain.smk"
 include: "rules/finetune.smk"
 include: "rules/synthesize.smk"
 include: "rules/evaluate.smk"
+include: "rules/bwas.smk"
 include: "rules/report.smk"
 
 

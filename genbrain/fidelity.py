@@ -49,7 +49,8 @@ log = logging.getLogger(__name__)
 VERDICTS = ("met", "not met", "not measured")
 COLUMNS = ["claim_id", "claim", "subject", "paper", "goal", "measured", "ci_low", "ci_high",
            "ci_method", "n", "unit", "verdict", "source", "note"]
-_OPS: dict[str, Callable[[float, float], bool]] = {">=": operator.ge, "<=": operator.le}
+_OPS: dict[str, Callable[[float, float], bool]] = {">=": operator.ge, "<=": operator.le,
+                                                   ">": operator.gt}
 
 
 class MissingResult(Exception):
@@ -64,22 +65,28 @@ class MissingResult(Exception):
 
 @dataclass(frozen=True)
 class Goal:
-    """A goal on a measured value: ``op`` (``>=`` or ``<=``) ``value``, in ``unit``."""
+    """A goal on a measured value: ``op`` (``>=``, ``>`` or ``<=``) ``value``, in ``unit``;
+    with ``on="ci_low"`` the goal judges the lower end of the 95% CI instead of the point
+    estimate (e.g. "the gain's CI lies above 0")."""
 
     op: str
     value: float
     unit: str = ""
+    on: str = "value"
 
     def __post_init__(self) -> None:
         if self.op not in _OPS:
             raise ValueError(f"goal operator must be one of {sorted(_OPS)}, got {self.op!r}")
+        if self.on not in ("value", "ci_low"):
+            raise ValueError(f"goal 'on' must be 'value' or 'ci_low', got {self.on!r}")
 
-    def met(self, measured: float) -> bool:
-        """Whether ``measured`` satisfies the goal."""
-        return _OPS[self.op](measured, self.value)
+    def met(self, measured: float, ci_low: float = math.nan) -> bool:
+        """Whether ``measured`` (or ``ci_low``, for a goal on the CI) satisfies the goal."""
+        return _OPS[self.op](ci_low if self.on == "ci_low" else measured, self.value)
 
     def __str__(self) -> str:
-        return f"{self.op} {_fmt(self.value, self.unit)}"
+        text = f"{self.op} {_fmt(self.value, self.unit)}"
+        return f"95% CI {text}" if self.on == "ci_low" else text
 
 
 @dataclass(frozen=True)
@@ -120,7 +127,7 @@ class Claim:
         if not math.isfinite(value):
             return self.not_measured(source, f"the value is {value}", subject)
         lo, hi = ci if ci is not None else (math.nan, math.nan)
-        verdict = "met" if self.goal.met(value) else "not met"
+        verdict = "met" if self.goal.met(value, float(lo)) else "not met"
         return Row(self.id, self.text, subject, self.paper, str(self.goal), value,
                    float(lo), float(hi), ci_method or ("-" if ci is None else ""), int(n),
                    self.unit, verdict, source, note)
@@ -342,6 +349,115 @@ def _finetune_direction(results: Path) -> list[Row]:
                 note=f"the training set's own map: r {own:.2f}"))
     if not rows:
         raise MissingResult(files[0], "no disease head with a simulated truth")
+    return rows
+
+
+BWAS_FILES = "bwas/*/site-*"
+BWAS_GAIN = {
+    metric: Claim(
+        f"bwas.gain_{metric}",
+        f"a site's synthetic cohort gives a Cohen's d map closer to the reference (the other "
+        f"sites pooled) than the site's own data: {label}, synthetic minus real",
+        paper=paper, goal=Goal(">", 0.0, on="ci_low"), unit="r" if metric == "r" else "")
+    for metric, label, paper in (
+        ("r", "gain in Pearson r",
+         "+0.12 (SH_JZ2, n 330: 0.17 -> 0.29), +0.03 (SH_JZ1), +0.02 (zhengzhou, fBIRN)"),
+        ("dice", "gain in sign Dice",
+         "+0.10 (SH_JZ2: 0.59 -> 0.69), +0.04 (SH_JZ1), +0.01 (zhengzhou)"))}
+BWAS_TRUTH = Claim(
+    "bwas.truth_gain",
+    "on simulated cohorts, the synthetic cohort's d map recovers the planted disease effect "
+    "better than the site's own: r with the truth, synthetic minus real",
+    paper="not measurable on real data (no ground truth); our check", goal=Goal(">", 0.0),
+    unit="r")
+BWAS_EFFECTIVE_N = Claim(
+    "bwas.effective_n",
+    "the synthetic cohort is worth more real participants than the site has: effective n "
+    "over the site's n, both read off the real-cohort agreement curve under the attenuation "
+    "model r^2 = n / (n + a)",
+    paper="~3.4x for SH_JZ2 (r 0.17 -> 0.29 at n 330, the same model)", goal=Goal(">", 1.0),
+    unit="x")
+
+
+def _bwas_sites(results: Path, name: str) -> list[Path]:
+    files = sorted(Path(results).glob(f"{BWAS_FILES}/{name}"))
+    if not files:
+        raise MissingResult(Path(results) / f"bwas/<analysis>/site-<site>/{name}")
+    return files
+
+
+def _bwas_subject(path: Path) -> str:
+    return f"{path.parent.parent.name} {path.parent.name.removeprefix('site-')}"
+
+
+def _bwas_gain(claim: Claim, metric: str) -> Collector:
+    def collect(results: Path) -> list[Row]:
+        """Per BWAS site, the synthetic-minus-real difference of ``metric`` with its bootstrap
+        95% CI (``scores.tsv``); the note gives both scores, their CIs and chance levels."""
+        rows = []
+        for path in _bwas_sites(results, "scores.tsv"):
+            table = read_result(results, str(path.relative_to(results)), (
+                "metric", "real", "synthetic", "difference", "difference_ci_low",
+                "difference_ci_high", "real_ci_low", "real_ci_high", "synthetic_ci_low",
+                "synthetic_ci_high", "chance_real", "chance_synthetic", "p_bootstrap",
+                "n_boot"))
+            row = table[table["metric"] == metric]
+            if row.empty:
+                raise MissingResult(path, f"no '{metric}' row")
+            t = row.iloc[0]
+            note = (f"real {t['real']:.3f} [{t['real_ci_low']:.3f}, {t['real_ci_high']:.3f}], "
+                    f"synthetic {t['synthetic']:.3f} [{t['synthetic_ci_low']:.3f}, "
+                    f"{t['synthetic_ci_high']:.3f}]; chance {t['chance_real']:.2f} / "
+                    f"{t['chance_synthetic']:.2f}; bootstrap p {t['p_bootstrap']:.3g}")
+            rows.append(claim.measured(
+                t["difference"], _bwas_subject(path),
+                ci=(t["difference_ci_low"], t["difference_ci_high"]),
+                ci_method="bootstrap percentile, bias-shifted", n=int(t["n_boot"]),
+                source=str(path), note=note))
+        return rows
+    return collect
+
+
+for _metric, _claim in BWAS_GAIN.items():
+    register(_claim)(_bwas_gain(_claim, _metric))
+
+
+@register(BWAS_TRUTH)
+def _bwas_truth(results: Path) -> list[Row]:
+    """Per BWAS site of a simulated cohort (``maps.tsv`` with finite ``r_truth``): the
+    synthetic map's r with the planted effect minus the real map's (one map each: no CI)."""
+    rows = []
+    for path in _bwas_sites(results, "maps.tsv"):
+        table = read_result(results, str(path.relative_to(results)),
+                            ("map", "n", "r_truth")).set_index("map")
+        if not np.isfinite(table["r_truth"]).all():
+            continue  # a real cohort: no ground truth
+        real, syn = table.loc["real", "r_truth"], table.loc["synthetic", "r_truth"]
+        rows.append(BWAS_TRUTH.measured(
+            syn - real, _bwas_subject(path), ci_method="one map each", source=str(path),
+            note=f"real (n {int(table.loc['real', 'n'])}) {real:.3f}, synthetic (n "
+                 f"{int(table.loc['synthetic', 'n'])}) {syn:.3f}, reference (n "
+                 f"{int(table.loc['reference', 'n'])}) {table.loc['reference', 'r_truth']:.3f}"))
+    if not rows:
+        raise MissingResult(Path(results) / BWAS_FILES, "no site with a simulated truth")
+    return rows
+
+
+@register(BWAS_EFFECTIVE_N)
+def _bwas_effective_n(results: Path) -> list[Row]:
+    """Per BWAS site, ``gain_model`` of ``effective_n.tsv``: the synthetic cohort's effective
+    n over the real site's, both from the attenuation model fitted to the curve."""
+    rows = []
+    for path in _bwas_sites(results, "effective_n.tsv"):
+        t = read_result(results, str(path.relative_to(results)), (
+            "n_real", "n_synthetic", "r_real", "r_synthetic", "n_effective_interp",
+            "n_effective_model", "gain_model")).iloc[0]
+        rows.append(BWAS_EFFECTIVE_N.measured(
+            t["gain_model"], _bwas_subject(path), ci_method="model fit", source=str(path),
+            note=f"n real {int(t['n_real'])} (r {t['r_real']:.3f}), synthetic "
+                 f"{int(t['n_synthetic'])} (r {t['r_synthetic']:.3f}): effective n "
+                 f"{t['n_effective_model']:.0f} (model), {t['n_effective_interp']:.0f} "
+                 "(interpolated)"))
     return rows
 
 

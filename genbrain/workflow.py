@@ -195,7 +195,8 @@ class SyntheticCohort:
 
 
 def synthetic_cohorts(config: Mapping, cohorts: Mapping[str, Cohort], pretrain: str | None,
-                      finetunes: Mapping | None = None) -> dict[str, SyntheticCohort]:
+                      finetunes: Mapping | None = None, bwas: Mapping | None = None
+                      ) -> dict[str, SyntheticCohort]:
     """The synthetic cohorts of the configured stages, sized at parse time so that shards are
     known before any job runs:
 
@@ -206,7 +207,9 @@ def synthetic_cohorts(config: Mapping, cohorts: Mapping[str, Cohort], pretrain: 
       its ``model`` (the pretrained model, or a fine-tune ``<task>/<unit>`` of ``finetunes``:
       :class:`genbrain.finetune.FinetuneJob` by name) with ``k`` samples averaged per row
       (:func:`genbrain.covariates.cohort_covariates` checks the table against the model's
-      modalities and conditions)."""
+      modalities and conditions);
+    - every BWAS site's synthetic cohort (``bwas``: :class:`genbrain.bwas.BwasSite` by name):
+      the reference cohort's covariates, drawn by the site's fine-tune, one image per row."""
     from genbrain.covariates import cohort_covariates
     from genbrain.splits import holdout_split
 
@@ -260,4 +263,10 @@ def synthetic_cohorts(config: Mapping, cohorts: Mapping[str, Cohort], pretrain: 
         out[name] = SyntheticCohort(name, len(table), shard_size, real,
                                     tuple(sorted(table["modality"].unique())), int(spec["k"]),
                                     model)
+    for job in (bwas or {}).values():
+        if job.synth in out:
+            raise GenbrainInputError(f"config: synthetic cohort name '{job.synth}' is taken by "
+                                     f"BWAS analysis {job.name}; rename the other cohort")
+        out[job.synth] = SyntheticCohort(job.synth, job.n_synthetic, shard_size, job.cohort,
+                                         (job.modality,), 1, job.model)
     return out

@@ -7,6 +7,7 @@ from snakemake.exceptions import WorkflowError
 sys.path.insert(0, str(Path(workflow.basedir)))
 
 from genbrain.config import validate_config
+from genbrain.bwas import plan_bwas
 from genbrain.errors import GenbrainInputError
 from genbrain.finetune import plan_finetunes
 from genbrain.modalities import registry_from_config
@@ -36,13 +37,16 @@ except GenbrainInputError as err:
 try:
     PRETRAIN = pretrain_cohort(COHORTS)
     FINETUNES = plan_finetunes(config, COHORTS, PRETRAIN, registry_from_config(config))
-    SYNTHETIC = synthetic_cohorts(config, COHORTS, PRETRAIN, FINETUNES)
+    BWAS = plan_bwas(config, COHORTS, FINETUNES)
+    SYNTHETIC = synthetic_cohorts(config, COHORTS, PRETRAIN, FINETUNES, BWAS)
 except GenbrainInputError as err:
     raise WorkflowError(str(err)) from None
 
 
 # the researcher's own synthetic cohorts (never matches when there are none)
 USER_SYNTHETIC_PATTERN = "|".join(config["synthesize"]["cohorts"]) or "(?!)"
+# the BWAS sites' synthetic cohorts (bwas-<analysis>-<site label>)
+BWAS_SYNTHETIC_PATTERN = "|".join(job.synth for job in BWAS.values()) or "(?!)"
 
 
 wildcard_constraints:
@@ -53,6 +57,7 @@ wildcard_constraints:
     synth="|".join(SYNTHETIC) or "none",
     task="|".join(sorted({j.task for j in FINETUNES.values()})) or "(?!)",
     unit="[A-Za-z0-9]+",
+    analysis="|".join(sorted({job.analysis for job in BWAS.values()})) or "(?!)",
 
 
 def _chunk_dir(cohort, site, chunk):
@@ -226,6 +231,7 @@ def get_all_outputs(provenance=True):
             "results/figures/pretrain/samples.png",
         ]
     outputs += get_finetune_outputs()
+    outputs += get_bwas_outputs()
     if PRETRAIN:
         outputs.append("results/fidelity/fidelity.html")
     for name in SYNTHETIC:
@@ -355,4 +361,73 @@ def get_fidelity_inputs(wildcards):
         "audit": "results/evaluate/audit/pretrain.tsv",
         "gate": "results/evaluate/audit/pretrain_gate.tsv",
         "finetune": [f"{job.out_dir}/checks.tsv" for job in FINETUNES.values()],
+        "bwas": [
+            f"{job.out_dir}/{name}.tsv"
+            for job in BWAS.values()
+            for name in ("scores", "maps", "effective_n")
+        ],
     }
+
+
+# ------------------------------------------------------------------ BWAS
+
+
+def _bwas(wildcards):
+    """The BWAS site of the ``{analysis}``/``{site}`` wildcards."""
+    return BWAS[f"{wildcards.analysis}/{wildcards.site}"]
+
+
+def _bwas_of_synth(wildcards):
+    """The BWAS site whose synthetic cohort is ``{synth}``."""
+    return next(job for job in BWAS.values() if job.synth == wildcards.synth)
+
+
+def get_bwas_job(wildcards):
+    """A BWAS site's plan as a plain dict."""
+    return _bwas(wildcards).to_dict()
+
+
+def get_bwas_synth_job(wildcards):
+    """The plan of the BWAS site a synthetic cohort belongs to, as a plain dict."""
+    return _bwas_of_synth(wildcards).to_dict()
+
+
+def get_bwas_participants(wildcards):
+    """The participants table of the BWAS site's cohort (its synthetic cohort mirrors it)."""
+    return COHORTS[_bwas_of_synth(wildcards).cohort].participants
+
+
+def get_bwas_store(wildcards):
+    """The store index of a BWAS site's cohort."""
+    return f"results/stores/{_bwas(wildcards).cohort}/index.tsv"
+
+
+def get_bwas_inputs(wildcards):
+    """A site analysis's inputs: the real store, the synthetic cohort (once its privacy gate
+    has passed) and the simulated ground truth when the cohort is simulated."""
+    job = _bwas(wildcards)
+    inputs = {
+        "index": f"results/stores/{job.cohort}/index.tsv",
+        "synthetic": f"results/synthetic/{job.synth}/index.tsv",
+        "gate": f"results/evaluate/audit/{job.synth}_gate.tsv",
+    }
+    if COHORTS[job.cohort].simulated:
+        inputs["truth"] = f"results/simulated/{job.cohort}/ground_truth"
+    return inputs
+
+
+def get_bwas_labels(wildcards):
+    """Report labels of a BWAS site's figures, with the site's original name."""
+    return {"site": _bwas(wildcards).site}
+
+
+def get_bwas_outputs():
+    """Every BWAS site's tables, maps and figures."""
+    out = []
+    for job in BWAS.values():
+        out += [
+            f"{job.out_dir}/screen.tsv",
+            f"{job.out_dir}/scores.tsv",
+            f"results/figures/bwas/{job.analysis}/site-{job.label}_maps.png",
+        ]
+    return out

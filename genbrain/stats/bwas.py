@@ -17,8 +17,17 @@ synthetic cohort and the B of the real one. Its p-value shrinks as B grows, what
 because bootstrap replicates are not independent observations; so the table also gives
 ``p_bootstrap``, the two-sided bootstrap p-value of the difference: with
 ``delta_b = synthetic_b - real_b`` (independent resamples paired by index),
-``p = min(1, 2 min(#(delta_b <= 0) + 1, #(delta_b >= 0) + 1) / (B + 1))``. Read that one.
-CIs are percentile intervals of the bootstrap scores (the paper's error bars use 1.96 SE).
+``p = min(1, 2 min(#(delta_b <= 0) + 1, #(delta_b >= 0) + 1) / (B + 1))``, the ``delta_b``
+centred as below. Read that one.
+
+CIs: percentile intervals of the bootstrap scores, **shifted by the bootstrap's bias** (each
+interval moved by the full cohort's score minus the bootstrap mean), so every interval is
+centred on the score it qualifies. The shift is needed: a resample drawn with replacement
+holds ~63% distinct subjects, so its d map is noisier and its agreement with the reference
+lower than the full cohort's (measured on a planted effect, n 40: bootstrap mean r 0.60
+against the full cohort's 0.71, a raw 95% interval of 0.55-0.63 that misses it). The
+``*_boot_mean`` columns keep the raw bootstrap means, which show the bias; the paper's
+t-test uses the raw scores (the paper's error bars use 1.96 SE).
 """
 
 from __future__ import annotations
@@ -64,9 +73,12 @@ def bootstrap_p(delta: np.ndarray) -> float:
     return float(min(1.0, 2.0 * min(lo, hi) / (len(delta) + 1)))
 
 
-def _ci(x: np.ndarray, level: float) -> tuple[float, float]:
+def _ci(x: np.ndarray, observed: float, level: float) -> tuple[float, float]:
+    """The ``level`` percentile interval of bootstrap values ``x`` shifted by their bias
+    (mean - ``observed``): centred on the observed value (module docstring)."""
+    shift = float(np.nanmean(x)) - observed
     lo, hi = np.nanquantile(x, [(1 - level) / 2, (1 + level) / 2])
-    return float(lo), float(hi)
+    return float(lo) - shift, float(hi) - shift
 
 
 def site_score_table(site: str, observed: Mapping[str, Mapping[str, float]],
@@ -93,7 +105,7 @@ def site_score_table(site: str, observed: Mapping[str, Mapping[str, float]],
         bs = boot["synthetic"][metric].to_numpy(np.float64)[:n_boot]
         real, syn = float(observed["real"][metric]), float(observed["synthetic"][metric])
         delta = bs - br
-        d_lo, d_hi = _ci(delta, level)
+        d_lo, d_hi = _ci(delta, syn - real, level)
         t, p_t = bootstrap_t_test(bs, br)
         base = abs(real)
 
@@ -102,9 +114,10 @@ def site_score_table(site: str, observed: Mapping[str, Mapping[str, float]],
 
         q95 = {k: float(spatial[k][metric].quantile(0.95)) if spatial and k in spatial
                else float("nan") for k in KINDS}
-        rows.append([site, metric, real, syn, float(np.nanmean(br)), *_ci(br, level),
-                     float(np.nanmean(bs)), *_ci(bs, level), syn - real, d_lo, d_hi,
-                     gain(syn - real), gain(d_lo), gain(d_hi), t, p_t, bootstrap_p(delta),
+        centred = delta - (float(np.nanmean(delta)) - (syn - real))
+        rows.append([site, metric, real, syn, float(np.nanmean(br)), *_ci(br, real, level),
+                     float(np.nanmean(bs)), *_ci(bs, syn, level), syn - real, d_lo, d_hi,
+                     gain(syn - real), gain(d_lo), gain(d_hi), t, p_t, bootstrap_p(centred),
                      float(chance["real"][metric]), float(chance["synthetic"][metric]),
                      q95["real"], q95["synthetic"], n_boot])
     return pd.DataFrame(rows, columns=TABLE_COLUMNS)

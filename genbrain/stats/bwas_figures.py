@@ -64,11 +64,12 @@ def d_map_figure(maps: Mapping[str, np.ndarray], out_png: str | os.PathLike, tit
     gc.freeze()
     try:
         for ax, (name, d) in zip(axes[:, 0], maps.items()):
-            plotting.plot_stat_map(_volume_image(d, space), bg_img=bg, display_mode="z",
-                                   cut_coords=list(cut_coords), axes=ax, vmax=vmax,
-                                   symmetric_cbar=True, cmap="RdBu_r", threshold=1e-6,
-                                   title=name, annotate=True, draw_cross=False,
-                                   black_bg=False, colorbar=True)
+            display = plotting.plot_stat_map(
+                _volume_image(d, space), bg_img=bg, display_mode="z",
+                cut_coords=list(cut_coords), axes=ax, vmax=vmax, symmetric_cbar=True,
+                cmap="RdBu_r", threshold=1e-6, annotate=True, draw_cross=False,
+                black_bg=False, colorbar=True)
+            display.title(name, size=8, color="k", bgcolor="w", y=1.02)
     finally:
         gc.unfreeze()
     if title:
@@ -77,16 +78,22 @@ def d_map_figure(maps: Mapping[str, np.ndarray], out_png: str | os.PathLike, tit
     return vmax
 
 
-def gain_figure(table: pd.DataFrame, out_png: str | os.PathLike, title: str = "") -> None:
+def gain_figure(table: pd.DataFrame, out_png: str | os.PathLike, title: str = "",
+                curve: pd.DataFrame | None = None, effective: Mapping | None = None) -> None:
     """From a site's score table (:func:`genbrain.stats.bwas.site_score_table`): left, the
     relative gain (%) of synthetic over real per metric with its 95% CI (the paper's bars);
-    right, real and synthetic scores with bootstrap 95% CIs and each map's chance level as a
-    tick, so a Dice near chance is seen as such."""
+    middle, real and synthetic scores with bootstrap 95% CIs and each map's chance level as a
+    tick, so a Dice near chance is seen as such. With ``curve`` (n, repeat, r: real cohorts
+    of n against the reference) and ``effective`` (``r_real``, ``r_synthetic``,
+    ``n_effective_interp``, ``n_real``), a third panel reads the effective sample size off
+    the curve."""
     plt = _pyplot()
     t = table.set_index("metric").reindex([m for m in METRICS if m in set(table["metric"])])
     labels = [METRIC_LABELS[m] for m in t.index]
     x = np.arange(len(t))
-    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 3.4))
+    three = curve is not None and len(curve) > 0
+    fig, axes = plt.subplots(1, 3 if three else 2, figsize=(15 if three else 11, 3.4))
+    ax1, ax2 = axes[0], axes[1]
     gain = t["relative_gain_pct"].to_numpy(np.float64)
     err = np.vstack([gain - t["relative_gain_ci_low"], t["relative_gain_ci_high"] - gain])
     ax1.bar(x, gain, color=np.where(gain >= 0, "C0", "0.6"), alpha=0.6)
@@ -106,7 +113,28 @@ def gain_figure(table: pd.DataFrame, out_png: str | os.PathLike, title: str = ""
     ax2.set_xticks(x, labels, rotation=35, ha="right", fontsize=7)
     ax2.set_ylabel("score vs reference", fontsize=8)
     ax2.legend(fontsize=6, ncol=2)
-    for ax in (ax1, ax2):
+    if three:
+        ax3 = axes[2]
+        ax3.scatter(curve["n"], curve["r"], s=8, color="0.6", label="real cohort (repeat)")
+        mean = curve.groupby("n")["r"].mean()
+        ax3.plot(mean.index, mean.to_numpy(), "o-", ms=3, color="0.3", label="mean")
+        eff = dict(effective or {})
+        for key, colour, what in (("r_real", "0.45", "site's real"),
+                                  ("r_synthetic", "C0", "synthetic")):
+            if np.isfinite(eff.get(key, np.nan)):
+                ax3.axhline(eff[key], color=colour, ls="--", lw=1,
+                            label=f"{what} map (r {eff[key]:.2f})")
+        n_eff = eff.get("n_effective_interp", np.nan)
+        if np.isfinite(n_eff):
+            ax3.axvline(n_eff, color="C0", ls=":", lw=1, label=f"effective n {n_eff:.0f}")
+        ax3.set_xscale("log")
+        ns = sorted(curve["n"].unique())
+        ax3.set_xticks(ns, [str(int(n)) for n in ns])
+        ax3.minorticks_off()
+        ax3.set_xlabel("real cohort size n (subsamples of the reference pool)", fontsize=8)
+        ax3.set_ylabel("r with the rest of the pool", fontsize=8)
+        ax3.legend(fontsize=6)
+    for ax in axes:
         ax.tick_params(labelsize=7)
     if title:
         fig.suptitle(title, fontsize=9)

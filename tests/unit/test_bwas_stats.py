@@ -275,6 +275,23 @@ def test_bootstrap_top_sets_from_the_pilot_bracket_are_close_to_exact():
             assert boot.loc[b, m] == pytest.approx(want[m], abs=1e-2 if "top" in m else 1e-5)
 
 
+def test_score_table_cis_are_centred_on_the_observed_scores_when_the_bootstrap_is_biased():
+    # bootstrap maps are noisier than the full cohort's: their scores sit below it
+    rng = np.random.default_rng(11)
+    boot = {"real": pd.DataFrame({m: rng.normal(0.6, 0.02, 500) for m in METRICS}),
+            "synthetic": pd.DataFrame({m: rng.normal(0.75, 0.01, 500) for m in METRICS})}
+    observed = {"real": dict.fromkeys(METRICS, 0.7), "synthetic": dict.fromkeys(METRICS, 0.8)}
+    chance = {k: dict.fromkeys(METRICS, 0.0) for k in ("real", "synthetic")}
+    row = site_score_table("S1", observed, boot, chance).iloc[0]
+    assert row["real_boot_mean"] == pytest.approx(0.6, abs=0.01)  # the raw mean shows the bias
+    assert row["real_ci_low"] < 0.7 < row["real_ci_high"]
+    assert row["real_ci_high"] - row["real_ci_low"] == pytest.approx(
+        np.subtract(*np.quantile(boot["real"]["r"], [0.975, 0.025])))
+    assert row["synthetic_ci_low"] < 0.8 < row["synthetic_ci_high"]
+    assert row["difference_ci_low"] < 0.1 < row["difference_ci_high"]
+    assert row["difference_ci_high"] < 0.15  # the raw bootstrap difference, 0.15, is outside
+
+
 def test_score_table_and_bootstrap_tests():
     rng = np.random.default_rng(10)
     boot = {"real": pd.DataFrame({m: rng.normal(0.3, 0.05, 200) for m in METRICS}),
@@ -291,6 +308,7 @@ def test_score_table_and_bootstrap_tests():
     want = sstats.ttest_ind(boot["synthetic"]["r"], boot["real"]["r"])
     assert row["p_bootstrap_t"] == pytest.approx(want.pvalue)
     delta = boot["synthetic"]["r"] - boot["real"]["r"]
+    delta = delta - (delta.mean() - 0.1)  # centred on the observed difference
     assert row["p_bootstrap"] == pytest.approx(2 * ((delta <= 0).sum() + 1) / 201)
     assert bootstrap_p(np.ones(200)) == pytest.approx(2 / 201)  # no delta <= 0: the floor
     assert row["chance_synthetic"] == 0.12 and np.isnan(row["chance_spatial_q95_real"])

@@ -224,7 +224,18 @@ def test_non_finite_value_is_not_measured():
     assert claim.measured(float("nan"), source="f.tsv").verdict == "not measured"
     assert claim.measured(1.0).verdict == "met" and claim.measured(1.01).verdict == "not met"
     with pytest.raises(ValueError, match="operator"):
-        Goal(">", 1.0)
+        Goal("<", 1.0)
+    with pytest.raises(ValueError, match="'on'"):
+        Goal(">", 0.0, on="mean")
+
+
+def test_a_goal_on_the_ci_judges_its_lower_end():
+    claim = Claim("gain", "a gain", "-", Goal(">", 0.0, on="ci_low"))
+    assert str(claim.goal) == "95% CI > 0.00"
+    assert claim.measured(0.2, ci=(0.05, 0.3)).verdict == "met"
+    assert claim.measured(0.2, ci=(-0.01, 0.3)).verdict == "not met"  # the point is > 0
+    assert claim.measured(0.2).verdict == "not met"  # no CI: the goal cannot be shown
+    assert claim.measured(0.0, ci=(0.0, 0.1)).verdict == "not met"  # strictly above
 
 
 def test_written_markdown_tsv_and_rst(results, tmp_path):

@@ -251,6 +251,69 @@ def test_demo_fine_tunes_learn_the_disease_direction_and_draw_a_gated_cohort(dem
 
 
 @pytest.mark.slow
+def test_demo_bwas_scores_each_sites_real_and_synthetic_maps_against_the_other_sites(demo):
+    """config/demo.yaml's bwas.analyses.scz: for siteA and siteB, the reference cohort is the
+    other four sites, the synthetic cohort (max_synthetic images) mirrors its covariates and
+    is gated; every table, map and figure is written, with CIs and chance levels beside each
+    score. The direction of the gain is the result (the fidelity record), not asserted."""
+    import nibabel as nib
+
+    from genbrain.stats.overlap import METRICS
+
+    cfg = yaml.safe_load((ROOT / "config" / "demo.yaml").read_text())
+    res = demo / "results"
+    people = read_tsv(res / "simulated" / "scz" / "participants.tsv")
+    spec = cfg["bwas"]["analyses"]["scz"]
+    fidelity = read_tsv(res / "fidelity" / "fidelity.tsv")
+    for site in cfg["finetune"]["tasks"]["scz"]["sites"]:
+        out = res / "bwas" / "scz" / f"site-{site}"
+        ref = people[people["site"] != site]
+        # the synthetic cohort: the reference's covariates, capped, its patient fraction kept
+        cov = read_tsv(res / "synthetic" / f"bwas-scz-{site}" / "covariates.tsv")
+        assert len(cov) == spec["max_synthetic"] < len(ref)
+        assert set(cov["reference_participant_id"]) <= set(ref["participant_id"])
+        frac = (ref["diagnosis"] == "SCZ").mean()
+        assert abs((cov["diagnosis"] == "SCZ").sum() - frac * len(cov)) <= 1
+        gate = read_tsv(res / "evaluate" / "audit" / f"bwas-scz-{site}_gate.tsv")
+        assert bool(gate["passed"].item())
+        scores = read_tsv(out / "scores.tsv").set_index("metric")
+        assert list(scores.index) == list(METRICS)
+        assert (scores["n_boot"] == cfg["bwas"]["n_boot"]).all()
+        for kind in ("real", "synthetic"):
+            assert ((scores[f"{kind}_ci_low"] <= scores[kind])
+                    & (scores[kind] <= scores[f"{kind}_ci_high"])).all(), (site, kind)
+            assert np.isfinite(scores[[f"chance_{kind}", f"chance_spatial_q95_{kind}"]]).all(
+                axis=None)
+        assert np.allclose(scores["difference"], scores["synthetic"] - scores["real"])
+        maps = read_tsv(out / "maps.tsv").set_index("map")
+        assert maps["n"].to_dict() == {"reference": len(ref),
+                                       "real": int((people["site"] == site).sum()),
+                                       "synthetic": spec["max_synthetic"]}
+        # the pooled other sites recover the planted effect; the site's own small sample too
+        assert maps.loc["reference", "r_truth"] > 0.5, maps
+        assert maps.loc["real", "r_truth"] > 0.1, maps
+        assert maps.loc["real", "r_reference"] == pytest.approx(scores.loc["r", "real"])
+        for name in ("reference", "real", "synthetic", "mask"):
+            img = nib.load(out / "d_maps" / f"{'mask' if name == 'mask' else 'd_' + name}"
+                                            f".nii.gz")
+            assert img.shape == (91, 109, 91)
+        eff = read_tsv(out / "effective_n.tsv").iloc[0]
+        assert eff["n_real"] == maps.loc["real", "n"] and np.isfinite(eff["n_effective_model"])
+        curve = read_tsv(out / "agreement.tsv")
+        assert sorted(curve["n"].unique()) == [
+            n for n in cfg["bwas"]["agreement"]["sizes"] if n <= len(ref) / 3]
+        screen = read_tsv(out / "screen.tsv").iloc[0]
+        assert screen["verdict"] in ("benefit", "no benefit") and screen["n"] == eff["n_real"]
+        for fig in ("maps", "gain"):
+            png = res / "figures" / "bwas" / "scz" / f"site-{site}_{fig}.png"
+            assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+        rows = fidelity[fidelity["subject"] == f"scz {site}"]
+        assert set(rows["claim_id"]) == {"bwas.gain_r", "bwas.gain_dice", "bwas.truth_gain",
+                                         "bwas.effective_n"}
+        assert (rows["verdict"] != "not measured").all(), rows
+
+
+@pytest.mark.slow
 def test_demo_report_opens_in_chromium_with_every_stage_and_its_provenance(demo, browser):
     """What `make demo` ends with: results/report.html, built as the Makefile builds it,
     renders in headless Chromium without console errors, shows the category of every rule
@@ -267,7 +330,7 @@ def test_demo_report_opens_in_chromium_with_every_stage_and_its_provenance(demo,
     assert ran == set(by_rule), sorted(set(by_rule) ^ ran)
     expected = set().union(*by_rule.values())
     assert {"Simulation", "Preprocessing", "Pretraining", "Fine-tuning", "Synthetic images",
-            "Provenance"} <= expected
+            "BWAS", "Provenance"} <= expected
     text = open_report(browser, html)
     assert sorted(expected - {line.strip() for line in text.splitlines()}) == []
     assert severe(browser) == []
@@ -288,7 +351,10 @@ def test_demo_report_opens_in_chromium_with_every_stage_and_its_provenance(demo,
     shown = menu(browser, html, ("Pretraining",))[1]
     assert sorted(r["FIGURE"] for r in shown) == ["loss curve", "samples vs the mean image",
                                                   "synthetic vs real"], shown
-    synthetic = ["pretrain", *cfg["synthesize"]["cohorts"]]
+    bwas_sites = [(name, site) for name, a in cfg["bwas"]["analyses"].items()
+                  for site in cfg["finetune"]["tasks"][a["finetune"]]["sites"]]
+    synthetic = ["pretrain", *cfg["synthesize"]["cohorts"],
+                 *(f"bwas-{name}-{site}" for name, site in bwas_sites)]
     assert sorted(menu(browser, html, ("Synthetic images",))[0]) == sorted(synthetic)
     for name in synthetic:
         shown = menu(browser, html, ("Synthetic images", name))[1]
@@ -308,6 +374,12 @@ def test_demo_report_opens_in_chromium_with_every_stage_and_its_provenance(demo,
         else:
             assert sorted((r["UNIT"], r["FIGURE"]) for r in shown) == sorted(
                 (site, fig) for site in spec["sites"] for fig in figures), (task, shown)
+    assert sorted(menu(browser, html, ("BWAS",))[0]) == sorted(cfg["bwas"]["analyses"])
+    for name in cfg["bwas"]["analyses"]:
+        shown = menu(browser, html, ("BWAS", name))[1]
+        assert sorted((r["SITE"], r["FIGURE"]) for r in shown) == sorted(
+            (site, fig) for a, site in bwas_sites if a == name
+            for fig in ("screen", "score table", "d maps", "gain and effective n")), shown
     assert menu(browser, html, ("Provenance",))[1] == [{"PAGE": "provenance"}]
     page = open_provenance_page(browser, html)
     record = json.loads((demo / "results" / "provenance" / "provenance.json").read_text())

@@ -30,10 +30,10 @@ def test_demo_dry_run_plans_every_stage(tmp_path):
 
 def _fake_dataset(root, n_per_site=(3, 2)):
     rows = []
-    for s, n in zip(("siteX", "siteY"), n_per_site):
+    for s, n in zip(("siteX", "siteY", "siteZ"), n_per_site):
         for i in range(n):
             pid = f"sub-{s}{i:02d}"
-            rows.append({"participant_id": pid, "site": s, "age": 40 + i, "sex": "MF"[i % 2],
+            rows.append({"participant_id": pid, "site": s, "age": 40 + i, "sex": "MF"[i // 2 % 2],
                          "diagnosis": ["CN", "SCZ"][i % 2]})
             for m in ("T1w", "VBM"):
                 p = root / "derivatives" / s / pid / f"{pid}_{m}.nii.gz"
@@ -59,6 +59,8 @@ def _paper_config_for(root, tmp_path, finetune=False, **cohort_overrides):
     for task in tasks.values():
         task["init"] = str(ckpt)
     cfg["finetune"]["tasks"] = tasks if finetune else {}
+    if not finetune:
+        cfg.pop("bwas")  # its analysis is a fine-tuning task's
     cfg["preprocess"]["chunk_size"] = 2
     path = tmp_path / "config.yaml"
     path.write_text(yaml.safe_dump(cfg))
@@ -79,15 +81,26 @@ def test_paper_config_on_a_tiny_fake_dataset(tmp_path):
     assert "simulate_cohort" not in res.stdout
 
 
-def test_paper_fine_tunes_are_planned_per_site_and_a_new_site_adds_only_its_jobs(tmp_path):
+def _jobs(stdout):
+    """Rule -> job count from a dry-run's job table."""
+    return dict(line.split() for line in stdout.splitlines()
+                if len(line.split()) == 2 and line.split()[1].isdigit())
+
+
+def _paper_dry_run(tmp_path, n_per_site=(12, 10)):
+    """The paper config with its fine-tunes on a fake dataset: (data folder, config, the
+    dry-run, its job counts)."""
     data = tmp_path / "data"
     data.mkdir()
-    _fake_dataset(data, n_per_site=(12, 10))
+    _fake_dataset(data, n_per_site=n_per_site)
     cfg = _paper_config_for(data, tmp_path, finetune=True)
     res = snakemake("-n", "--configfile", str(cfg), "-d", str(tmp_path / "work"))
     assert res.returncode == 0, res.stderr
-    jobs = dict(line.split() for line in res.stdout.splitlines()
-                if len(line.split()) == 2 and line.split()[1].isdigit())
+    return data, cfg, res, _jobs(res.stdout)
+
+
+def test_paper_fine_tunes_are_planned_per_site_and_a_new_site_adds_only_its_jobs(tmp_path):
+    _, cfg, res, jobs = _paper_dry_run(tmp_path)
     # sczbwas and sczdx: one fine-tune and one checks job per site; sczdx trains on the split
     assert jobs["finetune_model"] == "4" and jobs["finetune_checks"] == "4"
     assert jobs["split_cohort"] == "1"
@@ -98,10 +111,60 @@ def test_paper_fine_tunes_are_planned_per_site_and_a_new_site_adds_only_its_jobs
     res = snakemake("-n", "--configfile", str(cfg), "-d", str(work),
                     "results/finetune/sczbwas/siteY/checks.tsv")
     assert res.returncode == 0, res.stderr
-    jobs = dict(line.split() for line in res.stdout.splitlines()
-                if len(line.split()) == 2 and line.split()[1].isdigit())
+    jobs = _jobs(res.stdout)
     assert jobs["finetune_model"] == "1" and jobs["finetune_checks"] == "1"
     assert "split_cohort" not in jobs and "sczbwas/siteX" not in res.stdout
+
+
+def test_bwas_runs_every_fine_tuned_site_and_a_new_site_adds_only_its_jobs(tmp_path):
+    data, cfg, res, jobs = _paper_dry_run(tmp_path)
+    # per site: the screen, a synthetic cohort of the other site's size through the gate, the
+    # comparison and its figures
+    for rule in ("bwas_screen", "bwas_covariates", "bwas_site", "bwas_figures"):
+        assert jobs[rule] == "2", (rule, jobs)
+    assert "results/bwas/sczbwas/site-siteX/scores.tsv" in res.stdout
+    assert "results/evaluate/audit/bwas-sczbwas-siteY_gate.tsv" in res.stdout
+    # a site added to the participants table: asking for its score table runs its fine-tune,
+    # its synthetic cohort and its comparison only
+    _fake_dataset(data, n_per_site=(12, 10, 10))
+    res = snakemake("-n", "--configfile", str(cfg), "-d", str(tmp_path / "work"),
+                    "results/bwas/sczbwas/site-siteZ/scores.tsv")
+    assert res.returncode == 0, res.stderr
+    jobs = _jobs(res.stdout)
+    assert jobs["finetune_model"] == "1" and jobs["bwas_site"] == "1", jobs
+    assert jobs["bwas_covariates"] == "1" and jobs["privacy_gate"] == "1", jobs
+    assert "results/finetune/sczbwas/siteZ/checkpoint.pt" in res.stdout
+    for other in ("siteX", "siteY"):
+        assert f"sczbwas/{other}" not in res.stdout and f"sczbwas-{other}" not in res.stdout
+
+
+def test_bwas_mistakes_stop_the_dag_with_one_line(tmp_path):
+    data = tmp_path / "data"
+    data.mkdir()
+    _fake_dataset(data, n_per_site=(12, 10))
+    cases = [
+        ({"finetune": "nosuch"}, "'bwas.analyses.sczbwas.finetune' is 'nosuch'"),
+        ({"finetune": "sczdx"}, "fine-tuning task 'sczdx' trains on its 'train' split"),
+        ({"modality": "FA"}, "'bwas.analyses.sczbwas.modality' is 'FA'"),
+        ({"sites": ["siteQ"]}, "'bwas.analyses.sczbwas.sites' lists 'siteQ'"),
+        ({"mask": "cortex"}, "bwas.analyses.sczbwas.mask"),
+    ]
+    # a singular design (here: every participant of the sites is male) is caught at parse time
+    table = pd.read_csv(data / "participants.tsv", sep="\t")
+    pd.DataFrame(table.assign(sex="M")).to_csv(data / "one_sex.tsv", sep="\t", index=False)
+    cases.append(({}, "singular design: column 'sex'"))
+    for change, message in cases:
+        cfg_path = _paper_config_for(data, tmp_path, finetune=True)
+        cfg = yaml.safe_load(cfg_path.read_text())
+        cfg["bwas"]["analyses"]["sczbwas"].update(change)
+        if not change:
+            cfg["cohorts"]["scz"]["participants"] = str(data / "one_sex.tsv")
+        cfg_path.write_text(yaml.safe_dump(cfg))
+        res = snakemake("-n", "--configfile", str(cfg_path), "-d", str(tmp_path / "work"))
+        assert res.returncode != 0
+        out = res.stdout + res.stderr
+        assert message in out, (change, out[-600:])
+        assert "Traceback" not in out
 
 
 def test_fine_tune_mistakes_stop_the_dag_with_one_line(tmp_path):
@@ -239,6 +302,7 @@ def _without_finetuning(path):
     """Drop the paper's fine-tuning tasks (they name the paper's sites) from a config file."""
     cfg = yaml.safe_load(path.read_text())
     cfg.pop("finetune", None)
+    cfg.pop("bwas", None)
     path.write_text(yaml.safe_dump(cfg))
 
 

@@ -1,0 +1,430 @@
+"""The BWAS stage (paper Fig. 5): per site, does a synthetic cohort from the site's
+disease-conditioned fine-tune give a Cohen's d map closer to a large reference than the
+site's own data?
+
+An analysis (config ``bwas.analyses.<name>``) names a per-site fine-tuning task conditioned
+on diagnosis (``finetune.tasks.<task>`` with ``per_site: true``) and the modality to map.
+For every site of it (:class:`BwasSite`):
+
+- the **reference cohort** is every other site of the cohort pooled (the paper's "all
+  remaining sites"), its d map fitted with site dummies; for VBM-like maps the analysis mask
+  is the reference's mean grey matter > ``gm_threshold`` (0.2, in the modality's raw units);
+- the **synthetic cohort** mirrors the reference cohort's covariates (each reference member's
+  age, sex and diagnosis, one synthetic image each; ``max_synthetic`` caps its size by a
+  seeded draw stratified by diagnosis), drawn by the site's fine-tune through the same
+  synthesis jobs, memorisation audit and privacy gate as every synthetic cohort;
+- :func:`site_analysis` scores the real and synthetic maps against the reference
+  (:func:`genbrain.stats.bwas.site_scores`: scores, bootstrap CIs, chance levels, the spatial
+  null), the recovery of the simulated truth, and the synthetic cohort's effective sample size;
+- :func:`site_screen` is the pre-fine-tuning screen (:func:`genbrain.stats.bwas.concordance_screen`
+  against the reference map): whether the site's own signal is reliable and population-
+  consistent enough to expect a gain.
+
+:func:`plan_bwas` runs at DAG build time (no torch): mistakes in the config are one line
+naming the key before any job runs.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from genbrain.errors import GenbrainInputError
+
+log = logging.getLogger(__name__)
+
+MASKS = ("gm", "brain")
+#: the maps a site analysis compares (names in its tables and NIfTI files)
+MAPS = ("reference", "real", "synthetic")
+
+
+@dataclass(frozen=True)
+class BwasSite:
+    """One site of a BWAS analysis.
+
+    ``site``/``label``: the site's name in the participants table and its path label;
+    ``model``: the fine-tune (``<task>/<label>``) that draws the synthetic cohort ``synth``;
+    ``reference_sites``: the pooled other sites; ``n_synthetic``: the synthetic cohort's size
+    (the reference's, or ``max_synthetic`` when smaller)."""
+
+    analysis: str
+    cohort: str
+    site: str
+    label: str
+    modality: str
+    model: str
+    reference_sites: tuple[str, ...]
+    control: str
+    mask: str
+    gm_threshold: float
+    n_real: int
+    n_reference: int
+    n_synthetic: int
+
+    @property
+    def name(self) -> str:
+        return f"{self.analysis}/{self.label}"
+
+    @property
+    def synth(self) -> str:
+        """The synthetic cohort's name (``results/synthetic/<synth>``)."""
+        return f"bwas-{self.analysis}-{self.label}"
+
+    @property
+    def out_dir(self) -> str:
+        return f"results/bwas/{self.analysis}/site-{self.label}"
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: Mapping) -> BwasSite:
+        d = dict(d)
+        d["reference_sites"] = tuple(d["reference_sites"])
+        return cls(**d)
+
+
+def plan_bwas(config: Mapping, cohorts: Mapping, finetunes: Mapping) -> dict[str, BwasSite]:
+    """Every site of every ``bwas.analyses`` entry, keyed ``<analysis>/<site label>``, checked
+    against the cohorts (:class:`genbrain.workflow.Cohort`) and the planned fine-tunes
+    (:class:`genbrain.finetune.FinetuneJob` by model name) at parse time."""
+    from genbrain.stats.cohens_d import design_matrix, diagnosis_codes
+
+    section = config.get("bwas") or {}
+    out: dict[str, BwasSite] = {}
+    for name, spec in (section.get("analyses") or {}).items():
+        key = f"bwas.analyses.{name}"
+        task = spec["finetune"]
+        jobs = {j.unit: j for j in finetunes.values() if j.task == task}
+        if not jobs:
+            tasks = sorted({j.task for j in finetunes.values()})
+            raise GenbrainInputError(f"config: '{key}.finetune' is '{task}', not a fine-tuning "
+                                     f"task; expected one of {tasks}")
+        first = next(iter(jobs.values()))
+        cohort = cohorts[first.cohort]
+        if any(len(j.sites) != 1 or j.unit != cohort.site_label(j.sites[0])
+               for j in jobs.values()):
+            raise GenbrainInputError(f"config: '{key}': fine-tuning task '{task}' is not per "
+                                     "site; BWAS compares single-site fine-tunes (set "
+                                     f"'finetune.tasks.{task}.per_site: true')")
+        if not first.diagnosis_levels:
+            raise GenbrainInputError(f"config: '{key}': fine-tuning task '{task}' is not "
+                                     "conditioned on diagnosis (add 'diagnosis' to its "
+                                     "conditions)")
+        levels = list(first.diagnosis_levels)
+        if len(levels) != 2:
+            raise GenbrainInputError(f"config: '{key}': cohort '{cohort.name}' has diagnosis "
+                                     f"levels {levels}; a Cohen's d map needs exactly two")
+        control = spec.get("control")
+        diagnosis_codes(levels, control, f"config: '{key}'")  # one-line error if unclear
+        if control is None:
+            from genbrain.stats.cohens_d import CONTROL_LABELS
+            control = next(lv for lv in levels if lv in CONTROL_LABELS
+                           or lv.lower() in CONTROL_LABELS)
+        if first.split != "all":
+            raise GenbrainInputError(f"config: '{key}': fine-tuning task '{task}' trains on "
+                                     f"its '{first.split}' split; BWAS compares the site's "
+                                     "whole cohort with its fine-tune (use split: all)")
+        modality = spec["modality"]
+        if modality not in first.modalities:
+            raise GenbrainInputError(f"config: '{key}.modality' is '{modality}'; fine-tune "
+                                     f"task '{task}' trains on {list(first.modalities)}")
+        wanted = spec.get("sites") or [j.sites[0] for j in jobs.values()]
+        table = cohort.table
+        for site in wanted:
+            if site not in cohort.sites:
+                raise GenbrainInputError(f"config: '{key}.sites' lists '{site}', not a site of "
+                                         f"cohort '{cohort.name}'; expected some of "
+                                         f"{cohort.sites}")
+            label = cohort.site_label(site)
+            if label not in jobs:
+                raise GenbrainInputError(f"config: '{key}.sites' lists '{site}', which "
+                                         f"fine-tuning task '{task}' has no fine-tune for; "
+                                         f"it has {sorted(jobs)}")
+            others = tuple(s for s in cohort.sites if s != site)
+            if not others:
+                raise GenbrainInputError(f"config: '{key}': cohort '{cohort.name}' has one "
+                                         "site; the reference cohort is the other sites")
+            ref = table[table["site"].isin(others)]
+            # both designs at parse time: a singular one (e.g. a site of one sex) is one line
+            # now rather than a failed job after its fine-tune and synthesis
+            design_matrix(table[table["site"] == site], control=control,
+                          label=f"config: '{key}': site '{site}'")
+            design_matrix(ref, site=True, control=control,
+                          label=f"config: '{key}': the reference cohort of site '{site}'")
+            cap = spec.get("max_synthetic")
+            n_syn = len(ref) if cap is None else min(int(cap), len(ref))
+            job = BwasSite(name, cohort.name, site, label, modality, f"{task}/{label}",
+                           others, str(control), spec.get("mask", "gm"),
+                           float(section.get("gm_threshold", 0.2)),
+                           int((table["site"] == site).sum()), len(ref), n_syn)
+            out[job.name] = job
+    return out
+
+
+def synthetic_covariates(job: BwasSite, participants: pd.DataFrame, seed: int
+                         ) -> pd.DataFrame:
+    """The covariate table of a site's synthetic cohort: one row per reference member (age,
+    sex, diagnosis; ``reference_participant_id`` names whom it mirrors), modality
+    ``job.modality``. When the cap ``job.n_synthetic`` is below the reference's size, a seeded
+    draw without replacement within each diagnosis level keeps the reference's patient
+    fraction (largest remainders)."""
+    ref = participants[participants["site"].isin(job.reference_sites)].reset_index(drop=True)
+    if len(ref) != job.n_reference:
+        raise GenbrainInputError(f"{job.name}: the reference sites hold {len(ref)} "
+                                 f"participants; the plan was made for {job.n_reference} "
+                                 "(was the participants table edited? rerun the workflow)")
+    keep = np.arange(len(ref))
+    if job.n_synthetic < len(ref):
+        rng = np.random.default_rng([int(seed), _crc(job.synth)])
+        groups = {lv: np.flatnonzero(ref["diagnosis"].astype(str) == lv)
+                  for lv in sorted(ref["diagnosis"].astype(str).unique())}
+        share = {lv: job.n_synthetic * len(g) / len(ref) for lv, g in groups.items()}
+        take = {lv: math.floor(s) for lv, s in share.items()}
+        for lv in sorted(share, key=lambda lv: share[lv] - take[lv],
+                         reverse=True)[: job.n_synthetic - sum(take.values())]:
+            take[lv] += 1
+        keep = np.sort(np.concatenate([rng.choice(g, take[lv], replace=False)
+                                       for lv, g in groups.items()]))
+    sel = ref.iloc[keep]
+    return pd.DataFrame({"synthetic_id": np.arange(len(sel)),
+                         "age": sel["age"].to_numpy(), "sex": sel["sex"].to_numpy(),
+                         "diagnosis": sel["diagnosis"].astype(str).to_numpy(),
+                         "modality": job.modality,
+                         "reference_participant_id": sel["participant_id"].to_numpy()})
+
+
+def _crc(text: str) -> int:
+    import zlib
+
+    return zlib.crc32(text.encode())
+
+
+def _real_cohorts(job: BwasSite, index: str | Path):
+    """(site cohort, reference cohort) of the job's modality from the real store."""
+    from genbrain.stats.similarity import Cohort
+    from genbrain.store import ImageStore
+
+    store = ImageStore(index, modalities=[job.modality])
+    table = store.table
+    site = table[table["site"].astype(str) == job.site]
+    ref = table[table["site"].astype(str).isin(job.reference_sites)]
+    for what, sel, n in (("site", site, job.n_real), ("reference", ref, job.n_reference)):
+        if len(sel) != n:
+            raise GenbrainInputError(f"{index}: {len(sel)} {job.modality} images of the {what} "
+                                     f"cohort of {job.name}; the participants table has {n}")
+    return (Cohort.from_store(store, site, label=f"{job.name} real"),
+            Cohort.from_store(store, ref, label=f"{job.name} reference"))
+
+
+def analysis_mask_of(job: BwasSite, reference, registry=None) -> np.ndarray:
+    """The analysis mask (V,) bool: ``brain`` = every voxel of the store; ``gm`` = the
+    reference's mean map, back in the modality's raw units, > ``job.gm_threshold``."""
+    from genbrain.modalities import registry_from_config
+    from genbrain.stats.cohens_d import mean_map
+
+    mean = mean_map(reference)
+    if job.mask == "brain":
+        return np.ones(len(mean), bool)
+    raw = (registry or registry_from_config(None))[job.modality].denormalise(mean)
+    mask = raw > job.gm_threshold
+    if not mask.any():
+        raise GenbrainInputError(f"{job.name}: no voxel has a mean {job.modality} above "
+                                 f"{job.gm_threshold} in the reference cohort (largest "
+                                 f"{raw.max():.3g}); is it a grey-matter map? (set the "
+                                 "analysis's mask: brain)")
+    return mask
+
+
+def reference_map(job: BwasSite, reference, mask: np.ndarray) -> np.ndarray:
+    """The reference cohort's d map (site dummies), NaN outside ``mask``."""
+    from genbrain.stats.cohens_d import cohens_d
+
+    return cohens_d(reference, site=True, control=job.control, mask=mask)
+
+
+def heldout_agreement(pool, mask: np.ndarray, sizes: Sequence[int], *, control: str,
+                      n_repeats: int = 3, seed: int = 0) -> pd.DataFrame:
+    """How well a real cohort of n agrees with a reference it is not part of -> DataFrame (n,
+    repeat, n_reference, r). For each n, up to ``n_repeats`` disjoint subsamples of the pool
+    (without replacement, the pool's patient fraction); each subsample's d map is scored
+    (Pearson r in ``mask``) against the map of the rest of the pool (site dummies). The rest
+    is N - n, slightly smaller than the full reference: sizes are kept below N / 3."""
+    from genbrain.stats.bwas import _draw_disjoint
+    from genbrain.stats.cohens_d import cohens_d, design_matrix
+    from genbrain.stats.overlap import overlap_scores
+
+    dx = design_matrix(pool.covariates, site=True, control=control, label=pool.label).x[:, -1]
+    rng = np.random.default_rng(seed)
+    rows = []
+    for n in sorted({int(s) for s in sizes}):
+        if n > len(pool) / 3:
+            log.info("%s: agreement size %d is over a third of the pool (%d); skipped",
+                     pool.label, n, len(pool))
+            continue
+        for r, members in enumerate(_draw_disjoint(dx, n, n_repeats, rng)):
+            rest = np.setdiff1d(np.arange(len(pool)), members)
+            d_sub = cohens_d(pool.subset(members), control=control, mask=mask)
+            d_rest = cohens_d(pool.subset(rest), site=True, control=control, mask=mask)
+            rows.append((n, r, len(rest), overlap_scores(d_sub, d_rest, mask)["r"]))
+            log.info("%s: agreement of a real cohort of %d (repeat %d): r %.3f", pool.label, n,
+                     r, rows[-1][-1])
+    return pd.DataFrame(rows, columns=["n", "repeat", "n_reference", "r"])
+
+
+def site_analysis(job: BwasSite, real_index: str | Path, synthetic_index: str | Path, *,
+                  truth: np.ndarray | None = None, n_boot: int = 1000, n_null: int = 100,
+                  sizes: Sequence[int] = (20, 40, 80, 160), n_repeats: int = 3,
+                  seed: int = 0, registry=None) -> dict:
+    """One site's BWAS comparison -> {"scores": the score table (a row per metric: real and
+    synthetic against the reference with bootstrap CIs, the difference, chance levels), "maps":
+    per map its n and r with the reference and with ``truth`` (V,) when known, "agreement":
+    :func:`heldout_agreement`, "effective_n": one row, "d": {map: (V,) d, NaN off-mask},
+    "mask": (V,) bool}."""
+    from genbrain.space import standard_space
+    from genbrain.stats.bwas import effective_sample_size, site_scores
+    from genbrain.stats.overlap import overlap_scores
+    from genbrain.stats.similarity import Cohort
+    from genbrain.store import ImageStore
+
+    real, ref = _real_cohorts(job, real_index)
+    mask = analysis_mask_of(job, ref, registry)
+    log.info("%s: analysis mask %d of %d voxels (%s); real n %d, reference n %d (%d sites)",
+             job.name, int(mask.sum()), len(mask), job.mask, len(real), len(ref),
+             len(job.reference_sites))
+    d_ref = reference_map(job, ref, mask)
+    sstore = ImageStore(synthetic_index, modalities=[job.modality])
+    if len(sstore.table) != job.n_synthetic:
+        raise GenbrainInputError(f"{synthetic_index}: {len(sstore.table)} {job.modality} images; "
+                                 f"the synthetic cohort of {job.name} has {job.n_synthetic}")
+    synth = Cohort.from_store(sstore, label=f"{job.name} synthetic")
+    log.info("%s: scoring the real (n %d) and synthetic (n %d) maps, %d bootstrap resamples "
+             "each", job.name, len(real), len(synth), n_boot)
+    scores, d = site_scores(job.label, real, synth, d_ref, mask,
+                            volume_mask=standard_space().mask, n_boot=n_boot, seed=seed,
+                            n_null=n_null, control=job.control)
+    scores.insert(0, "analysis", job.analysis)
+    scores.insert(2, "modality", job.modality)
+    d = {"reference": d_ref, **d}
+    sizes_n = {"reference": len(ref), "real": len(real), "synthetic": len(synth)}
+    maps = pd.DataFrame([{
+        "analysis": job.analysis, "site": job.site, "map": m, "n": sizes_n[m],
+        "r_reference": 1.0 if m == "reference" else overlap_scores(d[m], d_ref, mask)["r"],
+        "r_truth": (overlap_scores(d[m], truth, mask)["r"] if truth is not None
+                    else float("nan"))} for m in MAPS])
+    log.info("%s: effective sample size from real subsamples of the reference pool", job.name)
+    curve = heldout_agreement(ref, mask, sizes, control=job.control, n_repeats=n_repeats,
+                              seed=seed + 2)
+    r_syn = float(maps.loc[maps["map"] == "synthetic", "r_reference"].iloc[0])
+    r_real = float(maps.loc[maps["map"] == "real", "r_reference"].iloc[0])
+    eff = (effective_sample_size(curve, r_syn) if len(curve) else
+           {"target": r_syn, "n_interp": math.nan, "n_model": math.nan,
+            "above_curve": math.nan})
+    eff_real = (effective_sample_size(curve, r_real) if len(curve) else
+                {"n_interp": math.nan, "n_model": math.nan})
+    effective = pd.DataFrame([{
+        "analysis": job.analysis, "site": job.site, "n_real": len(real),
+        "n_synthetic": len(synth), "r_real": r_real, "r_synthetic": r_syn,
+        "n_effective_interp": eff["n_interp"], "n_effective_model": eff["n_model"],
+        "above_curve": eff["above_curve"], "n_real_model": eff_real["n_model"],
+        "gain_model": (eff["n_model"] / eff_real["n_model"]
+                       if eff_real["n_model"] and math.isfinite(eff_real["n_model"])
+                       else math.nan)}])
+    return {"scores": scores, "maps": maps, "agreement": curve, "effective_n": effective,
+            "d": d, "mask": mask}
+
+
+def write_site_analysis(result: Mapping, output) -> None:
+    """Write :func:`site_analysis`'s result to the rule's outputs (``scores``, ``maps``,
+    ``agreement``, ``effective``: TSV; ``d_maps``: a folder of ``d_<map>.nii.gz`` and the
+    analysis ``mask.nii.gz``), each atomically."""
+    from genbrain.io import atomic_dir, save_nifti, save_tsv
+    from genbrain.space import standard_space
+    from genbrain.stats.bwas_figures import write_d_map
+
+    save_tsv(result["scores"], output.scores)
+    save_tsv(result["maps"], output.maps)
+    save_tsv(result["agreement"], output.agreement)
+    save_tsv(result["effective_n"], output.effective)
+    space = standard_space()
+    with atomic_dir(output.d_maps) as tmp:
+        for name, d in result["d"].items():
+            write_d_map(d, Path(tmp) / f"d_{name}.nii.gz", space)
+        save_nifti(space.image(space.to_volume(result["mask"].astype(np.uint8))),
+                   Path(tmp) / "mask.nii.gz")
+
+
+def read_d_maps(folder: str | Path) -> dict[str, np.ndarray]:
+    """The d maps a site analysis wrote, {map: (V,) float64, NaN outside the analysis
+    mask}."""
+    from genbrain.io import load_volume
+    from genbrain.space import standard_space
+
+    space = standard_space()
+    mask = space.to_vector(load_volume(Path(folder) / "mask.nii.gz")[1]) > 0
+    out = {}
+    for name in MAPS:
+        d = space.to_vector(load_volume(Path(folder) / f"d_{name}.nii.gz")[1]).astype(
+            np.float64)
+        d[~mask] = np.nan
+        out[name] = d
+    return out
+
+
+def site_figures(job: BwasSite, inputs, outputs) -> None:
+    """A site's figures from its tables and d maps: ``outputs.maps`` the reference, real and
+    synthetic maps (one colour scale), ``outputs.gain`` the relative gains with CIs and
+    chance levels beside the effective-n curve."""
+    from genbrain.io import read_tsv
+    from genbrain.stats.bwas_figures import d_map_figure, gain_figure
+
+    maps = read_tsv(inputs.maps).set_index("map")
+    eff = read_tsv(inputs.effective).iloc[0].to_dict()
+    d = read_d_maps(inputs.d_maps)
+
+    def caption(m: str) -> str:
+        row = maps.loc[m]
+        text = f"{m} (n {int(row['n'])})"
+        if m != "reference":
+            text += f": r {row['r_reference']:.2f} with the reference"
+        if np.isfinite(row["r_truth"]):
+            text += f", {row['r_truth']:.2f} with the truth"
+        return text
+
+    d_map_figure({caption(m): d[m] for m in MAPS}, outputs.maps,
+                 title=f"BWAS {job.analysis}, site {job.site}: Cohen's d of {job.modality} "
+                       f"({job.mask} mask), patients minus controls")
+    n_eff = eff.get("n_effective_interp", math.nan)
+    gain_figure(read_tsv(inputs.scores), outputs.gain, curve=read_tsv(inputs.agreement),
+                effective=eff,
+                title=f"BWAS {job.analysis}, site {job.site}: synthetic (n "
+                      f"{int(eff['n_synthetic'])}) vs real (n {int(eff['n_real'])}) against "
+                      f"the reference; effective n "
+                      f"{f'{n_eff:.0f}' if math.isfinite(n_eff) else 'off the curve'}")
+
+
+def site_screen(job: BwasSite, real_index: str | Path, *, n_splits: int = 10,
+                seed: int = 0, registry=None) -> pd.DataFrame:
+    """The pre-fine-tuning screen of a site (real data only): the split-half reliability of
+    its d map and that map's agreement with the reference cohort's
+    (:func:`genbrain.stats.bwas.concordance_screen`) -> one row with a verdict."""
+    from genbrain.stats.bwas import concordance_screen
+
+    real, ref = _real_cohorts(job, real_index)
+    mask = analysis_mask_of(job, ref, registry)
+    d_ref = reference_map(job, ref, mask)
+    out = concordance_screen(job.site, real, d_ref, mask, n_splits=n_splits, seed=seed,
+                             control=job.control)
+    out.insert(0, "analysis", job.analysis)
+    return out
+
+
+__all__ = ["MAPS", "MASKS", "BwasSite", "analysis_mask_of", "heldout_agreement", "plan_bwas",
+           "read_d_maps", "reference_map", "site_analysis", "site_figures", "site_screen",
+           "synthetic_covariates", "write_site_analysis"]

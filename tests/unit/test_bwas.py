@@ -1,0 +1,209 @@
+"""The BWAS stage (genbrain.bwas): planning, the synthetic covariates, one site's analysis on
+full-size stores with a planted effect, its files, and the fidelity rows they feed."""
+
+from types import SimpleNamespace
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from genbrain.bwas import (
+    BwasSite,
+    read_d_maps,
+    site_analysis,
+    site_figures,
+    site_screen,
+    synthetic_covariates,
+    write_site_analysis,
+)
+from genbrain.errors import GenbrainInputError
+from genbrain.fidelity import fidelity_table
+from genbrain.io import read_tsv, save_tsv
+from genbrain.space import standard_space
+from genbrain.store import write_shard
+
+SITES = ("S1", "S2", "S3", "S4")
+
+
+def _job(**kw):
+    base = {"analysis": "scz", "cohort": "scz", "site": "S1", "label": "S1",
+            "modality": "VBM", "model": "scz/S1", "reference_sites": ("S2", "S3", "S4"),
+            "control": "CN", "mask": "gm", "gm_threshold": 0.2, "n_real": 40,
+            "n_reference": 120, "n_synthetic": 120}
+    base.update(kw)
+    return BwasSite(**base)
+
+
+def _participants(n_per_site=40, seed=0):
+    rng = np.random.default_rng(seed)
+    rows = []
+    for s in SITES:
+        for i in range(n_per_site):
+            rows.append({"participant_id": f"sub-{s}{i:03d}", "site": s,
+                         "age": round(float(rng.uniform(25, 70)), 1), "sex": "MF"[i % 2],
+                         "diagnosis": "SCZ" if i % 4 < 2 else "CN"})
+    return pd.DataFrame(rows)
+
+
+def _truth():
+    """A smooth planted effect over the brain (VBM units)."""
+    xyz = standard_space().world_coords
+    return 0.04 * np.sin(xyz[:, 0] / 14.0) * np.cos(xyz[:, 1] / 18.0) + 0.01
+
+
+def _images(table, truth, seed, site_shift=True):
+    """Normalised VBM-like vectors ((raw - 0.35) / 0.25): a GM-like base, the planted effect
+    for patients, age, site offsets and noise."""
+    rng = np.random.default_rng(seed)
+    v = len(truth)
+    base = 0.45 + 0.1 * np.cos(np.arange(v) / 5000.0)
+    x = np.empty((len(table), v), np.float32)
+    shift = {s: 0.01 * k for k, s in enumerate(SITES)} if site_shift else {}
+    for i, row in enumerate(table.itertuples()):
+        raw = (base + (row.diagnosis == "SCZ") * truth - 0.001 * (row.age - 50)
+               + shift.get(row.site, 0.0) + 0.05 * rng.standard_normal(v))
+        x[i] = (raw - 0.35) / 0.25
+    return x
+
+
+def _store(folder, table, x):
+    folder.mkdir(parents=True, exist_ok=True)
+    write_shard(x, folder / "VBM.npy", "float16")
+    save_tsv(table.assign(modality="VBM", modality_index=1, shard="VBM.npy",
+                          row=np.arange(len(table))), folder / "index.tsv")
+    return folder / "index.tsv"
+
+
+def test_synthetic_covariates_mirror_the_reference_and_keep_its_patient_fraction():
+    table = _participants(n_per_site=30)
+    full = synthetic_covariates(_job(n_real=30, n_reference=90, n_synthetic=90), table, 1)
+    ref = table[table["site"] != "S1"]
+    assert list(full["reference_participant_id"]) == list(ref["participant_id"])
+    assert list(full["age"]) == list(ref["age"]) and set(full["modality"]) == {"VBM"}
+    assert list(full["synthetic_id"]) == list(range(90))
+    capped_job = _job(n_real=30, n_reference=90, n_synthetic=45)
+    capped = synthetic_covariates(capped_job, table, 1)
+    assert len(capped) == 45 and capped["reference_participant_id"].is_unique
+    # the reference holds 48 patients and 42 controls: 45 x 48 / 90 = 24 and 21
+    assert capped["diagnosis"].value_counts().to_dict() == {"SCZ": 24, "CN": 21}
+    odd = synthetic_covariates(_job(n_real=30, n_reference=90, n_synthetic=31), table, 1)
+    # 16.53 and 14.47: the larger remainder (patients) gets the 31st row
+    assert odd["diagnosis"].value_counts().to_dict() == {"SCZ": 17, "CN": 14}
+    pd.testing.assert_frame_equal(capped, synthetic_covariates(capped_job, table, 1))
+    assert not capped.equals(synthetic_covariates(capped_job, table, 2))
+    with pytest.raises(GenbrainInputError, match="the plan was made for 100"):
+        synthetic_covariates(_job(n_reference=100), table, 1)
+
+
+def test_job_round_trips_through_a_plain_dict():
+    job = _job()
+    assert BwasSite.from_dict(job.to_dict()) == job
+    assert job.synth == "bwas-scz-S1" and job.out_dir == "results/bwas/scz/site-S1"
+
+
+@pytest.fixture(scope="module")
+def site_run(tmp_path_factory):
+    """A site (S1, n 40) and its reference (S2-S4, n 120) from one planted effect; a
+    "synthetic" cohort of 120 drawn from the same process without site offsets: it carries
+    the same effect with 3x the site's n, so it must agree better with the reference."""
+    tmp = tmp_path_factory.mktemp("bwas")
+    truth = _truth()
+    table = _participants()
+    real_index = _store(tmp / "real", table, _images(table, truth, 0))
+    job = _job()
+    cov = synthetic_covariates(job, table, 3)
+    # as synthesis indexes them (genbrain.synthesize.synthesize_shard)
+    cov = cov.assign(participant_id=[f"syn{i:06d}" for i in cov["synthetic_id"]],
+                     site="synthetic")
+    syn_index = _store(tmp / "syn", cov, _images(cov, truth, 1, site_shift=False))
+    result = site_analysis(job, real_index, syn_index, truth=truth, n_boot=60, n_null=4,
+                           sizes=(10, 20, 40), n_repeats=2, seed=7)
+    return SimpleNamespace(tmp=tmp, truth=truth, table=table, real_index=real_index,
+                           syn_index=syn_index, job=job, result=result)
+
+
+def test_site_analysis_scores_the_larger_synthetic_cohort_closer_to_the_reference(site_run):
+    res = site_run.result
+    scores = res["scores"].set_index("metric")
+    assert scores.loc["r", "synthetic"] > scores.loc["r", "real"] > 0.2
+    assert scores.loc["r", "difference_ci_low"] > 0
+    assert scores.loc["dice", "synthetic"] > scores.loc["dice", "chance_synthetic"]
+    assert (res["scores"]["n_boot"] == 60).all() and set(res["scores"]["site"]) == {"S1"}
+    maps = res["maps"].set_index("map")
+    assert list(maps["n"]) == [120, 40, 120]
+    # the planted effect is recovered, better by the bigger cohorts
+    assert maps.loc["synthetic", "r_truth"] > maps.loc["real", "r_truth"] > 0.3
+    assert maps.loc["reference", "r_truth"] > 0.5
+    # the analysis mask: mean raw GM of the reference > 0.2 (the base is 0.35-0.55)
+    assert res["mask"].all()
+    curve, eff = res["agreement"], res["effective_n"].iloc[0]
+    assert sorted(curve["n"].unique()) == [10, 20, 40]
+    assert (curve["n_reference"] == 120 - curve["n"]).all()
+    assert eff["n_effective_model"] > eff["n_real_model"] and eff["gain_model"] > 1
+    assert np.isnan(res["d"]["real"]).sum() == 0
+
+
+def test_site_analysis_is_reproducible_with_its_seed(site_run):
+    again = site_analysis(site_run.job, site_run.real_index, site_run.syn_index,
+                          truth=site_run.truth, n_boot=60, n_null=4, sizes=(10, 20, 40),
+                          n_repeats=2, seed=7)
+    for key in ("scores", "maps", "agreement", "effective_n"):
+        pd.testing.assert_frame_equal(again[key], site_run.result[key])
+
+
+def test_site_files_figures_and_fidelity_rows(site_run):
+    out_dir = site_run.tmp / "results" / "bwas" / "scz" / "site-S1"
+    output = SimpleNamespace(scores=out_dir / "scores.tsv", maps=out_dir / "maps.tsv",
+                             agreement=out_dir / "agreement.tsv",
+                             effective=out_dir / "effective_n.tsv", d_maps=out_dir / "d_maps")
+    write_site_analysis(site_run.result, output)
+    d = read_d_maps(output.d_maps)
+    for name, want in site_run.result["d"].items():
+        np.testing.assert_allclose(d[name], want, atol=1e-6)  # float32 NIfTI
+    figs = SimpleNamespace(maps=site_run.tmp / "maps.png", gain=site_run.tmp / "gain.png")
+    site_figures(site_run.job, output, figs)
+    assert figs.maps.stat().st_size > 10_000 and figs.gain.stat().st_size > 10_000
+    table = fidelity_table(site_run.tmp / "results")
+    rows = table[table["claim_id"].str.startswith("bwas.")].set_index("claim_id")
+    assert set(rows.index) == {"bwas.gain_r", "bwas.gain_dice", "bwas.truth_gain",
+                               "bwas.effective_n"}
+    assert (rows["subject"] == "scz S1").all()
+    assert rows.loc["bwas.gain_r", "verdict"] == "met"
+    assert rows.loc["bwas.gain_r", "ci_low"] > 0
+    assert rows.loc["bwas.truth_gain", "verdict"] == "met"
+    scores = read_tsv(output.scores).set_index("metric")
+    assert rows.loc["bwas.gain_r", "measured"] == pytest.approx(scores.loc["r", "difference"])
+
+
+def test_a_gain_whose_ci_reaches_zero_is_not_met(site_run, tmp_path):
+    out_dir = tmp_path / "bwas" / "scz" / "site-S1"
+    out_dir.mkdir(parents=True)
+    scores = site_run.result["scores"].copy()
+    scores.loc[scores["metric"] == "r", "difference_ci_low"] = -0.01
+    save_tsv(scores, out_dir / "scores.tsv")
+    table = fidelity_table(tmp_path)
+    row = table[table["claim_id"] == "bwas.gain_r"].iloc[0]
+    assert row["verdict"] == "not met" and row["measured"] > 0
+    missing = table[table["claim_id"] == "bwas.truth_gain"].iloc[0]
+    assert missing["verdict"] == "not measured" and "maps.tsv" in missing["source"]
+
+
+def test_screen_of_a_site_with_the_population_effect(site_run):
+    screen = site_screen(site_run.job, site_run.real_index, seed=0).iloc[0]
+    assert screen["site"] == "S1" and screen["n"] == 40
+    assert screen["r_prior"] > 0.2 and screen["verdict"] == "benefit"
+
+
+def test_site_analysis_refuses_a_synthetic_store_of_the_wrong_size(site_run):
+    with pytest.raises(GenbrainInputError, match="the synthetic cohort of scz/S1 has 99"):
+        site_analysis(_job(n_synthetic=99), site_run.real_index, site_run.syn_index,
+                      n_boot=10, n_null=0, sizes=(10,))
+
+
+def test_gm_mask_refuses_a_map_that_is_not_grey_matter(tmp_path):
+    table = _participants(n_per_site=10)
+    x = np.full((len(table), standard_space().n_voxels), -2.0, np.float32)  # raw -0.15
+    index = _store(tmp_path, table, x)
+    job = _job(n_real=10, n_reference=30, n_synthetic=30)
+    with pytest.raises(GenbrainInputError, match="is it a grey-matter map"):
+        site_screen(job, index)
