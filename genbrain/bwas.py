@@ -90,14 +90,19 @@ class BwasSite:
         return cls(**d)
 
 
-def plan_bwas(config: Mapping, cohorts: Mapping, finetunes: Mapping) -> dict[str, BwasSite]:
-    """Every site of every ``bwas.analyses`` entry, keyed ``<analysis>/<site label>``, checked
-    against the cohorts (:class:`genbrain.workflow.Cohort`) and the planned fine-tunes
-    (:class:`genbrain.finetune.FinetuneJob` by model name) at parse time."""
+def plan_bwas(config: Mapping, cohorts: Mapping, finetunes: Mapping
+              ) -> tuple[dict[str, BwasSite], dict[str, list[BwasSite]]]:
+    """Every site of every ``bwas.analyses`` entry, checked against the cohorts
+    (:class:`genbrain.workflow.Cohort`) and the planned fine-tunes
+    (:class:`genbrain.finetune.FinetuneJob` by model name) at parse time -> (the fine-tuned
+    sites keyed ``<analysis>/<site label>``, and per analysis every site of its cohort for
+    the pre-fine-tuning screen: those without a fine-tune have ``model`` "" and no synthetic
+    cohort)."""
     from genbrain.stats.cohens_d import design_matrix, diagnosis_codes
 
     section = config.get("bwas") or {}
     out: dict[str, BwasSite] = {}
+    screens: dict[str, list[BwasSite]] = {}
     for name, spec in (section.get("analyses") or {}).items():
         key = f"bwas.analyses.{name}"
         task = spec["finetune"]
@@ -165,7 +170,15 @@ def plan_bwas(config: Mapping, cohorts: Mapping, finetunes: Mapping) -> dict[str
                            float(section.get("gm_threshold", 0.2)),
                            int((table["site"] == site).sum()), len(ref), n_syn)
             out[job.name] = job
-    return out
+        if len(cohort.sites) > 1:
+            fine_tuned = {j.site: j for j in out.values() if j.analysis == name}
+            screens[name] = [fine_tuned.get(site) or BwasSite(
+                name, cohort.name, site, cohort.site_label(site), modality, "",
+                tuple(s for s in cohort.sites if s != site), str(control),
+                spec.get("mask", "gm"), float(section.get("gm_threshold", 0.2)),
+                int((table["site"] == site).sum()), int((table["site"] != site).sum()), 0)
+                for site in cohort.sites]
+    return out, screens
 
 
 def synthetic_covariates(job: BwasSite, participants: pd.DataFrame, seed: int
@@ -412,8 +425,8 @@ def site_figures(job: BwasSite, inputs, outputs) -> None:
 def site_screen(job: BwasSite, real_index: str | Path, *, n_splits: int = 10,
                 seed: int = 0, registry=None) -> pd.DataFrame:
     """The pre-fine-tuning screen of a site (real data only): the split-half reliability of
-    its d map and that map's agreement with the reference cohort's
-    (:func:`genbrain.stats.bwas.concordance_screen`) -> one row with a verdict."""
+    its d map and that map's agreement with the reference cohort's (the other sites pooled;
+    :func:`genbrain.stats.bwas.concordance_screen`) -> one row with a verdict."""
     from genbrain.stats.bwas import concordance_screen
 
     real, ref = _real_cohorts(job, real_index)
@@ -425,6 +438,36 @@ def site_screen(job: BwasSite, real_index: str | Path, *, n_splits: int = 10,
     return out
 
 
+def screen_sites(jobs: Sequence[BwasSite], real_index: str | Path, *, n_splits: int = 10,
+                 seed: int = 0, registry=None) -> pd.DataFrame:
+    """:func:`site_screen` of every site of an analysis's cohort -> one row per site, with
+    ``fine_tuned`` (whether the site has a fine-tune and a synthetic cohort). A site whose own
+    d map cannot be fitted (one diagnosis level, one sex...) gets verdict ``not screened``
+    and the reason, instead of stopping the others."""
+    from genbrain.stats.bwas import SCREEN_COLUMNS
+
+    rows = []
+    for job in jobs:
+        try:
+            row = site_screen(job, real_index, n_splits=n_splits, seed=seed,
+                              registry=registry)
+        except GenbrainInputError as err:
+            log.warning("%s: not screened: %s", job.name, err)
+            row = pd.DataFrame([{"analysis": job.analysis, "site": job.site, "n": job.n_real,
+                                 **{c: math.nan for c in SCREEN_COLUMNS if c not in (
+                                     "site", "n", "verdict", "reason")},
+                                 "verdict": "not screened", "reason": str(err)}])
+        else:
+            log.info("%s: %s (%s; reliability %.2f, r with the reference %.2f)", job.name,
+                     row["verdict"].iloc[0], row["reason"].iloc[0],
+                     row["reliability"].iloc[0], row["r_prior"].iloc[0])
+        row.insert(2, "fine_tuned", bool(job.model))
+        row.insert(4, "n_reference", job.n_reference)
+        rows.append(row)
+    return pd.concat(rows, ignore_index=True)
+
+
 __all__ = ["MAPS", "MASKS", "BwasSite", "analysis_mask_of", "heldout_agreement", "plan_bwas",
-           "read_d_maps", "reference_map", "site_analysis", "site_figures", "site_screen",
+           "read_d_maps", "reference_map", "screen_sites", "site_analysis", "site_figures",
+           "site_screen",
            "synthetic_covariates", "write_site_analysis"]

@@ -22,27 +22,28 @@ rule bwas_covariates:
 
 
 rule bwas_screen:
-    """The pre-fine-tuning screen of a BWAS site (real data only): the split-half reliability
-    of its Cohen's d map and its agreement with the reference cohort's map, with a verdict on
-    whether synthetic augmentation can be expected to help."""
+    """The pre-fine-tuning screen of every site of a BWAS analysis's cohort (real data only):
+    the split-half reliability of each site's Cohen's d map and its agreement with the map
+    of the other sites pooled, with a verdict on whether a fine-tune of that site can be
+    expected to help."""
     input:
-        index=get_bwas_store,
+        index=get_screen_store,
     output:
         table=report(
-            "results/bwas/{analysis}/site-{site}/screen.tsv",
+            "results/bwas/{analysis}/screen.tsv",
             caption="../workflow/report/bwas_screen.rst",
             category="BWAS",
             subcategory="{analysis}",
-            labels={"site": "{site}", "figure": "screen"},
+            labels={"site": "every site", "figure": "screen"},
         ),
     log:
-        "logs/bwas_screen/{analysis}/site-{site}.log",
+        "logs/bwas_screen/{analysis}.log",
     benchmark:
-        "results/benchmarks/bwas_screen/{analysis}/site-{site}.tsv"
+        "results/benchmarks/bwas_screen/{analysis}.tsv"
     conda:
         "../envs/analysis.yaml"
     params:
-        job=get_bwas_job,
+        jobs=get_screen_jobs,
         seed=config["seed"],
     script:
         "../workflow/scripts/bwas_screen.py"

@@ -37,7 +37,7 @@ except GenbrainInputError as err:
 try:
     PRETRAIN = pretrain_cohort(COHORTS)
     FINETUNES = plan_finetunes(config, COHORTS, PRETRAIN, registry_from_config(config))
-    BWAS = plan_bwas(config, COHORTS, FINETUNES)
+    BWAS, BWAS_SCREENS = plan_bwas(config, COHORTS, FINETUNES)
     SYNTHETIC = synthetic_cohorts(config, COHORTS, PRETRAIN, FINETUNES, BWAS)
 except GenbrainInputError as err:
     raise WorkflowError(str(err)) from None
@@ -57,7 +57,7 @@ wildcard_constraints:
     synth="|".join(SYNTHETIC) or "none",
     task="|".join(sorted({j.task for j in FINETUNES.values()})) or "(?!)",
     unit="[A-Za-z0-9]+",
-    analysis="|".join(sorted({job.analysis for job in BWAS.values()})) or "(?!)",
+    analysis="|".join(sorted(BWAS_SCREENS)) or "(?!)",
 
 
 def _chunk_dir(cohort, site, chunk):
@@ -397,9 +397,14 @@ def get_bwas_participants(wildcards):
     return COHORTS[_bwas_of_synth(wildcards).cohort].participants
 
 
-def get_bwas_store(wildcards):
-    """The store index of a BWAS site's cohort."""
-    return f"results/stores/{_bwas(wildcards).cohort}/index.tsv"
+def get_screen_store(wildcards):
+    """The store index of a BWAS analysis's cohort (its screen reads real data only)."""
+    return f"results/stores/{BWAS_SCREENS[wildcards.analysis][0].cohort}/index.tsv"
+
+
+def get_screen_jobs(wildcards):
+    """Every site of a BWAS analysis's cohort, as plain dicts, for its screen."""
+    return [job.to_dict() for job in BWAS_SCREENS[wildcards.analysis]]
 
 
 def get_bwas_inputs(wildcards):
@@ -416,17 +421,11 @@ def get_bwas_inputs(wildcards):
     return inputs
 
 
-def get_bwas_labels(wildcards):
-    """Report labels of a BWAS site's figures, with the site's original name."""
-    return {"site": _bwas(wildcards).site}
-
-
 def get_bwas_outputs():
     """Every BWAS site's tables, maps and figures."""
-    out = []
+    out = [f"results/bwas/{analysis}/screen.tsv" for analysis in BWAS_SCREENS]
     for job in BWAS.values():
         out += [
-            f"{job.out_dir}/screen.tsv",
             f"{job.out_dir}/scores.tsv",
             f"results/figures/bwas/{job.analysis}/site-{job.label}_maps.png",
         ]

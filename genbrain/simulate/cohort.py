@@ -59,7 +59,9 @@ class SiteSpec:
     n: subjects; native: write on a site-specific grid after a random head pose;
     voxel_size: native voxel size (mm); scale, bias, noise, fwhm, vbm_offset: acquisition
     effects (intensity scale, bias-field amplitude, noise sd relative to WM intensity,
-    smoothing FWHM in mm, additive GM offset).
+    smoothing FWHM in mm, additive GM offset); disease_scale: the site's disease effect as a
+    multiple of the cohort's (1: the population's; -1: a discordant site whose patients
+    differ in the opposite direction, the paper's MDD site S8; 0: none).
     """
 
     name: str
@@ -71,6 +73,7 @@ class SiteSpec:
     noise: float
     fwhm: float
     vbm_offset: float
+    disease_scale: float = 1.0
 
 
 def site_specs(cohort: str, spec: Mapping, seed: int) -> list[SiteSpec]:
@@ -88,7 +91,8 @@ def site_specs(cohort: str, spec: Mapping, seed: int) -> list[SiteSpec]:
         drawn.update({k: float(v) for k, v in s.items() if k in drawn})
         vs = tuple(float(v) for v in s.get("voxel_size", (1.5, 1.5, 1.5)))
         out.append(SiteSpec(name=name, n=int(s["n"]), native=bool(s.get("native", False)),
-                            voxel_size=vs, **drawn))
+                            voxel_size=vs, **drawn,
+                            disease_scale=float(s.get("disease_scale", 1.0))))
     return out
 
 
@@ -254,6 +258,8 @@ class Generator:
         age_c = (float(row["age"]) - 60.0) / 10.0
         sex = 0.5 if row["sex"] == "M" else -0.5
         dis = 1.0 if row.get("diagnosis") not in (None, "CN") and self.kind == "disorder" else 0.0
+        if site is not None:  # the ground truth (no site) is the population's effect
+            dis *= site.disease_scale
         score = float(row.get("score", 0.0) or 0.0) if self.kind == "clinical" else 0.0
         w = self.w
         if rng is not None:

@@ -48,6 +48,8 @@ from genbrain.stats.similarity import Cohort
 log = logging.getLogger(__name__)
 
 KINDS = ("real", "synthetic")
+SCREEN_COLUMNS = ("site", "n", "split_half_r", "reliability", "r_prior", "concordance",
+                  "verdict", "reason")
 TABLE_COLUMNS = [
     "site", "metric", "real", "synthetic", "real_boot_mean", "real_ci_low", "real_ci_high",
     "synthetic_boot_mean", "synthetic_ci_low", "synthetic_ci_high", "difference",
@@ -261,6 +263,5 @@ def concordance_screen(site: str, cohort: Cohort, prior_map: np.ndarray, mask: n
     else:
         verdict = "no benefit"
         reason = "discordant" if rel >= min_reliability else "unreliable"
-    return pd.DataFrame([{"site": site, "n": len(cohort), "split_half_r": r_half,
-                          "reliability": rel, "r_prior": r_prior, "concordance": conc,
-                          "verdict": verdict, "reason": reason}])
+    return pd.DataFrame([dict(zip(SCREEN_COLUMNS, (site, len(cohort), r_half, rel, r_prior,
+                                                   conc, verdict, reason)))])

@@ -10,6 +10,7 @@ import pytest
 from genbrain.bwas import (
     BwasSite,
     read_d_maps,
+    screen_sites,
     site_analysis,
     site_figures,
     site_screen,
@@ -51,16 +52,17 @@ def _truth():
     return 0.04 * np.sin(xyz[:, 0] / 14.0) * np.cos(xyz[:, 1] / 18.0) + 0.01
 
 
-def _images(table, truth, seed, site_shift=True):
+def _images(table, truth, seed, site_shift=True, sign=None):
     """Normalised VBM-like vectors ((raw - 0.35) / 0.25): a GM-like base, the planted effect
-    for patients, age, site offsets and noise."""
+    for patients (times ``sign[site]``, default 1), age, site offsets and noise."""
     rng = np.random.default_rng(seed)
     v = len(truth)
     base = 0.45 + 0.1 * np.cos(np.arange(v) / 5000.0)
     x = np.empty((len(table), v), np.float32)
     shift = {s: 0.01 * k for k, s in enumerate(SITES)} if site_shift else {}
     for i, row in enumerate(table.itertuples()):
-        raw = (base + (row.diagnosis == "SCZ") * truth - 0.001 * (row.age - 50)
+        effect = (sign or {}).get(row.site, 1.0) * truth
+        raw = (base + (row.diagnosis == "SCZ") * effect - 0.001 * (row.age - 50)
                + shift.get(row.site, 0.0) + 0.05 * rng.standard_normal(v))
         x[i] = (raw - 0.35) / 0.25
     return x
@@ -207,3 +209,26 @@ def test_gm_mask_refuses_a_map_that_is_not_grey_matter(tmp_path):
     job = _job(n_real=10, n_reference=30, n_synthetic=30)
     with pytest.raises(GenbrainInputError, match="is it a grey-matter map"):
         site_screen(job, index)
+
+
+def test_screen_turns_down_a_discordant_site_and_reports_an_unfittable_one(tmp_path):
+    truth = _truth()
+    table = _participants(n_per_site=40)
+    table.loc[table["site"] == "S3", "diagnosis"] = "CN"  # a control-only site
+    # S4's patients differ the opposite way (at half the size, so that the pooled reference
+    # of each of the other sites still carries the population's effect)
+    index = _store(tmp_path, table, _images(table, truth, 5, sign={"S4": -0.5}))
+    jobs = [_job(site=s, label=s, model="scz/S1" if s == "S1" else "",
+                 reference_sites=tuple(o for o in SITES if o != s), n_real=40,
+                 n_reference=120, n_synthetic=120 if s == "S1" else 0) for s in SITES]
+    screen = screen_sites(jobs, index, seed=0).set_index("site")
+    assert list(screen.index) == list(SITES)
+    assert screen["fine_tuned"].tolist() == [True, False, False, False]
+    assert (screen["n_reference"] == 120).all()
+    assert screen.loc["S1", "verdict"] == "benefit" and screen.loc["S2", "verdict"] == "benefit"
+    # S4: a reliable signal pointing elsewhere
+    assert screen.loc["S4", "r_prior"] < -0.2
+    assert screen.loc["S4", "verdict"] == "no benefit"
+    assert screen.loc["S4", "reason"] == "discordant"
+    assert screen.loc["S3", "verdict"] == "not screened"
+    assert "one level 'CN' only" in screen.loc["S3", "reason"]

@@ -147,6 +147,27 @@ def _platform_probe() -> str:
         hashlib.sha256(np.exp(-0.5 * ((x[:, None] * 9 - np.arange(10)) / 0.7) ** 2)).hexdigest()
 
 
+def test_a_discordant_site_has_the_opposite_disease_effect_and_the_same_draws():
+    spec = {**SPEC, "sites": {"a": {"n": 40}, "b": {"n": 40, "disease_scale": -1}}}
+    plain, flipped = site_specs("c", SPEC, 11), site_specs("c", spec, 11)
+    assert flipped[1].disease_scale == -1.0 and plain[1].disease_scale == 1.0
+    # acquisition effects and participants are drawn exactly as before
+    assert {**vars(flipped[1]), "disease_scale": 1.0} == vars(plain[1])
+    pd.testing.assert_frame_equal(participants("c", spec, 11), participants("c", SPEC, 11))
+    gen = Generator("disorder", disease_effect=0.10)
+    truth = ground_truth("c", spec, ["VBM"])["VBM_diagnosis"]
+    np.testing.assert_array_equal(truth, ground_truth("c", SPEC, ["VBM"])["VBM_diagnosis"])
+    region = truth < -0.02
+    row = {"age": 50.0, "sex": "F", "diagnosis": "SCZ"}
+    control = {**row, "diagnosis": "CN"}
+    for site, sign in ((flipped[0], -1), (flipped[1], 1)):
+        rng = subject_rng(11, "c", site.name, 0)
+        patient = gen.subject(row, site, rng, ["VBM"])["VBM"]
+        rng = subject_rng(11, "c", site.name, 0)  # the same anatomy, as a control
+        healthy = gen.subject(control, site, rng, ["VBM"])["VBM"]
+        assert sign * np.mean((patient - healthy)[region]) > 0.005, site.name
+
+
 def _demo_checksums(tmp_path) -> dict[str, str]:
     """sha256 of (a) the raw float32 images of population subjects 0 and 1 (9 modalities,
     site effects with smoothing), (b) what a reader gets from the written files of stroke

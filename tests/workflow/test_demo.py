@@ -302,15 +302,24 @@ def test_demo_bwas_scores_each_sites_real_and_synthetic_maps_against_the_other_s
         curve = read_tsv(out / "agreement.tsv")
         assert sorted(curve["n"].unique()) == [
             n for n in cfg["bwas"]["agreement"]["sizes"] if n <= len(ref) / 3]
-        screen = read_tsv(out / "screen.tsv").iloc[0]
-        assert screen["verdict"] in ("benefit", "no benefit") and screen["n"] == eff["n_real"]
+        screen = read_tsv(res / "bwas" / "scz" / "screen.tsv").set_index("site")
+        assert screen.loc[site, "n"] == eff["n_real"] and screen.loc[site, "fine_tuned"]
         for fig in ("maps", "gain"):
             png = res / "figures" / "bwas" / "scz" / f"site-{site}_{fig}.png"
             assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+        # the fine-tuned sites carry the population's effect: the screen says so
+        assert screen.loc[site, "r_prior"] > 0.1 and screen.loc[site, "verdict"] == "benefit"
         rows = fidelity[fidelity["subject"] == f"scz {site}"]
         assert set(rows["claim_id"]) == {"bwas.gain_r", "bwas.gain_dice", "bwas.truth_gain",
                                          "bwas.effective_n"}
         assert (rows["verdict"] != "not measured").all(), rows
+    # every site is screened before fine-tuning; the discordant one is turned down
+    sites = cfg["cohorts"]["scz"]["simulate"]["sites"]
+    assert sorted(screen.index) == sorted(sites)
+    for name, site_spec in sites.items():
+        if site_spec.get("disease_scale", 1) < 0:
+            assert screen.loc[name, "r_prior"] < 0, screen
+            assert screen.loc[name, "verdict"] == "no benefit", screen
 
 
 @pytest.mark.slow
@@ -378,8 +387,9 @@ def test_demo_report_opens_in_chromium_with_every_stage_and_its_provenance(demo,
     for name in cfg["bwas"]["analyses"]:
         shown = menu(browser, html, ("BWAS", name))[1]
         assert sorted((r["SITE"], r["FIGURE"]) for r in shown) == sorted(
-            (site, fig) for a, site in bwas_sites if a == name
-            for fig in ("screen", "score table", "d maps", "gain and effective n")), shown
+            [("every site", "screen")] + [(site, fig) for a, site in bwas_sites if a == name
+                                          for fig in ("score table", "d maps",
+                                                      "gain and effective n")]), shown
     assert menu(browser, html, ("Provenance",))[1] == [{"PAGE": "provenance"}]
     page = open_provenance_page(browser, html)
     record = json.loads((demo / "results" / "provenance" / "provenance.json").read_text())

@@ -1,4 +1,4 @@
-"""The pre-fine-tuning screen of a BWAS site: reliability and concordance of its own map."""
+"""The pre-fine-tuning screen of every site of a BWAS analysis: reliability and concordance."""
 
 import sys
 
@@ -7,13 +7,13 @@ from _smk import run
 
 
 def main(smk):
-    from genbrain.bwas import BwasSite, site_screen
+    from genbrain.bwas import BwasSite, screen_sites
     from genbrain.io import save_tsv
     from genbrain.modalities import registry_from_config
 
-    job = BwasSite.from_dict(smk.params.job)
-    table = site_screen(job, smk.input.index, seed=smk.params.seed,
-                        registry=registry_from_config(smk.config))
+    jobs = [BwasSite.from_dict(j) for j in smk.params.jobs]
+    table = screen_sites(jobs, smk.input.index, seed=smk.params.seed,
+                         registry=registry_from_config(smk.config))
     save_tsv(table, smk.output.table)
 
 
