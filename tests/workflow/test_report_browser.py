@@ -52,6 +52,7 @@ def report(chromium, tmp_path_factory):
     cfg.update(seed=5, cohorts={"slice": SLICE_COHORT})
     cfg["synthesize"]["cohorts"] = {}  # the slice has no pretraining cohort to draw them
     cfg["finetune"]["tasks"] = {}  # nor the case-control cohort the demo fine-tunes on
+    cfg["bwas"]["analyses"] = {}  # whose fine-tunes BWAS compares
     cfg["preprocess"]["chunk_size"] = 2
     cfg["qc"]["mosaic_subjects"] = 2
     cfgfile = tmp / "slice.yaml"
