@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import logging
 import math
+import zlib
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -126,12 +127,9 @@ def plan_bwas(config: Mapping, cohorts: Mapping, finetunes: Mapping
         if len(levels) != 2:
             raise GenbrainInputError(f"config: '{key}': cohort '{cohort.name}' has diagnosis "
                                      f"levels {levels}; a Cohen's d map needs exactly two")
-        control = spec.get("control")
-        diagnosis_codes(levels, control, f"config: '{key}'")  # one-line error if unclear
-        if control is None:
-            from genbrain.stats.cohens_d import CONTROL_LABELS
-            control = next(lv for lv in levels if lv in CONTROL_LABELS
-                           or lv.lower() in CONTROL_LABELS)
+        # the control level as the d maps will code it (one-line error if it is unclear)
+        codes = diagnosis_codes(levels, spec.get("control"), f"config: '{key}'")
+        control = levels[int(np.flatnonzero(codes == 0)[0])]
         if first.split != "all":
             raise GenbrainInputError(f"config: '{key}': fine-tuning task '{task}' trains on "
                                      f"its '{first.split}' split; BWAS compares the site's "
@@ -195,7 +193,7 @@ def synthetic_covariates(job: BwasSite, participants: pd.DataFrame, seed: int
                                  "(was the participants table edited? rerun the workflow)")
     keep = np.arange(len(ref))
     if job.n_synthetic < len(ref):
-        rng = np.random.default_rng([int(seed), _crc(job.synth)])
+        rng = np.random.default_rng([int(seed), zlib.crc32(job.synth.encode())])
         groups = {lv: np.flatnonzero(ref["diagnosis"].astype(str) == lv)
                   for lv in sorted(ref["diagnosis"].astype(str).unique())}
         share = {lv: job.n_synthetic * len(g) / len(ref) for lv, g in groups.items()}
@@ -211,12 +209,6 @@ def synthetic_covariates(job: BwasSite, participants: pd.DataFrame, seed: int
                          "diagnosis": sel["diagnosis"].astype(str).to_numpy(),
                          "modality": job.modality,
                          "reference_participant_id": sel["participant_id"].to_numpy()})
-
-
-def _crc(text: str) -> int:
-    import zlib
-
-    return zlib.crc32(text.encode())
 
 
 def _real_cohorts(job: BwasSite, index: str | Path):
