@@ -26,6 +26,7 @@ include: "rules/finetune.smk"
 include: "rules/synthesize.smk"
 include: "rules/evaluate.smk"
 include: "rules/bwas.smk"
+include: "rules/diagnosis.smk"
 include: "rules/report.smk"
 
 

@@ -376,13 +376,17 @@ def _check_features(table: pd.DataFrame, features: Sequence[str], source: str) -
 
 def run_sweep(features: pd.DataFrame, feature_columns: Sequence[str], spec: SweepSpec,
               synthetic: Mapping[str, pd.DataFrame] | None = None,
-              train_sites: Collection[str] | None = None) -> SweepResult:
+              train_sites: Collection[str] | None = None,
+              splits: Sequence[str] | None = None) -> SweepResult:
     """The whole protocol (module docstring) for every training site (or ``train_sites``).
 
     ``features``: one row per real subject: participant_id, site, age, sex, diagnosis and
     ``feature_columns`` (e.g. volumes in mm^3); ``synthetic[site]``: that site's synthetic
     pool (diagnosis, age, sex and the same feature columns), optional (ratio 0 only without
     one). Results do not depend on which other training sites run in the same call.
+    ``splits``: each row's train / validation / test assignment, when the split is shared with
+    another stage (the workflow's fine-tunes train on the cohort's training split); default
+    :func:`split_sites` with ``spec.seed``.
     """
     feats = list(feature_columns)
     levels, k = tuple(spec.levels), len(spec.levels)
@@ -390,7 +394,19 @@ def run_sweep(features: pd.DataFrame, feature_columns: Sequence[str], spec: Swee
         raise GenbrainInputError(f"classify ratios {list(spec.ratios)} must include 0.0 (the "
                                  "real-only baseline every difference is taken against)")
     _check_features(features, feats, "features")
-    table = split_sites(features.reset_index(drop=True), levels, spec.seed)
+    if splits is None:
+        table = split_sites(features.reset_index(drop=True), levels, spec.seed)
+    else:
+        splits = [str(v) for v in splits]
+        if len(splits) != len(features):
+            raise GenbrainInputError(f"split: {len(splits)} assignments for {len(features)} "
+                                     "feature rows; expected one per row")
+        table = features.reset_index(drop=True).assign(split=splits)
+        bad = ~table["split"].isin(SPLITS)
+        if bad.any():
+            r = int(np.argmax(bad.to_numpy()))
+            raise GenbrainInputError(f"split: row {r + 1} is '{table['split'].iloc[r]}'; "
+                                     f"expected one of {list(SPLITS)}")
     codes = encode_labels(table["diagnosis"], levels)
     sites = sorted(table["site"].astype(str).unique())
     wanted = sites if train_sites is None else [s for s in sites if s in set(train_sites)]
@@ -404,6 +420,10 @@ def run_sweep(features: pd.DataFrame, feature_columns: Sequence[str], spec: Swee
     for s in wanted:
         at = (table["site"].astype(str) == s).to_numpy()
         tr, va, te = (at & (table["split"] == p).to_numpy() for p in SPLITS)
+        empty = [p for p, m in zip(SPLITS, (tr, va, te)) if not m.any()]
+        if empty:
+            raise GenbrainInputError(f"split: site '{s}' has no '{empty[0]}' participants; "
+                                     f"a training site needs all of {list(SPLITS)}")
         mean, sd = x_all[tr].mean(axis=0), x_all[tr].std(axis=0, ddof=1)
         sd = np.where(sd > 0, sd, 1.0)
 

@@ -68,6 +68,7 @@ WMH-SynthSeg output drops in; :func:`read_volumes` reads either and checks it.
 from __future__ import annotations
 
 import functools
+import logging
 import os
 import re
 import shutil
@@ -83,7 +84,12 @@ from genbrain.errors import GenbrainInputError
 from genbrain.io import atomic_path
 from genbrain.space import standard_space
 
+log = logging.getLogger(__name__)
+
 VOXEL_MM3 = 8.0  # 2 mm isotropic grid
+# A plausible multiplicative bias field: 1st-99th percentiles within this range of its median
+# (scanner fields are within about +-30% over the brain; the simulator's within +-12%).
+BIAS_RANGE = (0.5, 2.0)
 # FreeSurferColorLUT names of the 32 structures, in label order.
 STRUCTURES: dict[int, str] = {
     2: "Left-Cerebral-White-Matter", 3: "Left-Cerebral-Cortex", 4: "Left-Lateral-Ventricle",
@@ -213,16 +219,26 @@ def _bias_basis(order: int) -> np.ndarray:
     return np.stack(terms, axis=1)
 
 
-def class_means(t1: np.ndarray, bias_order: int = 3, iterations: int = 2
-                ) -> tuple[np.ndarray, np.ndarray]:
+def class_means(t1: np.ndarray, bias_order: int = 3, iterations: int = 2,
+                status: dict | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Pure CSF, GM, WM intensities (3,) of a standard-space T1w vector (V,) and its
     bias-corrected copy (V,): least squares of the intensities on the ICBM tissue priors
     (x ~ sum_k mu_k p_k), alternated with a multiplicative bias field, a polynomial of the
     world coordinates of degree ``bias_order`` (0: none). Only 3 means and a smooth field are
-    taken from the priors: each voxel's fractions still come from its own intensity."""
+    taken from the priors: each voxel's fractions still come from its own intensity.
+
+    A field that is not a plausible bias (its median not positive, or its 1st-99th
+    percentiles outside :data:`BIAS_RANGE` after scaling to median 1) means the
+    multiplicative model does not fit this image: per-image z-scored intensities put a class
+    mean near 0, where a multiplicative field is unconstrained. Such an image is left
+    uncorrected (the plain least-squares means) instead of being divided by a field that
+    would zero or blow up whole regions; ``status["bias"]`` (when a dict is given) says which
+    happened: ``"corrected"``, ``"uncorrected"`` or ``"off"``."""
     p = _priors().T  # (V, 3)
     x = np.asarray(t1, dtype=np.float64)
-    mu = np.linalg.lstsq(p, x, rcond=None)[0]
+    mu = mu0 = np.linalg.lstsq(p, x, rcond=None)[0]
+    status = {} if status is None else status
+    status["bias"] = "off"
     if bias_order > 0:
         basis = _bias_basis(bias_order)
         corrected = x
@@ -231,16 +247,26 @@ def class_means(t1: np.ndarray, bias_order: int = 3, iterations: int = 2
             ok = pred > 0.2 * np.abs(pred).max()
             coef = np.linalg.lstsq(basis[ok] * pred[ok, None], x[ok], rcond=None)[0]
             field = basis @ coef
-            field /= np.median(field)
-            corrected = x / np.where(field > 0.1, field, 0.1)
+            med = np.median(field)
+            lo, hi = (np.percentile(field / med, [1, 99]) if np.isfinite(med) and med > 0
+                      else (np.nan, np.nan))
+            if not (BIAS_RANGE[0] <= lo and hi <= BIAS_RANGE[1]):
+                log.debug("tissue means: the bias-field fit is not a bias (median %.3g, "
+                          "1st-99th percentiles %.3g-%.3g of the median); left uncorrected",
+                          med, lo, hi)
+                status["bias"] = "uncorrected"
+                return mu0, x
+            field /= med
+            corrected = x / field
             mu = np.linalg.lstsq(p, corrected, rcond=None)[0]
         x = corrected
+        status["bias"] = "corrected"
     return mu, x
 
 
 def tissue_fractions(t1: np.ndarray, seed: int = 0, method: str = "pve",
                      gm: np.ndarray | None = None, bias_order: int = 3,
-                     n_fit: int = 20000) -> np.ndarray:
+                     n_fit: int = 20000, status: dict | None = None) -> np.ndarray:
     """(3, V) CSF, GM, WM fractions (each voxel sums to 1) of one in-mask T1w vector (V,).
 
     Class means and bias field from :func:`class_means` (any intensity scale: T1w stores are
@@ -251,13 +277,14 @@ def tissue_fractions(t1: np.ndarray, seed: int = 0, method: str = "pve",
     posteriors saturate, so partial-volume voxels count whole. ``gm`` (V,) in [0, 1], e.g. a
     VBM map, replaces the GM fraction and WM/CSF are solved from the intensity given it
     (T1w alone reads a GM+WM+CSF voxel as two tissues and under-reads deep-GM atrophy).
+    ``status``: filled by :func:`class_means` (was the bias field applied?).
     """
     if method not in METHODS:
         raise GenbrainInputError(f"volumes method: expected one of {METHODS}, got '{method}'")
     x = np.asarray(t1, dtype=np.float64)
     if x.ndim != 1 or not np.isfinite(x).all():
         raise GenbrainInputError(f"T1w vector: expected a finite (V,) vector, got {x.shape}")
-    mu, x = class_means(x, bias_order)
+    mu, x = class_means(x, bias_order, status=status)
     mu_c, mu_g, mu_w = mu
     if not mu_c < mu_g < mu_w:
         raise GenbrainInputError(f"T1w image: tissue intensities CSF {mu_c:.3g}, GM {mu_g:.3g}, "
@@ -329,19 +356,29 @@ def volumes_table(ids: Sequence[str], t1: np.ndarray, gm: np.ndarray | None = No
 
 def store_volumes(index_path: str | os.PathLike, registry, t1_modality: str = "T1w",
                   gm_modality: str | None = None, jacobian_modality: str | None = None,
-                  seed: int = 0, method: str = "pve", bias_order: int = 3) -> pd.DataFrame:
+                  seed: int = 0, method: str = "pve", bias_order: int = 3,
+                  sites: Collection[str] | None = None) -> pd.DataFrame:
     """Volumes of every participant of an image store (:class:`genbrain.store.ImageStore`),
-    one row each (``Input-file`` = participant_id). Derived maps (VBM, Jacobian) are
-    denormalised with the modality registry; T1w needs no scale (the mixture finds it)."""
+    or of those at ``sites``, one row each (``Input-file`` = participant_id). Derived maps
+    (VBM, Jacobian) are denormalised with the modality registry; T1w needs no scale (the
+    mixture finds it)."""
+    import time
+
     from genbrain.store import ImageStore
 
     mods = [m for m in (t1_modality, gm_modality, jacobian_modality) if m]
     store = ImageStore(index_path, modalities=mods)
     table = store.table.reset_index(drop=True)
+    at = table["modality"] == t1_modality
+    if sites is not None:
+        at &= table["site"].astype(str).isin([str(s) for s in sites])
     rows = []
-    ids = list(pd.unique(table.loc[table["modality"] == t1_modality, "participant_id"]))
+    ids = list(pd.unique(table.loc[at, "participant_id"]))
     if not ids:
-        raise GenbrainInputError(f"{index_path}: no '{t1_modality}' images")
+        where_ = f" at site(s) {sorted(sites)}" if sites is not None else ""
+        raise GenbrainInputError(f"{index_path}: no '{t1_modality}' images{where_}")
+    t0 = time.perf_counter()
+    uncorrected = 0
     where = {(p, m): i for i, (p, m) in enumerate(zip(table["participant_id"], table["modality"]))}
     for pid in ids:
         maps = {}
@@ -350,10 +387,20 @@ def store_volumes(index_path: str | os.PathLike, registry, t1_modality: str = "T
                 raise GenbrainInputError(f"{index_path}: participant '{pid}' has no '{m}' image")
             x = store.batch([where[pid, m]])[0]
             maps[m] = x if m == t1_modality else registry[m].denormalise(x)
+        status: dict = {}
         frac = tissue_fractions(maps[t1_modality], seed, method,
-                                maps.get(gm_modality) if gm_modality else None, bias_order)
+                                maps.get(gm_modality) if gm_modality else None, bias_order,
+                                status=status)
+        uncorrected += status.get("bias") == "uncorrected"
         rows.append(structure_volumes(
             frac, jacobian=maps.get(jacobian_modality) if jacobian_modality else None))
+        if len(rows) % 50 == 0 or len(rows) == len(ids):
+            log.info("%s: volumes of %d/%d images (%.1f/s)", index_path, len(rows), len(ids),
+                     len(rows) / max(time.perf_counter() - t0, 1e-9))
+    if uncorrected:
+        log.warning("%s: %d of %d images left without bias correction (the polynomial field "
+                    "fit was not a plausible bias, genbrain.volumes.class_means)", index_path,
+                    uncorrected, len(ids))
     out = pd.DataFrame(np.array(rows), columns=COLUMNS[1:])
     out.insert(0, ID_COLUMN, ids)
     return out
@@ -389,7 +436,7 @@ def check_volumes(table: pd.DataFrame, source: str,
     if bad.any():
         r, c = (int(v) for v in np.argwhere(bad)[0])
         raise GenbrainInputError(f"{source}: row {r + 1} ('{table[ID_COLUMN].iloc[r]}'), column "
-                                 f"'{need[c]}': volume {table[need[c]].iloc[r]!r}; expected a "
+                                 f"'{need[c]}': volume {values[r, c]:g}; expected a "
                                  f"positive number of mm^3")
 
 

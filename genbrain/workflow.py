@@ -195,8 +195,8 @@ class SyntheticCohort:
 
 
 def synthetic_cohorts(config: Mapping, cohorts: Mapping[str, Cohort], pretrain: str | None,
-                      finetunes: Mapping | None = None, bwas: Mapping | None = None
-                      ) -> dict[str, SyntheticCohort]:
+                      finetunes: Mapping | None = None, bwas: Mapping | None = None,
+                      diagnosis: Mapping | None = None) -> dict[str, SyntheticCohort]:
     """The synthetic cohorts of the configured stages, sized at parse time so that shards are
     known before any job runs:
 
@@ -209,7 +209,10 @@ def synthetic_cohorts(config: Mapping, cohorts: Mapping[str, Cohort], pretrain: 
       (:func:`genbrain.covariates.cohort_covariates` checks the table against the model's
       modalities and conditions);
     - every BWAS site's synthetic cohort (``bwas``: :class:`genbrain.bwas.BwasSite` by name):
-      the reference cohort's covariates, drawn by the site's fine-tune, one image per row."""
+      the reference cohort's covariates, drawn by the site's fine-tune, one image per row;
+    - every diagnosis training site's synthetic pool (``diagnosis``:
+      :class:`genbrain.diagnosis.DiagnosisSite` by name, those with a fine-tune): its training
+      split's covariates cycled to the pool's size, one image per row."""
     from genbrain.covariates import cohort_covariates
     from genbrain.splits import holdout_split
 
@@ -268,5 +271,13 @@ def synthetic_cohorts(config: Mapping, cohorts: Mapping[str, Cohort], pretrain: 
             raise GenbrainInputError(f"config: synthetic cohort name '{job.synth}' is taken by "
                                      f"BWAS analysis {job.name}; rename the other cohort")
         out[job.synth] = SyntheticCohort(job.synth, job.n_synthetic, shard_size, job.cohort,
+                                         (job.modality,), 1, job.model)
+    for job in (diagnosis or {}).values():
+        if not job.model:
+            continue
+        if job.synth in out:
+            raise GenbrainInputError(f"config: synthetic cohort name '{job.synth}' is taken by "
+                                     f"diagnosis analysis {job.name}; rename the other cohort")
+        out[job.synth] = SyntheticCohort(job.synth, job.n_pool, shard_size, job.cohort,
                                          (job.modality,), 1, job.model)
     return out

@@ -8,6 +8,7 @@ sys.path.insert(0, str(Path(workflow.basedir)))
 
 from genbrain.config import validate_config
 from genbrain.bwas import plan_bwas
+from genbrain.diagnosis import plan_diagnosis
 from genbrain.errors import GenbrainInputError
 from genbrain.finetune import plan_finetunes
 from genbrain.modalities import registry_from_config
@@ -38,7 +39,8 @@ try:
     PRETRAIN = pretrain_cohort(COHORTS)
     FINETUNES = plan_finetunes(config, COHORTS, PRETRAIN, registry_from_config(config))
     BWAS, BWAS_SCREENS = plan_bwas(config, COHORTS, FINETUNES)
-    SYNTHETIC = synthetic_cohorts(config, COHORTS, PRETRAIN, FINETUNES, BWAS)
+    DIAGNOSIS = plan_diagnosis(config, COHORTS, FINETUNES)
+    SYNTHETIC = synthetic_cohorts(config, COHORTS, PRETRAIN, FINETUNES, BWAS, DIAGNOSIS)
 except GenbrainInputError as err:
     raise WorkflowError(str(err)) from None
 
@@ -47,6 +49,13 @@ except GenbrainInputError as err:
 USER_SYNTHETIC_PATTERN = "|".join(config["synthesize"]["cohorts"]) or "(?!)"
 # the BWAS sites' synthetic cohorts (bwas-<analysis>-<site label>)
 BWAS_SYNTHETIC_PATTERN = "|".join(job.synth for job in BWAS.values()) or "(?!)"
+# the diagnosis training sites' synthetic pools (dx-<analysis>-<site label>)
+DX_SYNTHETIC_PATTERN = (
+    "|".join(job.synth for job in DIAGNOSIS.values() if job.model) or "(?!)"
+)
+# the diagnosis analyses, and the cohorts whose real volumes they need
+DX_ANALYSES = sorted({job.analysis for job in DIAGNOSIS.values()})
+DX_COHORTS = sorted({job.cohort for job in DIAGNOSIS.values()})
 
 
 wildcard_constraints:
@@ -57,7 +66,7 @@ wildcard_constraints:
     synth="|".join(SYNTHETIC) or "none",
     task="|".join(sorted({j.task for j in FINETUNES.values()})) or "(?!)",
     unit="[A-Za-z0-9]+",
-    analysis="|".join(sorted(BWAS_SCREENS)) or "(?!)",
+    analysis="|".join(sorted(set(BWAS_SCREENS) | set(DX_ANALYSES))) or "(?!)",
 
 
 def _chunk_dir(cohort, site, chunk):
@@ -232,6 +241,7 @@ def get_all_outputs(provenance=True):
         ]
     outputs += get_finetune_outputs()
     outputs += get_bwas_outputs()
+    outputs += get_diagnosis_outputs()
     if PRETRAIN:
         outputs.append("results/fidelity/fidelity.html")
     for name in SYNTHETIC:
@@ -366,6 +376,7 @@ def get_fidelity_inputs(wildcards):
             for job in BWAS.values()
             for name in ("scores", "maps", "effective_n")
         ],
+        "diagnosis": [f"results/diagnosis/{a}/summary.tsv" for a in DX_ANALYSES],
     }
 
 
@@ -428,5 +439,117 @@ def get_bwas_outputs():
         out += [
             f"{job.out_dir}/scores.tsv",
             f"results/figures/bwas/{job.analysis}/site-{job.label}_maps.png",
+        ]
+    return out
+
+
+# ------------------------------------------------------------------ cross-site diagnosis
+
+
+def _dx(wildcards):
+    """The diagnosis training site of the ``{analysis}``/``{site}`` wildcards."""
+    return DIAGNOSIS[f"{wildcards.analysis}/{wildcards.site}"]
+
+
+def _dx_of_synth(wildcards):
+    """The diagnosis training site whose synthetic pool is ``{synth}``."""
+    return next(job for job in DIAGNOSIS.values() if job.synth == wildcards.synth)
+
+
+def _dx_sites(analysis):
+    return [job for job in DIAGNOSIS.values() if job.analysis == analysis]
+
+
+def get_dx_job(wildcards):
+    """A diagnosis training site's plan as a plain dict."""
+    return _dx(wildcards).to_dict()
+
+
+def get_dx_pool_inputs(wildcards):
+    """A synthetic pool's covariate sources: the participants table and the cohort's split."""
+    job = _dx_of_synth(wildcards)
+    return {
+        "participants": COHORTS[job.cohort].participants,
+        "split": f"results/splits/{job.cohort}.tsv",
+    }
+
+
+def get_dx_pool_job(wildcards):
+    """The plan of the training site a synthetic pool belongs to, as a plain dict."""
+    return _dx_of_synth(wildcards).to_dict()
+
+
+def get_dx_synthetic_volume_inputs(wildcards):
+    """A synthetic pool's store, once its privacy gate has passed."""
+    return {
+        "index": f"results/synthetic/{wildcards.synth}/index.tsv",
+        "gate": f"results/evaluate/audit/{wildcards.synth}_gate.tsv",
+    }
+
+
+def get_dx_real_volumes(cohort):
+    """The per-site real volume tables of a cohort."""
+    c = COHORTS[cohort]
+    return [f"results/volumes/{cohort}/site-{c.site_label(s)}.csv" for s in c.sites]
+
+
+def get_dx_volume_site(wildcards):
+    """The site name of a real volume table's ``{site}`` label."""
+    return _site(wildcards)
+
+
+def get_dx_modality(wildcards):
+    """The modality the volumes of a cohort are measured on (its analyses agree: checked)."""
+    mods = {
+        job.modality for job in DIAGNOSIS.values() if job.cohort == wildcards.cohort
+    }
+    if len(mods) != 1:
+        raise WorkflowError(
+            f"diagnosis analyses of cohort '{wildcards.cohort}' use modalities "
+            f"{sorted(mods)}; the cohort's volumes are measured on one"
+        )
+    return mods.pop()
+
+
+def get_dx_sweep_inputs(wildcards):
+    """A training site's sweep inputs: every real volume table of the cohort, its
+    participants and split, and the site's synthetic pool (covariates and volumes) if any.
+    """
+    job = _dx(wildcards)
+    inputs = {
+        "volumes": get_dx_real_volumes(job.cohort),
+        "participants": COHORTS[job.cohort].participants,
+        "split": f"results/splits/{job.cohort}.tsv",
+    }
+    if job.model:
+        inputs["pool"] = f"results/volumes/synthetic/{job.synth}.csv"
+        inputs["pool_covariates"] = f"results/synthetic/{job.synth}/covariates.tsv"
+    return inputs
+
+
+def get_dx_summary_inputs(wildcards):
+    """Every training site's sweep and SHAP tables of an analysis."""
+    sites = _dx_sites(wildcards.analysis)
+    return {
+        "sweeps": [f"{job.out_dir}/sweep.tsv" for job in sites],
+        "shap": [f"{job.out_dir}/shap.tsv" for job in sites],
+    }
+
+
+def get_dx_simulated(wildcards):
+    """Whether an analysis's cohort is simulated (its diseased structures are known)."""
+    return COHORTS[_dx_sites(wildcards.analysis)[0].cohort].simulated
+
+
+def get_diagnosis_outputs():
+    """Every diagnosis analysis's summary and figures."""
+    out = []
+    for a in DX_ANALYSES:
+        out += [
+            f"results/diagnosis/{a}/summary.tsv",
+            f"results/figures/diagnosis/{a}/heatmap.png",
+            f"results/figures/diagnosis/{a}/ratios.png",
+            f"results/figures/diagnosis/{a}/harmonization.png",
+            f"results/figures/diagnosis/{a}/shap.png",
         ]
     return out

@@ -192,3 +192,24 @@ def test_synthseg_command_and_backend_without_freesurfer(tmp_path, monkeypatch):
     assert vol.synthseg_command("t1.nii.gz", "s.nii.gz", "v.csv") == [
         str(ss), "--i", "t1.nii.gz", "--o", "s.nii.gz", "--vol", "v.csv", "--robust",
         "--threads", "1", "--cpu"]
+
+
+def test_an_implausible_bias_field_leaves_the_image_uncorrected():
+    """Per-image z-scored intensities (as the stores hold T1w) put the GM mean near 0, where
+    the multiplicative field is unconstrained: the fit is refused and the image left as it is
+    (bias_order 0), instead of being divided by a field that zeroes whole regions."""
+    anat = anatomy()
+    space = standard_space()
+    gm, wm = space.to_vector(anat.gm), space.to_vector(anat.wm)
+    frac = np.stack([1 - gm - wm, gm, wm])
+    x = _t1(frac, np.random.default_rng(1)) * (1 + 0.12 * np.sin(space.world_coords[:, 0] / 30))
+    raw, z = {}, {}
+    vol.class_means(x, status=raw)
+    assert raw["bias"] == "corrected"  # positive intensities: a plausible field
+    zx = (x - x.mean()) / x.std()
+    vol.class_means(zx, status=z)
+    assert z["bias"] == "uncorrected"
+    np.testing.assert_array_equal(vol.tissue_fractions(zx), vol.tissue_fractions(zx, bias_order=0))
+    off = {}
+    vol.class_means(x, bias_order=0, status=off)
+    assert off["bias"] == "off"

@@ -323,6 +323,80 @@ def test_demo_bwas_scores_each_sites_real_and_synthetic_maps_against_the_other_s
 
 
 @pytest.mark.slow
+def test_demo_diagnosis_sweeps_every_site_and_augments_the_fine_tuned_one(demo):
+    """config/demo.yaml's diagnosis.analyses.sczdx: regional volumes of every site's real T1w
+    (mri_WMHsynthseg's columns, varying across subjects, carrying the planted atrophy), siteC's
+    synthetic pool from its fine-tune through the gate, a sweep per site on the fine-tune's own
+    split, the summary, its figures and fidelity rows. The direction of the gain is the
+    result (the fidelity record), not asserted."""
+    import math
+
+    from genbrain import volumes as vol
+    from genbrain.diagnosis import simulated_disease_structures
+
+    cfg = yaml.safe_load((ROOT / "config" / "demo.yaml").read_text())
+    res = demo / "results"
+    people = read_tsv(res / "simulated" / "scz" / "participants.tsv")
+    split = read_tsv(res / "splits" / "scz.tsv")
+    sites = cfg["cohorts"]["scz"]["simulate"]["sites"]
+    ratios = cfg["diagnosis"]["ratios"]
+    tables = []
+    for site in sites:
+        raw = pd.read_csv(res / "volumes" / "scz" / f"site-{site}.csv")
+        assert list(raw.columns) == list(vol.COLUMNS)  # drop-in for mri_WMHsynthseg --csv_vols
+        assert sorted(raw[vol.ID_COLUMN]) == sorted(
+            people.loc[people["site"] == site, "participant_id"])
+        assert (raw[list(vol.STRUCTURE_COLUMNS)].std() > 0).all(), site  # not atlas counts
+        tables.append(raw.rename(columns={vol.ID_COLUMN: "participant_id"}).assign(site=site))
+    v = pd.concat(tables).merge(people[["participant_id", "diagnosis"]], on="participant_id")
+    concordant = [s for s, spec in sites.items() if spec.get("disease_scale", 1) > 0]
+    v = v[v["site"].isin(concordant)]
+    gm = v[simulated_disease_structures()].sum(axis=1) / v[vol.ICV_COLUMN]
+    t, _ = stats.ttest_ind(gm[v["diagnosis"] == "SCZ"], gm[v["diagnosis"] == "CN"])
+    assert t < -2.0, t  # the simulated grey-matter loss, read from each image's intensities
+    # siteC (sczdx/siteC): a pool of max(ratio) x its training split, mirroring its members
+    train = split[(split["site"] == "siteC") & (split["split"] == "train")]
+    n_pool = math.ceil(max(ratios) * len(train))
+    cov = read_tsv(res / "synthetic" / "dx-sczdx-siteC" / "covariates.tsv")
+    assert len(cov) == n_pool and set(cov["reference_participant_id"]) == set(
+        train["participant_id"])
+    assert bool(read_tsv(res / "evaluate" / "audit" / "dx-sczdx-siteC_gate.tsv")[
+        "passed"].item())
+    pool = pd.read_csv(res / "volumes" / "synthetic" / "dx-sczdx-siteC.csv")
+    assert len(pool) == n_pool and list(pool.columns) == list(vol.COLUMNS)
+    out = res / "diagnosis" / "sczdx"
+    for site in sites:
+        sweep = read_tsv(out / f"site-{site}" / "sweep.tsv")
+        assert set(sweep["train_site"]) == {site}
+        assert set(sweep["test_site"]) == set(sites)
+        expected = set(ratios) if site == "siteC" else {0.0}
+        assert set(sweep["ratio"]) == expected, (site, sorted(set(sweep["ratio"])))
+        assert ((sweep["ci_low"] <= sweep["value"] + 1e-12)
+                & (sweep["value"] <= sweep["ci_high"] + 1e-12)).all(), site
+        within = sweep[(sweep["setting"] == "within")]
+        n_test = int(((split["site"] == site) & (split["split"] == "test")).sum())
+        assert (within["n_eval"] == n_test).all(), site  # the fine-tune's own split
+        sel = read_tsv(out / f"site-{site}" / "selection.tsv")
+        assert len(sel) == len(expected) * 20  # the paper's 20 configurations per ratio
+        shap = read_tsv(out / f"site-{site}" / "shap.tsv")
+        assert set(shap["feature"]) == set(vol.COLUMNS[1:])
+    summary = read_tsv(out / "summary.tsv")
+    base = summary[(summary["setting"] == "within") & (summary["method"] == "real")
+                   & (summary["metric"] == "accuracy")].iloc[0]
+    assert base["pairs"] == len(sites)
+    assert {"real", "augmented", "harmonized", "harmonized+augmented"} <= set(summary["method"])
+    regions = read_tsv(out / "regions.tsv")
+    assert {"hits", "expected", "p"} <= set(regions.columns) and len(regions) == len(sites) + 1
+    for fig in ("heatmap", "ratios", "harmonization", "shap"):
+        png = res / "figures" / "diagnosis" / "sczdx" / f"{fig}.png"
+        assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    fidelity = read_tsv(res / "fidelity" / "fidelity.tsv")
+    rows = fidelity[fidelity["claim_id"].str.startswith("diagnosis.")]
+    assert len(rows) == 5 and set(rows["subject"]) == {"sczdx"}
+    assert (rows["verdict"] != "not measured").all(), rows
+
+
+@pytest.mark.slow
 def test_demo_report_opens_in_chromium_with_every_stage_and_its_provenance(demo, browser):
     """What `make demo` ends with: results/report.html, built as the Makefile builds it,
     renders in headless Chromium without console errors, shows the category of every rule
@@ -339,7 +413,7 @@ def test_demo_report_opens_in_chromium_with_every_stage_and_its_provenance(demo,
     assert ran == set(by_rule), sorted(set(by_rule) ^ ran)
     expected = set().union(*by_rule.values())
     assert {"Simulation", "Preprocessing", "Pretraining", "Fine-tuning", "Synthetic images",
-            "BWAS", "Provenance"} <= expected
+            "BWAS", "Diagnosis", "Provenance"} <= expected
     text = open_report(browser, html)
     assert sorted(expected - {line.strip() for line in text.splitlines()}) == []
     assert severe(browser) == []
@@ -362,8 +436,11 @@ def test_demo_report_opens_in_chromium_with_every_stage_and_its_provenance(demo,
                                                   "synthetic vs real"], shown
     bwas_sites = [(name, site) for name, a in cfg["bwas"]["analyses"].items()
                   for site in cfg["finetune"]["tasks"][a["finetune"]]["sites"]]
+    dx_sites = [(name, site) for name, a in cfg["diagnosis"]["analyses"].items()
+                for site in cfg["finetune"]["tasks"][a["finetune"]]["sites"]]
     synthetic = ["pretrain", *cfg["synthesize"]["cohorts"],
-                 *(f"bwas-{name}-{site}" for name, site in bwas_sites)]
+                 *(f"bwas-{name}-{site}" for name, site in bwas_sites),
+                 *(f"dx-{name}-{site}" for name, site in dx_sites)]
     assert sorted(menu(browser, html, ("Synthetic images",))[0]) == sorted(synthetic)
     for name in synthetic:
         shown = menu(browser, html, ("Synthetic images", name))[1]

@@ -60,7 +60,8 @@ def _paper_config_for(root, tmp_path, finetune=False, **cohort_overrides):
         task["init"] = str(ckpt)
     cfg["finetune"]["tasks"] = tasks if finetune else {}
     if not finetune:
-        cfg.pop("bwas")  # its analysis is a fine-tuning task's
+        cfg.pop("bwas")  # their analyses are fine-tuning tasks'
+        cfg.pop("diagnosis")
     cfg["preprocess"]["chunk_size"] = 2
     path = tmp_path / "config.yaml"
     path.write_text(yaml.safe_dump(cfg))
@@ -374,3 +375,58 @@ def test_two_site_names_with_one_path_label_stop_the_workflow(tmp_path, small_co
     assert "Traceback" not in out
     assert any("sites 'SH_JZ2' and 'SH-JZ2' both map to the file-name label 'SHJZ2'" in ln
                for ln in out.splitlines()), out[-2000:]
+
+
+def test_diagnosis_sweeps_every_site_and_a_site_asks_only_for_its_pool(tmp_path):
+    _, cfg, res, jobs = _paper_dry_run(tmp_path)
+    # every site of the cohort is a training site (volumes and a sweep each); each fine-tuned
+    # one (sczdx: every site) also draws a synthetic pool through the audit and the gate,
+    # measured by the same volume backend; one summary
+    for rule in ("diagnosis_volumes", "diagnosis_sweep", "diagnosis_pool_covariates",
+                 "diagnosis_synthetic_volumes"):
+        assert jobs[rule] == "2", (rule, jobs)
+    assert jobs["diagnosis_summary"] == "1", jobs
+    for path in ("results/volumes/scz/site-siteX.csv", "results/volumes/scz/site-siteY.csv",
+                 "results/volumes/synthetic/dx-sczdx-siteX.csv",
+                 "results/synthetic/dx-sczdx-siteX/covariates.tsv",
+                 "results/evaluate/audit/dx-sczdx-siteX_gate.tsv",
+                 "results/diagnosis/sczdx/site-siteY/sweep.tsv",
+                 "results/figures/diagnosis/sczdx/heatmap.png"):
+        assert path in res.stdout, path
+    # one site's sweep needs its own fine-tune and pool and every site's real volumes (its
+    # cross-site test sets), never another site's pool
+    res = snakemake("-n", "--configfile", str(cfg), "-d", str(tmp_path / "work"),
+                    "results/diagnosis/sczdx/site-siteY/sweep.tsv")
+    assert res.returncode == 0, res.stderr
+    jobs = _jobs(res.stdout)
+    assert jobs["diagnosis_sweep"] == "1" and jobs["diagnosis_volumes"] == "2", jobs
+    assert jobs["diagnosis_synthetic_volumes"] == "1" and jobs["finetune_model"] == "1", jobs
+    assert "dx-sczdx-siteX" not in res.stdout and "sczdx/siteX" not in res.stdout
+
+
+def test_diagnosis_mistakes_stop_the_dag_with_one_line(tmp_path):
+    data = tmp_path / "data"
+    data.mkdir()
+    _fake_dataset(data, n_per_site=(12, 10))
+    key = "'diagnosis.analyses.sczdx"
+    cases = [
+        ({"finetune": "nosuch"}, f"{key}.finetune' is 'nosuch', not a fine-tuning task"),
+        ({"finetune": "sczbwas"}, "fine-tuning task 'sczbwas' trains on split 'all'"),
+        ({"modality": "FA"}, f"{key}.modality' is 'FA'"),
+        ({"ratios": [0.5, 1.0]}, "including 0.0 (the real-only baseline)"),
+        ({"task": {"per_site": False}}, "is not per site"),
+    ]
+    for change, message in cases:
+        cfg_path = _paper_config_for(data, tmp_path, finetune=True)
+        cfg = yaml.safe_load(cfg_path.read_text())
+        cfg.pop("bwas")  # its own checks would speak first for some of these changes
+        task = change.pop("task", None)
+        if task:
+            cfg["finetune"]["tasks"]["sczdx"].update(task)
+        cfg["diagnosis"]["analyses"]["sczdx"].update(change)
+        cfg_path.write_text(yaml.safe_dump(cfg))
+        res = snakemake("-n", "--configfile", str(cfg_path), "-d", str(tmp_path / "work"))
+        assert res.returncode != 0, change
+        out = res.stdout + res.stderr
+        assert message in out, (change, task, out[-600:])
+        assert "Traceback" not in out

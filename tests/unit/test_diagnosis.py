@@ -1,0 +1,224 @@
+"""The cross-site diagnosis stage (genbrain.diagnosis): the synthetic pool's covariates, the
+feature tables and their bad inputs, the shared split, one site's sweep with a pool carrying
+the planted signal, the analysis summary against a hand computation, and its fidelity rows."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from genbrain import classify as cl
+from genbrain import diagnosis as dx
+from genbrain import volumes as vol
+from genbrain.errors import GenbrainInputError
+from genbrain.fidelity import fidelity_table
+from genbrain.io import save_tsv
+
+FEATS = list(vol.COLUMNS[1:])
+DISEASED = [FEATS[3], FEATS[7]]  # the structures the planted disease shrinks
+LEVELS = ("CN", "SCZ")
+
+
+def _job(**kw) -> dx.DiagnosisSite:
+    base = {"analysis": "dx", "cohort": "scz", "site": "A", "label": "A", "levels": LEVELS,
+            "modality": "T1w", "model": "sczdx/A", "n_train": 24, "n_pool": 48}
+    base.update(kw)
+    return dx.DiagnosisSite(**base)
+
+
+def _participants(sizes: dict, seed: int = 0) -> pd.DataFrame:
+    rng = np.random.default_rng(seed)
+    rows = []
+    for site, n in sizes.items():
+        for i in range(n):
+            rows.append({"participant_id": f"sub-{site}{i:03d}", "site": site,
+                         "age": round(float(rng.uniform(25, 70)), 1), "sex": "MF"[i % 2],
+                         "diagnosis": LEVELS[(i // 2) % 2]})
+    return pd.DataFrame(rows)
+
+
+def _volumes(cov: pd.DataFrame, effect: float, seed: int, site_offset: dict | None = None
+             ) -> np.ndarray:
+    """(n, 33) positive volumes: ~1e4 mm^3 per structure with 4% subject noise, the diseased
+    structures ``effect`` x 10% smaller in patients, times a site scale (acquisition)."""
+    rng = np.random.default_rng(seed)
+    n = len(cov)
+    x = 1e4 * (1 + 0.04 * rng.standard_normal((n, len(FEATS))))
+    sick = (cov["diagnosis"].to_numpy() == "SCZ")
+    for f in DISEASED:
+        x[sick, FEATS.index(f)] *= 1 - 0.1 * effect
+    if site_offset:
+        x *= np.array([site_offset.get(s, 1.0) for s in cov["site"]])[:, None]
+    return x
+
+
+def _real(sizes=None, effect=1.0, seed=0):
+    sizes = sizes or {"A": 40, "B": 50, "C": 50}
+    part = _participants(sizes, seed)
+    split = cl.split_sites(part, LEVELS, seed=7)
+    x = _volumes(part, effect, seed + 1, {"B": 1.05, "C": 0.95})
+    tables = []
+    for site in sizes:
+        rows = part["site"] == site
+        t = pd.DataFrame(x[rows.to_numpy()], columns=FEATS)
+        t.insert(0, "participant_id", part.loc[rows, "participant_id"].to_numpy())
+        tables.append(t)
+    return part, split, tables
+
+
+def test_pool_mirrors_the_training_split_evenly_and_is_seeded():
+    part, split, _ = _real()
+    n_train = int(((split["site"] == "A") & (split["split"] == "train")).sum())
+    job = _job(n_train=n_train, n_pool=2 * n_train + 5)
+    pool = dx.pool_covariates(job, split, part, seed=3)
+    assert len(pool) == job.n_pool and list(pool["synthetic_id"]) == list(range(job.n_pool))
+    train_ids = set(split.loc[(split["site"] == "A") & (split["split"] == "train"),
+                              "participant_id"])
+    assert set(pool["reference_participant_id"]) == train_ids  # never validation or test
+    counts = pool["reference_participant_id"].value_counts()
+    assert counts.max() - counts.min() <= 1  # every member mirrored equally often (within 1)
+    ref = part.set_index("participant_id").loc[pool["reference_participant_id"]]
+    assert (ref["age"].to_numpy() == pool["age"].to_numpy()).all()
+    assert (ref["diagnosis"].to_numpy() == pool["diagnosis"].to_numpy()).all()
+    assert (pool["modality"] == "T1w").all()
+    pd.testing.assert_frame_equal(pool, dx.pool_covariates(job, split, part, seed=3))
+    assert not dx.pool_covariates(job, split, part, seed=4).equals(pool)
+    with pytest.raises(GenbrainInputError, match=r"dx/A: the training split holds \d+ "
+                                                 r"participants of site 'A'; the plan was made"):
+        dx.pool_covariates(_job(n_train=n_train + 1), split, part, seed=3)
+
+
+def test_feature_tables_refuse_missing_and_duplicated_volumes():
+    part, split, tables = _real()
+    feats = dx.real_features(tables, part, split)
+    assert len(feats) == len(part) and set(FEATS) <= set(feats.columns)
+    assert {"split", "site", "age", "sex", "diagnosis"} <= set(feats.columns)
+    with pytest.raises(GenbrainInputError, match=r"vols.csv: no volumes for participant "
+                                                 r"'sub-A\d+' \(1 missing\)"):
+        dx.real_features([tables[0].iloc[1:], *tables[1:]], part, split, source="vols.csv")
+    with pytest.raises(GenbrainInputError, match="participant 'sub-A000' has volumes twice"):
+        dx.real_features([tables[0], tables[0].iloc[:1], *tables[1:]], part, split)
+    cov = pd.DataFrame({"synthetic_id": range(4), "age": 40.0, "sex": "F",
+                        "diagnosis": ["CN", "SCZ"] * 2})
+    v = tables[0].iloc[:3].assign(participant_id=["0", "1", "2"])
+    with pytest.raises(GenbrainInputError, match="pool.csv: volumes for 3 synthetic images; "
+                                                 "the pool's covariate table has 4 rows"):
+        dx.pool_features(v, cov, "pool.csv")
+    ok = dx.pool_features(tables[0].iloc[:4].assign(participant_id=["3", "2", "1", "0"]), cov,
+                          "pool.csv")
+    assert list(ok["synthetic_id"]) == [0, 1, 2, 3] and ok[FEATS[0]].notna().all()
+
+
+def test_the_shared_split_is_checked():
+    part, split, tables = _real()
+    feats = dx.real_features(tables, part, split)
+    spec = cl.SweepSpec(levels=LEVELS, ratios=(0.0,), n_configs=2, n_boot=20, harmonize=False)
+    bad = feats["split"].replace({"validation": "val"})
+    with pytest.raises(GenbrainInputError, match=r"split: row \d+ is 'val'"):
+        cl.run_sweep(feats, FEATS, spec, train_sites=["A"], splits=bad)
+    with pytest.raises(GenbrainInputError, match=r"split: 139 assignments for 140 feature rows"):
+        cl.run_sweep(feats, FEATS, spec, train_sites=["A"], splits=feats["split"].iloc[1:])
+    no_val = feats["split"].where(~((feats["site"] == "A") & (feats["split"] == "validation")),
+                                  "train")
+    with pytest.raises(GenbrainInputError, match="split: site 'A' has no 'validation' "
+                                                 "participants"):
+        cl.run_sweep(feats, FEATS, spec, train_sites=["A"], splits=no_val)
+
+
+@pytest.fixture(scope="module")
+def site_run():
+    """Site A's sweep on the shared split with a 2x pool carrying the planted disease, and
+    site B's real-only sweep; the analysis summary."""
+    part, split, tables = _real()
+    feats = dx.real_features(tables, part, split)
+    n_train = int(((split["site"] == "A") & (split["split"] == "train")).sum())
+    job_a = _job(n_train=n_train, n_pool=2 * n_train)
+    cov = dx.pool_covariates(job_a, split, part, seed=3)
+    pool_v = pd.DataFrame(_volumes(cov.assign(site="A"), 1.0, 11), columns=FEATS)
+    pool_v.insert(0, "participant_id", cov["synthetic_id"].astype(str))
+    pool = dx.pool_features(pool_v, cov, "pool.csv")
+    section = {"n_configs": 4, "n_boot": 100, "ratios": [0.0, 1.0, 2.0], "harmonize": True,
+               "analyses": {"dx": {"finetune": "sczdx"}}}
+    a = dx.site_sweep(job_a, feats, pool, section, n_jobs=1, seed=5)
+    job_b = _job(site="B", label="B", model="", n_pool=0,
+                 n_train=int(((split["site"] == "B") & (split["split"] == "train")).sum()))
+    b = dx.site_sweep(job_b, feats, None, section, n_jobs=1, seed=5)
+    summ = dx.summarise([a["sweep"], b["sweep"]], [a["shap"], b["shap"]], DISEASED, k=2)
+    return {"a": a, "b": b, "summary": summ, "section": section, "feats": feats,
+            "job_b": job_b}
+
+
+def test_site_sweep_uses_the_shared_split_and_learns_the_planted_signal(site_run):
+    a, b = site_run["a"]["sweep"], site_run["b"]["sweep"]
+    assert set(a["train_site"]) == {"A"} and set(b["train_site"]) == {"B"}
+    assert set(a["ratio"]) == {0.0, 1.0, 2.0} and set(b["ratio"]) == {0.0}  # no pool at B
+    assert set(a["method"]) == {"real", "augmented", "harmonized", "harmonized+augmented"}
+    assert (a["analysis"] == "dx").all()
+    within = a[(a["setting"] == "within") & (a["metric"] == "accuracy") & (a["method"] == "real")]
+    n_test = int(((site_run["feats"]["site"] == "A")
+                  & (site_run["feats"]["split"] == "test")).sum())
+    assert (within["n_eval"] == n_test).all()  # the shared split's test participants, no others
+    acc = a[a["metric"] == "accuracy"].groupby(["setting", "method", "test_site"])["value"]
+    acc = acc.mean()
+    assert acc["within", "real", "A"] >= 0.9  # a 10% loss in two structures is learnable
+    # site C's volumes are all 5% smaller (acquisition): ComBat, fitted on A's training split
+    # and C's unlabelled features, removes it
+    assert acc["cross", "harmonized", "C"] > acc["cross", "real", "C"] + 0.05
+    assert a["chosen"].astype(bool).any()
+    job_b = site_run["job_b"]  # seeded: a second run gives the identical table
+    again = dx.site_sweep(job_b, site_run["feats"], None, site_run["section"], seed=5)
+    pd.testing.assert_frame_equal(again["sweep"], b)
+
+
+def test_summary_combines_the_pairs_cis_and_finds_the_diseased_regions(site_run):
+    s = site_run["summary"]["summary"]
+    table = pd.concat([site_run["a"]["sweep"], site_run["b"]["sweep"]])
+    acc = table[(table["metric"] == "accuracy") & (table["setting"] == "cross")]
+    aug = acc[(acc["method"] == "augmented") & acc["chosen"].astype(bool)]
+    row = s[(s["setting"] == "cross") & (s["method"] == "augmented")
+            & (s["metric"] == "accuracy")].iloc[0]
+    se = (aug["diff_high"] - aug["diff_low"]) / 3.92
+    half = 1.96 * np.sqrt((se ** 2).sum()) / len(aug)
+    assert row["pairs"] == len(aug) == 2  # A -> B, A -> C
+    assert row["mean_diff"] == pytest.approx(aug["diff"].mean(), abs=1e-12)
+    assert row["diff_low"] == pytest.approx(aug["diff"].mean() - half, abs=1e-12)
+    assert row["pairs_better"] == int((aug["diff"] > 0).sum())
+    real = s[(s["setting"] == "cross") & (s["method"] == "real")
+             & (s["metric"] == "accuracy")].iloc[0]
+    assert real["pairs"] == 4  # every ordered pair of A, B, C whose training site ran
+    assert real["mean"] == pytest.approx(acc[acc["method"] == "real"]["value"].mean())
+    within = s[(s["setting"] == "within") & (s["method"] == "real")
+               & (s["metric"] == "accuracy")].iloc[0]
+    assert within["pairs"] == 2
+    regions = site_run["summary"]["regions"].set_index(["train_site", "method"])
+    assert (regions["hits"] == 2).all()  # the two planted structures are the top 2
+    assert {"expected", "p", "precision"} <= set(regions.columns)
+
+
+def test_fidelity_rows_from_a_summary(site_run, tmp_path):
+    out = tmp_path / "results" / "diagnosis" / "dx"
+    out.mkdir(parents=True)
+    s = site_run["summary"]["summary"].copy()
+    s.insert(0, "analysis", "dx")
+    save_tsv(s, out / "summary.tsv")
+    rec = fidelity_table(tmp_path / "results")
+    rows = rec[rec["claim_id"].str.startswith("diagnosis.")].set_index("claim_id")
+    assert set(rows.index) == {"diagnosis.within_baseline", "diagnosis.cross_site_gain",
+                               "diagnosis.harmonized_gain", "diagnosis.combined_gain",
+                               "diagnosis.pairs_improved"}
+    aug = s[(s["setting"] == "cross") & (s["method"] == "augmented")
+            & (s["metric"] == "accuracy")].iloc[0]
+    gain = rows.loc["diagnosis.cross_site_gain"]
+    assert gain["measured"] == pytest.approx(100 * aug["mean_diff"])
+    assert gain["ci_low"] == pytest.approx(100 * aug["diff_low"])
+    assert gain["verdict"] == ("met" if aug["diff_low"] > 0 else "not met")
+    pairs = rows.loc["diagnosis.pairs_improved"]
+    assert pairs["measured"] == pytest.approx(100 * aug["pairs_better"] / aug["pairs"])
+    assert pairs["ci_low"] <= pairs["measured"] <= pairs["ci_high"]
+    assert rows.loc["diagnosis.within_baseline", "subject"] == "dx"
+    # no summary at all: one "not measured" row per claim naming the file
+    empty = fidelity_table(tmp_path / "nothing")
+    miss = empty[empty["claim_id"].str.startswith("diagnosis.")]
+    assert len(miss) == 5 and (miss["verdict"] == "not measured").all()
+    assert miss["source"].str.contains("summary.tsv").all()
