@@ -46,7 +46,7 @@ SPLITS = ("all", "train")
 #: its data and conditions from the task).
 TRAIN_KEYS = ("steps", "global_batch", "micro_batch", "lr", "weight_decay", "ema_decay",
               "label_dropout", "seed", "checkpoint_every", "log_every", "sampling_weights",
-              "precision", "finetune", "finetune_k", "template_images")
+              "precision", "compile", "finetune", "finetune_k", "template_images")
 #: the fewest participants per diagnosis level of a fine-tune's training set
 MIN_PER_LEVEL = 2
 #: a label head -> the simulated effect whose true map it is checked against

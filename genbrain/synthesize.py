@@ -52,7 +52,8 @@ class SamplingConfig:
     label rows per forward pass (2x that with guidance), ``seed``, ``weights`` ("ema",
     "model", or None = the checkpoint's ``sampling_weights``), ``clip_x0`` (clamp of the
     predicted clean image at each step, None = none), ``precision`` of the model calls
-    (``fp32`` or ``bf16``; see :class:`DDIMSampler`)."""
+    (``fp32`` or ``bf16``; see :class:`DDIMSampler`), ``compile``: the DiT blocks through
+    ``torch.compile`` (None = on CUDA only; see :meth:`genbrain.model.dit.DiT.compile_blocks`)."""
 
     steps: int = 50
     guidance: float | None = 1.2
@@ -62,6 +63,7 @@ class SamplingConfig:
     weights: str | None = None
     clip_x0: float | None = None
     precision: str = "fp32"
+    compile: bool | None = None
 
     def __post_init__(self) -> None:
         for key in ("steps", "k", "batch_size"):
@@ -72,6 +74,9 @@ class SamplingConfig:
         if self.guidance is not None and not self.guidance >= 0:
             raise GenbrainInputError(f"sampling config: 'guidance' is {self.guidance!r}; "
                                      "expected a number >= 0 or null")
+        if not (self.compile is None or isinstance(self.compile, bool)):
+            raise GenbrainInputError(f"sampling config: 'compile' is {self.compile!r}; "
+                                     "expected true, false or null")
 
 
 def condition_labels(table: pd.DataFrame, model: DiT, norms: Mapping[str, Mapping[str, float]],
@@ -141,6 +146,7 @@ def sample_table(model: DiT, norms: Mapping[str, Mapping[str, float]], config: T
                           guidance_scale=sampling.guidance, clip_x0=sampling.clip_x0,
                           precision=sampling.precision)
     model = model.to(device).eval()
+    model.compile_blocks(sampling.compile)  # compiles at the first batch (and a smaller last)
     ids = table["synthetic_id"].to_numpy(np.int64)
     n, V, C = len(table), model.n_voxels, model.out_channels
     out = np.empty((n, V), np.float32)

@@ -50,7 +50,9 @@ So the generators' state is implied by the checkpointed step and the global RNG 
 the loop: a run killed after a checkpoint and rerun ends bitwise equal to an uninterrupted run
 (on CPU; on CUDA, kernels with atomic adds make it equal to float rounding). As draws are keyed
 by global slot, not by rank, neither the number of ranks nor the micro-batch size changes the
-run beyond float summation order.
+run beyond float summation order. ``config.compile`` (on CUDA by default) runs the DiT blocks
+through ``torch.compile``, which changes float rounding only; the checkpoint's keys are those
+of an eager run.
 """
 
 from __future__ import annotations
@@ -353,8 +355,12 @@ def _train(config: TrainConfig, stores: StoreLike | Sequence[StoreLike], out_dir
         for tmp in out_dir.glob(f".{CHECKPOINT.split('.')[0]}.*.pt"):  # left by a killed write
             tmp.unlink()
 
+    # after the EMA copy: only the trained model runs the blocks; state dict keys unchanged
+    if model.compile_blocks(config.compile) and rank == 0:
+        log.info("torch.compile: the %d DiT blocks compile at the first step", model.depth)
+    # any process group wraps, one of a single process included (the one-GPU DDP test)
     net = DistributedDataParallel(model, device_ids=[device.index] if cuda else None) \
-        if world > 1 else model
+        if dist.is_initialized() else model
     diffusion = GaussianDiffusion.linear(prediction=config.prediction)
     order = ItemOrder(len(data), config.seed)
     loader = DataLoader(data, batch_sampler=MicroBatchSampler(order, position, B, micro, rank,

@@ -161,6 +161,7 @@ def get_sampling(wildcards):
         "weights": s["weights"],
         "clip_x0": s["clip_x0"],
         "precision": s["precision"],
+        "compile": s["compile"],
     }
 
 

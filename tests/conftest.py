@@ -23,6 +23,19 @@ SPEC = {
 }
 
 
+def pytest_collection_modifyitems(config, items):
+    """Tests marked ``gpu`` skip, saying why, where CUDA is not available."""
+    gpu = [item for item in items if item.get_closest_marker("gpu") is not None]
+    if not gpu:
+        return
+    import torch  # only when gpu tests were collected
+
+    if not torch.cuda.is_available():
+        skip = pytest.mark.skip(reason="needs a CUDA device: torch.cuda.is_available() is False")
+        for item in gpu:
+            item.add_marker(skip)
+
+
 @pytest.fixture(scope="session")
 def small_cohort(tmp_path_factory):
     """A 5-subject simulated cohort (2 native-space, 3 standard-space), T1w + VBM."""

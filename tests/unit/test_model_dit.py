@@ -2,6 +2,7 @@
 dropout and the zero-initialised fine-tuning surgeries."""
 
 import copy
+import logging
 import math
 
 import numpy as np
@@ -343,3 +344,52 @@ def test_set_modality_template_errors():
         model.set_modality_template(N_MOD, np.zeros(V))
     with pytest.raises(ValueError, match="template has 999 voxels; the model has 1000"):
         model.set_modality_template(0, np.zeros(V - 1))
+
+
+# --------------------------------------------------------------------------------------------
+# torch.compile of the blocks
+
+
+def _warnings(caplog) -> list[str]:
+    return [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+
+
+def test_compiled_blocks_match_eager_and_keep_the_state_dict_keys(caplog):
+    model = perturb(build_dit("tiny/256", V, N_MOD)).eval()
+    eager = copy.deepcopy(model)
+    keys = list(model.state_dict())
+    assert model.compile_blocks() is False and not model.blocks_compiled  # auto: off on CPU
+    assert model.compile_blocks(True) and model.blocks_compiled
+    assert list(model.state_dict()) == keys  # no _orig_mod. prefix
+    x, t = inputs(3)
+    with torch.no_grad(), caplog.at_level(logging.WARNING):
+        out, ref = model(x, t, **labels(3)), eager(x, t, **labels(3))
+    assert ref.abs().max() > 0.1
+    if model.blocks_compiled:  # torch.compile works here (a C compiler is installed)
+        assert _warnings(caplog) == []
+        torch.testing.assert_close(out, ref, atol=1e-5, rtol=1e-5)
+    else:  # it fell back: one warning, then the eager arithmetic exactly
+        assert len(_warnings(caplog)) == 1 and "running them eager" in _warnings(caplog)[0]
+        assert torch.equal(out, ref)
+    assert list(model.state_dict()) == keys
+    assert model.compile_blocks(False) is False and not model.blocks_compiled
+
+
+def _failing_backend(gm, example_inputs):
+    raise RuntimeError("no working C compiler (simulated)")
+
+
+def test_a_failing_compilation_warns_once_and_runs_eager(caplog):
+    model = perturb(build_dit("nano/256", V, N_MOD)).eval()
+    eager = copy.deepcopy(model)
+    assert model.compile_blocks(True, backend=_failing_backend)
+    x, t = inputs(2)
+    with torch.no_grad(), caplog.at_level(logging.WARNING):
+        first = model(x, t, **labels(2))
+        one = {k: v[:1] for k, v in labels(2).items()}
+        second = model(x[:1], t[:1], **one)
+        ref, ref1 = eager(x, t, **labels(2)), eager(x[:1], t[:1], **one)
+    [message] = _warnings(caplog)
+    assert "\n" not in message and "simulated" in message and "running them eager" in message
+    assert not model.blocks_compiled
+    assert torch.equal(first, ref) and torch.equal(second, ref1)

@@ -4,6 +4,7 @@ deterministic shards that are complete or absent, one-line errors, and the relea
 import dataclasses
 import hashlib
 import json
+import logging
 
 import nibabel as nib
 import numpy as np
@@ -109,6 +110,23 @@ def test_images_do_not_depend_on_batching_or_sharding(checkpoint):
     other = sample_table(model, norms, cfg, table, fast(seed=4), REG)
     assert np.abs(other - whole).max() > 0.1
     assert whole.shape == (5, 512) and np.isfinite(whole).all()
+
+
+def test_compiled_sampling_matches_eager(checkpoint, caplog):
+    model, norms, cfg = load_for_sampling(checkpoint)
+    table = covariates(2)
+    eager = sample_table(model, norms, cfg, table, fast(compile=False), REG)
+    assert not model.blocks_compiled
+    with caplog.at_level("WARNING"):
+        compiled = sample_table(model, norms, cfg, table, fast(compile=True), REG)
+    warned = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+    assert model.blocks_compiled or (len(warned) == 1 and "running them eager" in warned[0])
+    # to 1e-5 of the images' scale (DDIM divides epsilon's rounding by sqrt(abar): 156x at t = 999)
+    scale = np.abs(eager).max()
+    assert scale > 0.5
+    np.testing.assert_allclose(compiled, eager, rtol=0, atol=1e-5 * scale)
+    with pytest.raises(GenbrainInputError, match="'compile' is 1; expected true, false or null"):
+        fast(compile=1)
 
 
 def test_k_samples_are_averaged(checkpoint):

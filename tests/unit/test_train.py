@@ -5,6 +5,7 @@ Models are nano widths with patch 16 on 512-voxel toy stores (with patch 256 the
 hidden 64 cannot fall below ~1 - 64/256, so learning would be invisible)."""
 
 import json
+import logging
 import os
 import signal
 import socket
@@ -393,3 +394,24 @@ def test_precision_auto_is_fp32_on_cpu_and_bf16_autocasts(tmp_path):
     assert max((bf16[k] - fp32[k]).abs().max().item() for k in fp32) < 0.05  # ... and close
     with pytest.raises(GenbrainInputError, match="'precision' is 'fp16'; expected one of auto"):
         config(precision="fp16")
+
+
+def test_compile_matches_eager_keeps_checkpoint_keys_and_may_change_on_resume(tmp_path, caplog):
+    index = make_store(tmp_path / "s", n=4)
+    with GradRecorder() as eager:
+        a = train(config(steps=2, compile=False), index, tmp_path / "eager")
+    with GradRecorder() as compiled, caplog.at_level("WARNING"):
+        b = train(config(steps=2, compile=True), index, tmp_path / "compiled")
+    warned = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+    for key in ("model", "ema"):  # the same keys as eager: no _orig_mod. prefix
+        assert list(state(b.checkpoint, key)) == list(state(a.checkpoint, key))
+    if warned:  # compilation failed here: one warning, then exactly the eager run
+        assert len(warned) == 1 and "running them eager" in warned[0]
+        assert_states_equal(state(b.checkpoint), state(a.checkpoint))
+    for ga, gb in zip(eager.steps[0], compiled.steps[0]):  # step 1: the same weights
+        torch.testing.assert_close(ga, gb, atol=1e-6, rtol=1e-5)
+    np.testing.assert_allclose(b.losses, a.losses, rtol=1e-5)
+    # compile changes rounding only: a resumed run may switch it (null = off on CPU)
+    assert train(config(steps=3, compile=None), index, tmp_path / "compiled").step == 3
+    with pytest.raises(GenbrainInputError, match="'compile' is 'yes'; expected true, false"):
+        config(compile="yes")

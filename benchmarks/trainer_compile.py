@@ -1,0 +1,81 @@
+"""The trainer end to end on a GPU, eager against compiled DiT blocks (issue 33), in one process.
+
+Runs ``genbrain.train.train`` twice on the same brain-sized store (228,483 voxels, 893 tokens),
+``compile: false`` (the baseline) and ``compile: true``, each for ``--warm`` steps and then
+``--steps`` more steps resumed from that checkpoint, so that start-up, the first-shape compile
+and the first checkpoint are left out of the timed part. Prints seconds per step, images/s,
+MFU against ``--peak`` TFLOP/s (training = 3 x the analytic forward FLOPs of
+``genbrain.model.dit.DiT``) and the compiled/eager ratio. Needs CUDA.
+
+    python benchmarks/trainer_compile.py --preset L/256 --batch 32
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from genbrain.train import TrainConfig, train
+from tests.unit.test_train import make_store
+
+V_BRAIN = 228_483
+
+
+def forward_flops(preset_cfg: TrainConfig) -> float:
+    """Analytic forward FLOPs of one image (2 x multiply-adds of the matmuls)."""
+    from genbrain.model.dit import PRESETS
+
+    p = PRESETS[preset_cfg.preset]
+    depth, d = p["depth"], p["hidden_size"]
+    t = -(-V_BRAIN // 256)
+    per_block = 2 * t * d * (3 * d) + 2 * t * d * d + 2 * 2 * t * d * (4 * d) + 2 * 2 * t * t * d
+    return depth * per_block
+
+
+def run(store: Path, out: Path, preset: str, batch: int, warm: int, steps: int,
+        compile_: bool) -> float:
+    base = {"preset": preset, "n_modalities": 2, "global_batch": batch, "lr": 1e-4,
+                "checkpoint_every": 10_000, "log_every": 10_000, "sampling_weights": "model",
+                "compile": compile_}
+    train(TrainConfig(steps=warm, **base), store, out)
+    torch.cuda.synchronize()
+    t0 = time.perf_counter()
+    train(TrainConfig(steps=warm + steps, **base), store, out)
+    torch.cuda.synchronize()
+    return (time.perf_counter() - t0) / steps
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--preset", default="L/256")
+    ap.add_argument("--batch", type=int, default=32)
+    ap.add_argument("--warm", type=int, default=3)
+    ap.add_argument("--steps", type=int, default=20)
+    ap.add_argument("--peak", type=float, default=790.0, help="bf16 TFLOP/s (measured 8192^3)")
+    args = ap.parse_args()
+    if not torch.cuda.is_available():
+        raise SystemExit("trainer_compile: needs CUDA")
+    with tempfile.TemporaryDirectory() as tmp:
+        store = make_store(Path(tmp) / "s", n=2 * args.batch, v=V_BRAIN)
+        fl = 3 * forward_flops(TrainConfig(preset=args.preset))
+        res = {}
+        for name, flag in (("eager", False), ("compiled", True)):
+            s = run(store, Path(tmp) / name, args.preset, args.batch, args.warm, args.steps, flag)
+            res[name] = s
+            ips = args.batch / s
+            print(f"{args.preset} batch {args.batch} {name}: {s:.4f} s/step, {ips:.1f} img/s, "
+                  f"MFU {100 * ips * fl / (args.peak * 1e12):.1f}% (resumed steps incl. loading,"
+                  " checkpoint write at the end)", flush=True)
+        print(f"compiled / eager step time: {res['compiled'] / res['eager']:.3f} "
+              f"(speed-up {res['eager'] / res['compiled']:.2f}x)")
+
+
+if __name__ == "__main__":
+    main()
