@@ -1,6 +1,9 @@
 # Two commands do all set-up on a fresh machine:
 #   make demo   run the whole DAG on the embedded simulated cohorts and build the report
-#   make test   run the test suite (unit, workflow, and the demo end to end)
+#   make test   run the test suite: unit, lint, schema, dry-runs, and the .test/ scenarios end
+#               to end (smoke: every rule of the DAG on tiny inputs; determinism; Slurm); ~15 min
+# and one more for the full-size check:
+#   make test-demo  the demo end to end with its assertions (~30 min on 2 cores); CI runs both
 SHELL := /bin/bash
 PYTHON ?= python3
 VENV := .venv
@@ -8,7 +11,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-$(shell sha1sum requirements.lock | cut -c1-12)
 CORES ?= all
 
-.PHONY: venv demo test test-fast lint clean-demo fidelity
+.PHONY: venv demo test test-demo test-fast test-unit lint clean-demo fidelity
 
 venv: $(STAMP)
 
@@ -32,10 +35,18 @@ fidelity: venv
 	$(BIN)/python -m genbrain.fidelity --results results --out docs/fidelity.md
 
 test: venv
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest -m "not demo"
 
+# the embedded demo end to end (its own results in a temporary folder, not results/)
+test-demo: venv
+	$(BIN)/python -m pytest -m demo
+
+# no workflow runs: unit tests, lint, schema and dry-runs
 test-fast: venv
-	$(BIN)/python -m pytest -m "not slow"
+	$(BIN)/python -m pytest -m "not slow and not demo"
+
+test-unit: venv
+	$(BIN)/python -m pytest tests/unit
 
 lint: venv
 	$(BIN)/snakemake --lint --configfile config/demo.yaml

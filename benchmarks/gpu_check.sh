@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The GPU checks, run from the repository root on a GPU machine: the `gpu`-marked tests of
-# tests/unit/test_gpu.py (bf16 compiled training and its exact resume, DDIM sampling in bf16
+# tests/unit/test_gpu.py (bf16 compiled training and its resume to float rounding, DDIM sampling in bf16
 # with compiled blocks against eager, DistributedDataParallel on one GPU). About 2 minutes on
 # an H200; stopped after 280 s.
 #

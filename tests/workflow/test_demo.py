@@ -1,6 +1,5 @@
-"""The embedded demo end to end (slow: minutes), and determinism of a small slice."""
+"""The embedded demo end to end (`make test-demo`: ~30 min on 2 cores)."""
 
-import hashlib
 import shutil
 
 import numpy as np
@@ -38,7 +37,7 @@ def demo(tmp_path_factory):
     return work
 
 
-@pytest.mark.slow
+@pytest.mark.demo
 def test_demo_builds_every_store(demo):
     cfg = yaml.safe_load((ROOT / "config" / "demo.yaml").read_text())
     v = standard_space().n_voxels
@@ -66,7 +65,7 @@ def test_demo_builds_every_store(demo):
             assert table1[f"{score}_mean"].notna().all(), name
 
 
-@pytest.mark.slow
+@pytest.mark.demo
 def test_demo_registration_recovers_native_poses(demo):
     space = standard_space()
     pts = np.c_[space.world_coords, np.ones(space.n_voxels)]
@@ -85,7 +84,7 @@ def test_demo_registration_recovers_native_poses(demo):
     assert worst < 2.0
 
 
-@pytest.mark.slow
+@pytest.mark.demo
 def test_demo_store_carries_the_planted_disease_effect(demo):
     space = standard_space()
     import nibabel as nib
@@ -105,7 +104,7 @@ def test_demo_store_carries_the_planted_disease_effect(demo):
 
 
 
-@pytest.mark.slow
+@pytest.mark.demo
 def test_demo_pretrains_synthesizes_evaluates_and_exports(demo):
     cfg = yaml.safe_load((ROOT / "config" / "demo.yaml").read_text())
     res = demo / "results"
@@ -155,7 +154,7 @@ def test_demo_pretrains_synthesizes_evaluates_and_exports(demo):
     assert all(p.with_name(p.name.replace(".nii.gz", ".json")).exists() for p in images)
 
 
-@pytest.mark.slow
+@pytest.mark.demo
 def test_demo_draws_gates_and_exports_the_researchers_grid_cohort(demo):
     """config/demo.yaml's synthesize.cohorts.showcase: a grid of ages x sexes x modalities,
     k samples averaged per image, audited, gated and exported with its conditions."""
@@ -194,7 +193,7 @@ def test_demo_draws_gates_and_exports_the_researchers_grid_cohort(demo):
         assert path.with_name(path.name.replace(".json", ".nii.gz")).exists()
 
 
-@pytest.mark.slow
+@pytest.mark.demo
 def test_demo_fine_tunes_learn_the_disease_direction_and_draw_a_gated_cohort(demo):
     """config/demo.yaml's finetune.tasks: scz (siteA, siteB: all their T1w and VBM) and sczdx
     (siteC's training split, T1w), each with the disease head its diagnosis condition implies,
@@ -250,7 +249,7 @@ def test_demo_fine_tunes_learn_the_disease_direction_and_draw_a_gated_cohort(dem
         assert side["Model"]["checkpoint"] == "results/finetune/scz/siteA/checkpoint.pt"
 
 
-@pytest.mark.slow
+@pytest.mark.demo
 def test_demo_bwas_scores_each_sites_real_and_synthetic_maps_against_the_other_sites(demo):
     """config/demo.yaml's bwas.analyses.scz: for siteA and siteB, the reference cohort is the
     other four sites, the synthetic cohort (max_synthetic images) mirrors its covariates and
@@ -322,7 +321,7 @@ def test_demo_bwas_scores_each_sites_real_and_synthetic_maps_against_the_other_s
             assert screen.loc[name, "verdict"] == "no benefit", screen
 
 
-@pytest.mark.slow
+@pytest.mark.demo
 def test_demo_diagnosis_sweeps_every_site_and_augments_the_fine_tuned_one(demo):
     """config/demo.yaml's diagnosis.analyses.sczdx: regional volumes of every site's real T1w
     (mri_WMHsynthseg's columns, varying across subjects, carrying the planted atrophy), siteC's
@@ -396,7 +395,7 @@ def test_demo_diagnosis_sweeps_every_site_and_augments_the_fine_tuned_one(demo):
     assert (rows["verdict"] != "not measured").all(), rows
 
 
-@pytest.mark.slow
+@pytest.mark.demo
 def test_demo_report_opens_in_chromium_with_every_stage_and_its_provenance(demo, browser):
     """What `make demo` ends with: results/report.html, built as the Makefile builds it,
     renders in headless Chromium without console errors, shows the category of every rule
@@ -480,7 +479,7 @@ def test_demo_report_opens_in_chromium_with_every_stage_and_its_provenance(demo,
     assert severe(browser) == []
 
 
-@pytest.mark.slow
+@pytest.mark.demo
 def test_privacy_gate_stops_the_export_of_a_planted_training_copy(demo):
     """An exact copy of a training image planted into the synthetic store: the audit finds it,
     the gate fails naming both images, and no export is written."""
@@ -515,35 +514,3 @@ def test_privacy_gate_stops_the_export_of_a_planted_training_copy(demo):
                   str(ROOT / "config" / "demo.yaml"), "--forcerun", "audit_memorisation",
                   timeout=900)
 
-
-TINY = {
-    "seed": 3,
-    "cohorts": {"tiny": {"role": "disorder", "modalities": ["T1w", "VBM"],
-                         "diagnosis_levels": ["CN", "SCZ"],
-                         "simulate": {"kind": "disorder", "age": [30, 60],
-                                      "sites": {"n1": {"n": 2, "native": True},
-                                                "s1": {"n": 3}}}}},
-    "preprocess": {"chunk_size": 2, "ants": {"type_of_transform": "SyN"}},
-    "qc": {"mosaic_subjects": 2},
-}
-
-
-def _digest(work):
-    out = {}
-    for p in sorted((work / "results").rglob("*")):
-        if p.is_file() and p.suffix in (".tsv", ".npy") and "benchmarks" not in p.parts:
-            out[str(p.relative_to(work))] = hashlib.sha1(p.read_bytes()).hexdigest()
-    return out
-
-
-def test_two_runs_give_identical_tables_and_stores(tmp_path):
-    cfg = tmp_path / "tiny.yaml"
-    cfg.write_text(yaml.safe_dump(TINY))
-    digests = []
-    for k in range(2):
-        work = tmp_path / f"run{k}"
-        res = snakemake("--configfile", str(cfg), "--cores", "2", "-d", str(work), timeout=600)
-        assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-2000:]
-        digests.append(_digest(work))
-    assert len(digests[0]) >= 10
-    assert digests[0] == digests[1]

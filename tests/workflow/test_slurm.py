@@ -22,24 +22,9 @@ SLURM_PROFILE = ROOT / "profiles" / "slurm" / "config.yaml"
 TEST_PROFILE = ROOT / "tests" / "workflow" / "slurm-profile"
 NODE_CPUS = 2  # the CI machine; the test profile must fit a node this small
 
-# One standard-space site of 8 subjects in two chunks, through every stage that exists: the
-# store and its QC, then a nano DiT (2 steps; its GPU rules run on CPU under the test profile),
-# 4 hold-out subjects x 2 modalities synthesized in 2 shards, their evaluation, the privacy gate
-# and the export: 22 Slurm jobs (`all`, `provenance` and `fidelity_record` run locally).
-TINY = {
-    "seed": 5,
-    "cohorts": {"tiny": {"role": "pretrain", "modalities": ["T1w", "VBM"],
-                         "simulate": {"kind": "population", "age": [30, 60],
-                                      "sites": {"s1": {"n": 8}}}}},
-    "preprocess": {"chunk_size": 4},
-    "qc": {"mosaic_subjects": 2},
-    "pretrain": {"holdout_fraction": 0.5,
-                 "train": {"preset": "nano/256", "steps": 2, "global_batch": 2,
-                           "checkpoint_every": 1, "log_every": 1, "sampling_weights": "model"}},
-    "synthesize": {"ddim_steps": 2, "batch_size": 4, "shard_size": 4},
-    "evaluate": {"similarity": {"cohort_size": 4, "n_cohorts": 1, "k": 1}},
-    "export": {"max_images": 2},
-}
+# The Slurm scenario (22 jobs through sbatch): .test/slurm/config.yaml says what it runs and why
+# it is a slice of the smoke scenario rather than the whole of it.
+SCENARIO = ROOT / ".test" / "slurm" / "config.yaml"
 SLICE_JOBS = {"simulate_truth": 1, "simulate_truth_figure": 1, "simulate_cohort": 2, "preprocess_chunk": 2, "pack_store": 1,
               "qc_registration": 1, "cohort_demographics": 1, "qc_mosaic": 1,
               "split_pretrain": 1, "pretrain_dit": 1, "pretrain_loss_curve": 1,
@@ -214,8 +199,7 @@ def slurm_run(tmp_path_factory):
     if problem:
         pytest.skip(problem)
     tmp = tmp_path_factory.mktemp("slurm")
-    cfg = tmp / "tiny.yaml"
-    cfg.write_text(yaml.safe_dump(TINY))
+    cfg = SCENARIO
     work = tmp / "work"
     # SIGINT, not SIGTERM: a Snakemake stuck polling Slurm ignores SIGTERM (notes/slurm-local).
     cmd = ["timeout", "-s", "INT", "-k", "30", "1200", str(BIN / "snakemake"),

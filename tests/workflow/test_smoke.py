@@ -1,0 +1,163 @@
+"""The smoke scenario (.test/smoke/config.yaml): every rule of the demo's DAG on tiny inputs, end
+to end in minutes, its report opened in headless Chromium.
+
+It checks that the workflow runs and that each stage writes what it promises, not that the
+models learn (the demo does: tests/workflow/test_demo.py, ``make test-demo``). A dry-run test
+keeps the scenario complete: every rule the demo's DAG schedules must be scheduled here too, so
+a stage added to the demo and forgotten here fails `make test` at once.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+
+import numpy as np
+import pytest
+import yaml
+
+from genbrain.io import read_tsv
+from genbrain.store import ImageStore
+from tests.workflow.browser import (
+    categories_by_rule,
+    open_provenance_page,
+    open_report,
+    severe,
+)
+from tests.workflow.helpers import ROOT, snakemake
+
+SMOKE = ROOT / ".test" / "smoke" / "config.yaml"
+DEMO = ROOT / "config" / "demo.yaml"
+# Categories the smoke report must show whatever the rules say: guards the derivation from the
+# rules' report() calls against silently expecting nothing.
+MUST_SHOW = {"Simulation", "Preprocessing", "Pretraining", "Fine-tuning", "Synthetic images",
+             "BWAS", "Diagnosis", "Fidelity record", "Provenance"}
+
+
+def job_counts(log: str) -> dict[str, int]:
+    """Rule name -> number of jobs, from Snakemake's 'Job stats' table."""
+    assert "Job stats:" in log, log[-2000:]
+    lines = log.split("Job stats:", 1)[1].strip().splitlines()
+    out = {}
+    for line in lines[2:]:  # header, dashes
+        parts = line.split()
+        if len(parts) != 2 or parts[0] == "total":
+            break
+        out[parts[0]] = int(parts[1])
+    return out
+
+
+def test_the_smoke_dag_holds_every_rule_of_the_demo_dag(tmp_path):
+    plans = {}
+    for name, cfg in (("demo", DEMO), ("smoke", SMOKE)):
+        res = snakemake("-n", "--configfile", str(cfg), "-d", str(tmp_path / name))
+        assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-2000:]
+        plans[name] = job_counts(res.stdout)
+    assert len(plans["demo"]) >= 30, plans["demo"]  # the parse found the table
+    assert sorted(set(plans["demo"]) - set(plans["smoke"])) == []
+    # and it stays small: a few jobs per rule at most
+    assert sum(plans["smoke"].values()) < sum(plans["demo"].values())
+
+
+@pytest.fixture(scope="module")
+def smoke(tmp_path_factory):
+    """Run the smoke scenario and build its report; returns the work folder and the report."""
+    tmp = tmp_path_factory.mktemp("smoke")
+    work = tmp / "work"
+    res = snakemake("--configfile", str(SMOKE), "--cores", "2", "-d", str(work), timeout=1200)
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    html = tmp / "report.html"
+    res = snakemake("--configfile", str(SMOKE), "-d", str(work), "--report", str(html),
+                    timeout=600)
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    return {"work": work, "html": html}
+
+
+@pytest.mark.slow
+def test_every_rule_of_the_workflow_ran(smoke):
+    # every rule writes a benchmark file: the rules that ran are the folders there
+    ran = {p.name for p in (smoke["work"] / "results" / "benchmarks").iterdir()}
+    assert sorted(set(categories_by_rule()) - ran) == []
+
+
+@pytest.mark.slow
+def test_each_stage_wrote_what_it_promises(smoke):
+    cfg = yaml.safe_load(SMOKE.read_text())
+    res = smoke["work"] / "results"
+    # stores: every subject and modality, native subjects with their Jacobians
+    for name, cohort in cfg["cohorts"].items():
+        sites = cohort["simulate"]["sites"].values()
+        n = sum(s["n"] for s in sites)
+        n_native = sum(s["n"] for s in sites if s.get("native"))
+        store = ImageStore(res / "stores" / name / "index.tsv")
+        assert len(store) == n * len(cohort["modalities"]) + n_native, name
+    assert read_tsv(res / "qc" / "stroke" / "registration.tsv")["qc_pass"].all()
+    # pretraining and its synthetic cohorts, audited, gated and exported
+    for name in ["pretrain", *cfg["synthesize"]["cohorts"]]:
+        syn = ImageStore(res / "synthetic" / name / "index.tsv")
+        assert np.isfinite(syn.batch(range(len(syn)))).all(), name
+        assert bool(read_tsv(res / "evaluate" / "audit" / f"{name}_gate.tsv")["passed"].item())
+        assert list((res / "export" / name).rglob("*.nii.gz")), name
+    # fine-tunes, BWAS and diagnosis
+    for task, spec in cfg["finetune"]["tasks"].items():
+        for site in spec["sites"]:
+            assert (res / "finetune" / task / site / "checkpoint.pt").exists(), (task, site)
+    for name, spec in cfg["bwas"]["analyses"].items():
+        for site in cfg["finetune"]["tasks"][spec["finetune"]]["sites"]:
+            scores = read_tsv(res / "bwas" / name / f"site-{site}" / "scores.tsv")
+            assert len(scores) and np.isfinite(scores.select_dtypes("number")).any().any()
+    for name in cfg["diagnosis"]["analyses"]:
+        summary = read_tsv(res / "diagnosis" / name / "summary.tsv")
+        assert len(summary) > 0, name
+        for fig in ("heatmap", "ratios", "harmonization", "shap"):
+            png = res / "figures" / "diagnosis" / name / f"{fig}.png"
+            assert png.read_bytes()[:4] == b"\x89PNG", png
+    fidelity = read_tsv(res / "fidelity" / "fidelity.tsv")
+    assert len(fidelity) > 0
+
+
+@pytest.mark.slow
+def test_the_report_renders_with_every_category_of_the_rules(smoke, browser):
+    by_rule = categories_by_rule()
+    expected = set().union(*by_rule.values())
+    assert MUST_SHOW <= expected, expected
+    text = open_report(browser, smoke["html"])
+    assert "genbrain-pipeline" in text  # the workflow description, rendered by the app
+    assert sorted(expected - {line.strip() for line in text.splitlines()}) == []
+    assert severe(browser) == []
+
+
+@pytest.mark.slow
+def test_the_provenance_page_opens_inside_the_report(smoke, browser):
+    page = open_provenance_page(browser, smoke["html"])
+    record = json.loads((smoke["work"] / "results" / "provenance" / "provenance.json")
+                        .read_text())
+    assert record["config_sha256"] in page
+    assert {r["rule"] for r in record["runtime"]} == set(categories_by_rule()) - {"provenance"}
+    for row in record["runtime"]:
+        assert row["rule"] in page
+    assert severe(browser) == []
+
+
+DETERMINISM = ROOT / ".test" / "determinism" / "config.yaml"
+
+
+def _digest(work):
+    out = {}
+    for p in sorted((work / "results").rglob("*")):
+        if p.is_file() and p.suffix in (".tsv", ".npy") and "benchmarks" not in p.parts:
+            out[str(p.relative_to(work))] = hashlib.sha1(p.read_bytes()).hexdigest()
+    return out
+
+
+@pytest.mark.slow
+def test_two_runs_of_the_determinism_scenario_give_identical_tables_and_stores(tmp_path):
+    digests = []
+    for k in range(2):
+        work = tmp_path / f"run{k}"
+        res = snakemake("--configfile", str(DETERMINISM), "--cores", "2", "-d", str(work),
+                        timeout=600)
+        assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-2000:]
+        digests.append(_digest(work))
+    assert len(digests[0]) >= 10
+    assert digests[0] == digests[1]
