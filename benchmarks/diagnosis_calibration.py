@@ -3,7 +3,7 @@
 
 The criterion, fixed before any augmentation result was seen: the demo's ``disease_effect``
 is the value of the grid whose **mean real-only within-site test accuracy** over the demo
-cohort's sites (the protocol of :func:`genbrain.classify.run_sweep` at ratio 0: seeded
+cohort's sites (the protocol of :func:`genbrain.diagnosis.classify.run_sweep` at ratio 0: seeded
 3:1:1 split, the paper's 20 LightGBM configurations, selection on validation accuracy) is
 closest to 0.70, the middle of the paper's real-only range 0.59-0.80, and that value must stay
 inside 0.59-0.80 on two other simulator seeds. Nothing here looks at synthetic images.
@@ -31,8 +31,8 @@ import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from genbrain import classify as cl
-from genbrain import volumes as vol
+from genbrain.diagnosis import classify as cl
+from genbrain.diagnosis import volumes as vol
 from genbrain.modalities import DEFAULT_REGISTRY
 from genbrain.simulate.cohort import Generator, participants, site_specs, subject_rng
 

@@ -1,9 +1,9 @@
 """Cross-site diagnosis sweep at the paper's size: wall time against one LightGBM fit.
 
-The protocol of :func:`genbrain.classify.run_sweep` at the paper's schizophrenia size: 7 sites
-(120-300 subjects, the paper's sites have > 100), 31 synthetic:real ratios (0.0..3.0 by 0.1),
-20 LightGBM configurations, every (training, test) pair, 1,000 bootstrap resamples, ComBat
-rows, on synthetic features (32 columns like the volumes; a diagnosis shift in 4 of them,
+The protocol of :func:`genbrain.diagnosis.classify.run_sweep` at the paper's schizophrenia size:
+7 sites (120-300 subjects, the paper's sites have > 100), 31 synthetic:real ratios (0.0..3.0
+by 0.1), 20 LightGBM configurations, every (training, test) pair, 1,000 bootstrap resamples,
+ComBat rows, on synthetic features (32 columns like the volumes; a diagnosis shift in 4 of them,
 a per-site offset and scale) and a synthetic pool of 3x each site's training split.
 LightGBM runs on ``--threads`` threads (default 2: the 2-core budget machine).
 
@@ -28,7 +28,7 @@ import pandas as pd
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from genbrain import classify as cl
+from genbrain.diagnosis import classify as cl
 
 SIZES = {"S1": 120, "S2": 150, "S3": 180, "S4": 200, "S5": 230, "S6": 260, "S7": 300}
 N_FEATURES = 32

@@ -253,8 +253,9 @@ def training_table(job: FinetuneJob, participants: pd.DataFrame,
 def cohort_split(participants: pd.DataFrame, levels: Sequence[str], seed: int,
                  source: str) -> pd.DataFrame:
     """The cohort's seeded per-site 3:1:1 train/validation/test split, stratified by
-    diagnosis (:func:`genbrain.classify.split_sites`: fine-tunes and classifiers share it)."""
-    from genbrain.classify import split_sites
+    diagnosis (:func:`genbrain.diagnosis.classify.split_sites`: fine-tunes and classifiers share
+    it)."""
+    from genbrain.diagnosis.classify import split_sites
 
     table = split_sites(participants, list(levels), seed, source=source)
     return table[["participant_id", "site", "diagnosis", "split"]].reset_index(drop=True)

@@ -211,7 +211,7 @@ def synthetic_cohorts(config: Mapping, cohorts: Mapping[str, Cohort], pretrain: 
     - every BWAS site's synthetic cohort (``bwas``: :class:`genbrain.bwas.BwasSite` by name):
       the reference cohort's covariates, drawn by the site's fine-tune, one image per row;
     - every diagnosis training site's synthetic pool (``diagnosis``:
-      :class:`genbrain.diagnosis.DiagnosisSite` by name, those with a fine-tune): its training
+      :class:`genbrain.diagnosis.plan.DiagnosisSite` by name, those with a fine-tune): its training
       split's covariates cycled to the pool's size, one image per row."""
     from genbrain.covariates import cohort_covariates
     from genbrain.splits import holdout_split

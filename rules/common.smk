@@ -8,7 +8,7 @@ sys.path.insert(0, str(Path(workflow.basedir)))
 
 from genbrain.config import validate_config
 from genbrain.bwas import plan_bwas
-from genbrain.diagnosis import plan_diagnosis
+from genbrain.diagnosis.plan import plan_diagnosis
 from genbrain.errors import GenbrainInputError
 from genbrain.finetune import plan_finetunes
 from genbrain.modalities import registry_from_config

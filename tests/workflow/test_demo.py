@@ -330,8 +330,8 @@ def test_demo_diagnosis_sweeps_every_site_and_augments_the_fine_tuned_one(demo):
     result (the fidelity record), not asserted."""
     import math
 
-    from genbrain import volumes as vol
-    from genbrain.diagnosis import simulated_disease_structures
+    from genbrain.diagnosis import volumes as vol
+    from genbrain.diagnosis.plan import simulated_disease_structures
 
     cfg = yaml.safe_load((ROOT / "config" / "demo.yaml").read_text())
     res = demo / "results"

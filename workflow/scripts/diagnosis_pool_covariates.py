@@ -7,7 +7,7 @@ from _smk import run
 
 
 def main(smk):
-    from genbrain.diagnosis import DiagnosisSite, pool_covariates
+    from genbrain.diagnosis.plan import DiagnosisSite, pool_covariates
     from genbrain.io import read_tsv, save_tsv
 
     job = DiagnosisSite.from_dict(smk.params.job)

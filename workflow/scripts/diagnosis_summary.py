@@ -7,7 +7,7 @@ from _smk import run
 
 
 def main(smk):
-    from genbrain.diagnosis import summary_outputs
+    from genbrain.diagnosis.plan import summary_outputs
 
     summary_outputs(list(smk.input.sweeps), list(smk.input.shap), smk.wildcards.analysis,
                     smk.params.simulated, dict(smk.output))

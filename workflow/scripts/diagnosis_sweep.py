@@ -7,7 +7,7 @@ from _smk import run
 
 
 def main(smk):
-    from genbrain.diagnosis import DiagnosisSite, site_sweep, sweep_inputs
+    from genbrain.diagnosis.plan import DiagnosisSite, site_sweep, sweep_inputs
     from genbrain.io import save_tsv
 
     job = DiagnosisSite.from_dict(smk.params.job)

@@ -7,9 +7,9 @@ from _smk import run
 
 
 def main(smk):
-    from genbrain.diagnosis import DiagnosisSite, synthetic_volumes
+    from genbrain.diagnosis.plan import DiagnosisSite, synthetic_volumes
+    from genbrain.diagnosis.volumes import save_volumes
     from genbrain.modalities import registry_from_config
-    from genbrain.volumes import save_volumes
 
     job = DiagnosisSite.from_dict(smk.params.job)
     table = synthetic_volumes(job, smk.input.index, registry_from_config(smk.config),

@@ -7,8 +7,8 @@ from _smk import run
 
 
 def main(smk):
+    from genbrain.diagnosis.volumes import save_volumes, store_volumes
     from genbrain.modalities import registry_from_config
-    from genbrain.volumes import save_volumes, store_volumes
 
     table = store_volumes(smk.input.index, registry_from_config(smk.config),
                           t1_modality=smk.params.modality, seed=smk.params.seed,

@@ -399,8 +399,8 @@ def store_volumes(index_path: str | os.PathLike, registry, t1_modality: str = "T
                      len(rows) / max(time.perf_counter() - t0, 1e-9))
     if uncorrected:
         log.warning("%s: %d of %d images left without bias correction (the polynomial field "
-                    "fit was not a plausible bias, genbrain.volumes.class_means)", index_path,
-                    uncorrected, len(ids))
+                    "fit was not a plausible bias, genbrain.diagnosis.volumes.class_means)",
+                    index_path, uncorrected, len(ids))
     out = pd.DataFrame(np.array(rows), columns=COLUMNS[1:])
     out.insert(0, ID_COLUMN, ids)
     return out

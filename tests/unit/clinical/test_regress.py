@@ -14,9 +14,8 @@ import pytest
 import torch
 from scipy import stats
 
-from genbrain.errors import GenbrainInputError
-from genbrain.io import save_tsv
-from genbrain.regress import (
+from genbrain.clinical.figures import pairs_figure, sweep_figure
+from genbrain.clinical.regress import (
     PAPER_CROP,
     CropVolumes,
     RegressConfig,
@@ -34,7 +33,8 @@ from genbrain.regress import (
     sweep_job,
     synthetic_rows,
 )
-from genbrain.regress_figures import pairs_figure, sweep_figure
+from genbrain.errors import GenbrainInputError
+from genbrain.io import save_tsv
 from genbrain.space import StandardSpace
 from genbrain.store import ImageStore, write_shard
 
@@ -105,7 +105,7 @@ def test_regressor_learns_a_planted_linear_score(tmp_path, space, caplog):
     split = score_split(store.table, "score", seed=0, score_max=MAX)
     assert split["split"].value_counts().to_dict() == {"train": 48, "val": 16, "test": 16}
     parts = split_images(store, split, cfg())
-    with caplog.at_level("INFO", logger="genbrain.regress"):
+    with caplog.at_level("INFO", logger="genbrain.clinical.regress"):
         result = fit(cfg(epochs=10, lr=3e-3), parts["train"], parts["val"], tmp_path / "run",
                      space=space)
     pred = predict(result.model, parts["test"], CropVolumes(CROP, space=space))

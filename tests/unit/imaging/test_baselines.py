@@ -5,7 +5,8 @@ import pytest
 import torch
 from scipy import ndimage as ndi
 
-from genbrain.baselines import (
+from genbrain.errors import GenbrainInputError
+from genbrain.imaging.baselines import (
     BRAIN_BOX,
     BrainGrid,
     UNetBaseline,
@@ -18,7 +19,6 @@ from genbrain.baselines import (
     predict_unet,
     train_unet,
 )
-from genbrain.errors import GenbrainInputError
 from genbrain.space import standard_space, template_t1
 
 TINY = {"channels": (4, 8), "strides": (2,), "num_res_units": 1, "batch_size": 2, "lr": 3e-3}

@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 from scipy import stats as sstats
 
-from genbrain.corrupt import (
+from genbrain.errors import GenbrainInputError
+from genbrain.imaging.corrupt import (
     PAPER_SIGMAS,
     TABLE_COLUMNS,
     CorruptionSettings,
@@ -16,7 +17,6 @@ from genbrain.corrupt import (
     corrupt_volume,
     draw_corruption,
 )
-from genbrain.errors import GenbrainInputError
 from genbrain.space import standard_space, template_t1
 
 NO_MOTION = {"n_movements": (0, 0)}

@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from genbrain import harmonize as hz
+from genbrain.diagnosis import harmonize as hz
 from genbrain.errors import GenbrainInputError
 
 FEATS = [f"v{i}" for i in range(6)]

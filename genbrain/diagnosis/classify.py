@@ -36,7 +36,7 @@ The protocol (every choice below is what :func:`run_sweep` does):
   resampled differences and its p-value the bootstrap t-test
   ``2 * t.sf(|d| / sd(d_b), B - 1)`` (the paper's test).
 - **Methods**: ``real`` (ratio 0), ``augmented`` (each ratio > 0), ``harmonized`` (the real
-  model on ComBat-harmonised target features, :mod:`genbrain.harmonize`) and
+  model on ComBat-harmonised target features, :mod:`genbrain.diagnosis.harmonize`) and
   ``harmonized+augmented`` (the chosen-ratio model on the same features); cross-site only
   for the last two, and every difference is against ``real``.
 
@@ -480,7 +480,7 @@ def run_sweep(features: pd.DataFrame, feature_columns: Sequence[str], spec: Swee
                 proba = predict_proba(per_ratio[r][0], z(x_all[m]), k)
                 _emit(rows, ctx, t, r, "real" if r == 0 else "augmented", proba, per_ratio[r])
         if spec.harmonize:
-            from genbrain.harmonize import combat_pair
+            from genbrain.diagnosis.harmonize import combat_pair
 
             train_rows = table[tr]
             for t, m in evals.items():

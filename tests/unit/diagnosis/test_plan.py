@@ -1,4 +1,4 @@
-"""The cross-site diagnosis stage (genbrain.diagnosis): the synthetic pool's covariates, the
+"""The cross-site diagnosis stage (genbrain.diagnosis.plan): the synthetic pool's covariates, the
 feature tables and their bad inputs, the shared split, one site's sweep with a pool carrying
 the planted signal, the analysis summary against a hand computation, and its fidelity rows."""
 
@@ -8,9 +8,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from genbrain import classify as cl
-from genbrain import diagnosis as dx
-from genbrain import volumes as vol
+from genbrain.diagnosis import classify as cl
+from genbrain.diagnosis import plan as dx
+from genbrain.diagnosis import volumes as vol
 from genbrain.errors import GenbrainInputError
 from genbrain.fidelity import fidelity_table
 from genbrain.io import save_tsv

@@ -15,7 +15,7 @@ training site (:class:`DiagnosisSite`):
   permutations (:func:`pool_covariates`), drawn through the same synthesis jobs, memorisation
   audit and privacy gate as every synthetic cohort, and measured by the same volume backend as
   the real images;
-- :func:`site_sweep` runs :func:`genbrain.classify.run_sweep` for the site on the shared
+- :func:`site_sweep` runs :func:`genbrain.diagnosis.classify.run_sweep` for the site on the shared
   split table (the one the fine-tune trained on) and explains its selected models (SHAP);
 - :func:`summarise` gathers the sites: mean cross-site accuracy per method, pairs improved,
   the within-site real-only baseline, and whether the top regions are the simulated ones.
@@ -84,7 +84,7 @@ class DiagnosisSite:
 def analysis_ratios(section: Mapping, name: str) -> tuple[float, ...]:
     """The synthetic:real ratios of analysis ``name`` (its own ``ratios``, else the section's;
     default 0.0..3.0 by 0.1), checked."""
-    from genbrain.classify import spec_from_config
+    from genbrain.diagnosis.classify import spec_from_config
 
     spec = dict(section.get("analyses", {}).get(name, {}))
     ratios = spec.get("ratios", section.get("ratios"))
@@ -104,7 +104,7 @@ def plan_diagnosis(config: Mapping, cohorts: Mapping, finetunes: Mapping
     (:class:`genbrain.finetune.FinetuneJob` by model name) -> {``<analysis>/<label>``: site}.
     The cohort's split is made here too, so a site whose classes cannot be split 3:1:1 stops
     the workflow at parse time."""
-    from genbrain.classify import split_sites
+    from genbrain.diagnosis.classify import split_sites
 
     section = config.get("diagnosis") or {}
     out: dict[str, DiagnosisSite] = {}
@@ -185,10 +185,10 @@ def pool_covariates(job: DiagnosisSite, split: pd.DataFrame, participants: pd.Da
 def real_features(volume_tables: Sequence[pd.DataFrame], participants: pd.DataFrame,
                   split: pd.DataFrame, source: str = "volumes") -> pd.DataFrame:
     """One row per real participant: participant_id, site, age, sex, diagnosis, split and the
-    volume columns (:data:`genbrain.volumes.COLUMNS`), from the per-site volume tables (as
-    :func:`genbrain.volumes.read_volumes` returns them). One-line error for a participant of
-    the split without volumes."""
-    from genbrain import volumes as vol
+    volume columns (:data:`genbrain.diagnosis.volumes.COLUMNS`), from the per-site volume
+    tables (as :func:`genbrain.diagnosis.volumes.read_volumes` returns them). One-line error for
+    a participant of the split without volumes."""
+    from genbrain.diagnosis import volumes as vol
 
     v = pd.concat(list(volume_tables), ignore_index=True)
     dup = v["participant_id"].duplicated()
@@ -224,7 +224,7 @@ def synthetic_volumes(job: DiagnosisSite, index: str, registry, method: str = "p
     """Volumes of a synthetic pool's store -> volume table whose ``Input-file`` is each
     image's ``synthetic_id`` (its covariate row); a one-line error when the store does not
     hold the pool's ``n_pool`` images."""
-    from genbrain import volumes as vol
+    from genbrain.diagnosis import volumes as vol
     from genbrain.store import ImageStore
 
     table = ImageStore(index, modalities=[job.modality]).table
@@ -243,7 +243,7 @@ def sweep_inputs(job: DiagnosisSite, volume_csvs: Sequence[str], participants: s
     """Read a sweep's inputs -> (real features with the shared split, the synthetic pool's
     features or None). The split table must be the one :func:`plan_diagnosis` planned (the
     fine-tune's): a site whose training split changed size is a one-line error."""
-    from genbrain import volumes as vol
+    from genbrain.diagnosis import volumes as vol
     from genbrain.io import read_tsv
 
     split_t = read_tsv(split)
@@ -263,12 +263,12 @@ def sweep_inputs(job: DiagnosisSite, volume_csvs: Sequence[str], participants: s
 
 def site_sweep(job: DiagnosisSite, features: pd.DataFrame, pool: pd.DataFrame | None,
                section: Mapping, n_jobs: int = 1, seed: int = 0) -> dict[str, pd.DataFrame]:
-    """One training site's sweep (:func:`genbrain.classify.run_sweep` with the split in
+    """One training site's sweep (:func:`genbrain.diagnosis.classify.run_sweep` with the split in
     ``features``) -> {"sweep": the tidy result table, "selection": every (ratio,
     configuration)'s validation scores, "shap": mean |SHAP| per feature of the selected
     real-only and augmented models}."""
-    from genbrain import classify as cl
-    from genbrain import volumes as vol
+    from genbrain.diagnosis import classify as cl
+    from genbrain.diagnosis import volumes as vol
 
     cfg = {k: v for k, v in section.items() if k in ("n_configs", "n_boot", "fixed")}
     cfg["ratios"] = list(analysis_ratios(section, job.analysis))
@@ -303,7 +303,7 @@ def summarise(sweeps: Sequence[pd.DataFrame], shap: Sequence[pd.DataFrame],
     standard error is its CI width / 3.92, the pairs' test sets are independent samples, and
     ``SE(mean) = sqrt(sum SE_i^2) / P`` (normal approximation; pairs that share a training site
     share its model, so this is the evaluation's sampling error, not the training's)."""
-    from genbrain import classify as cl
+    from genbrain.diagnosis import classify as cl
 
     table = pd.concat(list(sweeps), ignore_index=True)
     rows = []
@@ -358,7 +358,7 @@ def summary_outputs(sweep_tsvs: Sequence[str], shap_tsvs: Sequence[str], analysi
                     simulated: bool, out: Mapping[str, str]) -> None:
     """Write an analysis's summary (``out['summary']``, ``out['regions']``) and its figures
     (``heatmap``, ``ratios``, ``harmonization``, ``shap``) from its sites' tables."""
-    from genbrain import classify_figures as cf
+    from genbrain.diagnosis import figures as cf
     from genbrain.io import read_tsv, save_tsv
 
     sweeps = [read_tsv(p) for p in sweep_tsvs]
@@ -384,7 +384,7 @@ def summary_outputs(sweep_tsvs: Sequence[str], shap_tsvs: Sequence[str], analysi
 def simulated_disease_structures() -> list[str]:
     """The volume columns whose grey matter the embedded disorder cohort's disease changes
     (:data:`genbrain.simulate.anatomy.REGIONS` ``disease_gm``)."""
+    from genbrain.diagnosis.volumes import structures_of_labels
     from genbrain.simulate.anatomy import REGIONS
-    from genbrain.volumes import structures_of_labels
 
     return structures_of_labels(REGIONS["disease_gm"])

@@ -8,7 +8,7 @@ import pandas as pd
 import pytest
 from sklearn.metrics import balanced_accuracy_score, f1_score, roc_auc_score
 
-from genbrain import classify as cl
+from genbrain.diagnosis import classify as cl
 from genbrain.errors import GenbrainInputError
 
 FEATS = [f"f{i}" for i in range(8)]
@@ -240,7 +240,7 @@ def test_shap_explanations_find_the_planted_features(sweep):
 
 
 def test_summary_and_figures(sweep, tmp_path):
-    from genbrain import classify_figures as cf
+    from genbrain.diagnosis import figures as cf
 
     _, _, _, res = sweep
     summ = cl.summarise_cross_site(res.table)

@@ -1,5 +1,5 @@
 """Figures of the cross-site diagnosis stage (PNG, 150 dpi, written atomically), all drawn
-from the tidy tables of :mod:`genbrain.classify` (nothing is computed here but means).
+from the tidy tables of :mod:`genbrain.diagnosis.classify` (nothing is computed here but means).
 
 - :func:`heatmap`: the paper's Fig. 6a, training site x test site, relative change (%) of a
   metric with augmentation at each site's chosen ratio vs real-only; '*' where the paired

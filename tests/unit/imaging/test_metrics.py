@@ -6,7 +6,7 @@ import pytest
 from scipy import stats as sstats
 
 from genbrain.errors import GenbrainInputError
-from genbrain.metrics import (
+from genbrain.imaging.metrics import (
     MS_SSIM_WINDOW,
     bootstrap_indices,
     bootstrap_mean_ci,

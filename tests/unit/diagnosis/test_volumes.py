@@ -11,7 +11,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from genbrain import volumes as vol
+from genbrain.diagnosis import volumes as vol
 from genbrain.errors import GenbrainInputError
 from genbrain.simulate.anatomy import REGIONS, anatomy
 from genbrain.space import standard_space
