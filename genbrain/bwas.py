@@ -49,7 +49,8 @@ MAPS = ("reference", "real", "synthetic")
 class BwasSite:
     """One site of a BWAS analysis.
 
-    ``site``/``label``: the site's name in the participants table and its path label;
+    ``site``/``label``: the site's name in the participants table (every table's ``site``
+    column) and its path label (paths only);
     ``model``: the fine-tune (``<task>/<label>``) that draws the synthetic cohort ``synth``;
     ``reference_sites``: the pooled other sites; ``n_synthetic``: the synthetic cohort's size
     (the reference's, or ``max_synthetic`` when smaller)."""
@@ -104,6 +105,7 @@ def plan_bwas(config: Mapping, cohorts: Mapping, finetunes: Mapping
     section = config.get("bwas") or {}
     out: dict[str, BwasSite] = {}
     screens: dict[str, list[BwasSite]] = {}
+    sizes = (section.get("agreement") or {}).get("sizes") or ()
     for name, spec in (section.get("analyses") or {}).items():
         key = f"bwas.analyses.{name}"
         task = spec["finetune"]
@@ -157,8 +159,15 @@ def plan_bwas(config: Mapping, cohorts: Mapping, finetunes: Mapping
             ref = table[table["site"].isin(others)]
             # both designs at parse time: a singular one (e.g. a site of one sex) is one line
             # now rather than a failed job after its fine-tune and synthesis
-            design_matrix(table[table["site"] == site], control=control,
-                          label=f"config: '{key}': site '{site}'")
+            own = design_matrix(table[table["site"] == site], control=control,
+                                label=f"config: '{key}': site '{site}'")
+            # an agreement subsample is fitted with the site's design (no site dummies)
+            small = [int(n) for n in sizes if int(n) <= own.p]
+            if small:
+                raise GenbrainInputError(
+                    f"config: 'bwas.agreement.sizes' has {small[0]}; each agreement subsample's "
+                    f"d map fits {own.p} design columns ({', '.join(own.names)}), so every size "
+                    f"must exceed {own.p}")
             design_matrix(ref, site=True, control=control,
                           label=f"config: '{key}': the reference cohort of site '{site}'")
             cap = spec.get("max_synthetic")
@@ -275,8 +284,12 @@ def heldout_agreement(pool, mask: np.ndarray, sizes: Sequence[int], *, control: 
             continue
         for r, members in enumerate(_draw_disjoint(dx, n, n_repeats, rng)):
             rest = np.setdiff1d(np.arange(len(pool)), members)
-            d_sub = cohens_d(pool.subset(members), control=control, mask=mask)
-            d_rest = cohens_d(pool.subset(rest), site=True, control=control, mask=mask)
+            # named in a fit's error: the subsample, not the reference it is drawn from
+            sub = f"agreement subsample of {n} (repeat {r}; bwas.agreement.sizes)"
+            d_sub = cohens_d(pool.subset(members, label=f"{pool.label}: {sub}"),
+                             control=control, mask=mask)
+            d_rest = cohens_d(pool.subset(rest, label=f"{pool.label} without its {sub}"),
+                              site=True, control=control, mask=mask)
             rows.append((n, r, len(rest), overlap_scores(d_sub, d_rest, mask)["r"]))
             log.info("%s: agreement of a real cohort of %d (repeat %d): r %.3f", pool.label, n,
                      r, rows[-1][-1])
@@ -311,7 +324,7 @@ def site_analysis(job: BwasSite, real_index: str | Path, synthetic_index: str | 
     synth = Cohort.from_store(sstore, label=f"{job.name} synthetic")
     log.info("%s: scoring the real (n %d) and synthetic (n %d) maps, %d bootstrap resamples "
              "each", job.name, len(real), len(synth), n_boot)
-    scores, d = site_scores(job.label, real, synth, d_ref, mask,
+    scores, d = site_scores(job.site, real, synth, d_ref, mask,
                             volume_mask=standard_space().mask, n_boot=n_boot, seed=seed,
                             n_null=n_null, control=job.control)
     scores.insert(0, "analysis", job.analysis)

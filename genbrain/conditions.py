@@ -18,6 +18,12 @@ The labels of one image (each an (N,) array), as the DiT takes them:
   head);
 - ``score``: the ``score_column``, z-scored with ``norms["score"]`` (score heads).
 
+What a model has seen: ``ranges`` (``config.ranges`` in the checkpoint) holds the smallest and
+largest age and score of its training participants (a fine-tune's age range also spans its init
+model's); :meth:`Conditions.training_ranges` gives them, or the training mean +/- 4 SD for a
+checkpoint written before ranges were recorded, and the workflow refuses synthetic covariates
+outside them (:func:`genbrain.covariates.check_ranges`) unless a cohort allows extrapolation.
+
 Source images for image-conditioned tasks (``sources``: modalities paired by participant) are
 not labels: they ride along as extra input channels (``x_cond``), dropped to zeros together
 with the labels for classifier-free guidance (see :mod:`genbrain.model.dit`).
@@ -37,28 +43,63 @@ from genbrain.covariates import SEXES, fail_at_first
 from genbrain.errors import GenbrainInputError
 
 NULL_SEX = len(SEXES)  # the DiT's sex table: M, F, then the null row
+#: a condition's range, in SDs around its training mean, for checkpoints that record none
+FALLBACK_SDS = 4.0
 
 
 @dataclass(frozen=True)
 class Conditions:
     """The conditions of one model (see the module docstring). ``norms`` maps ``age`` (and
-    ``score``) to ``{"mean", "std"}``."""
+    ``score``) to ``{"mean", "std"}``, ``ranges`` to ``{"min", "max"}`` seen in training."""
 
     norms: Mapping[str, Mapping[str, float]]
     demographics: bool = True
     diagnosis_levels: tuple[str, ...] | None = None
     score_column: str | None = None
     sources: tuple[str, ...] = field(default_factory=tuple)
+    ranges: Mapping[str, Mapping[str, float]] = field(default_factory=dict)
 
     @classmethod
-    def of(cls, config, norms: Mapping[str, Mapping[str, float]]) -> Conditions:
+    def of(cls, config, norms: Mapping[str, Mapping[str, float]],
+           ranges: Mapping[str, Mapping[str, float]] | None = None) -> Conditions:
         """The conditions of a run from its TrainConfig (or anything with the same
-        attributes) and its label scalings."""
+        attributes), its label scalings and the ranges it saw (None: not recorded)."""
         return cls(norms=norms, demographics=bool(getattr(config, "demographics", True)),
                    diagnosis_levels=tuple(config.diagnosis_levels)
                    if config.diagnosis_levels else None,
                    score_column=config.score_column,
-                   sources=tuple(getattr(config, "sources", None) or ()))
+                   sources=tuple(getattr(config, "sources", None) or ()),
+                   ranges=dict(ranges or {}))
+
+    @classmethod
+    def from_record(cls, record: Mapping) -> Conditions:
+        """The conditions of a checkpoint's ``config`` record (``train`` as a dict, ``norms``,
+        ``ranges``), e.g. as :func:`genbrain.io.peek_checkpoint` reads it without torch."""
+        train = record["train"]
+        levels = train.get("diagnosis_levels")
+        return cls(norms=record["norms"], demographics=bool(train.get("demographics", True)),
+                   diagnosis_levels=tuple(levels) if levels else None,
+                   score_column=train.get("score_column"),
+                   sources=tuple(train.get("sources") or ()),
+                   ranges=dict(record.get("ranges") or {}))
+
+    def range_of(self, key: str) -> tuple[float, float, str]:
+        """(low, high, where from) of condition ``key`` (``age``, ``score``): the values seen
+        in training, else (a checkpoint that records none) the mean +/- FALLBACK_SDS SD of its
+        scaling."""
+        if key in self.ranges:
+            r = self.ranges[key]
+            return float(r["min"]), float(r["max"]), "seen in training"
+        mean, std = float(self.norms[key]["mean"]), float(self.norms[key]["std"])
+        return (mean - FALLBACK_SDS * std, mean + FALLBACK_SDS * std,
+                f"the training mean +/- {FALLBACK_SDS:g} SD: the checkpoint records no range")
+
+    def training_ranges(self) -> dict[str, tuple[float, float, str]]:
+        """Table column -> :meth:`range_of` for every numeric condition (``age``, the score
+        column)."""
+        keys = [("age", "age")] * self.demographics
+        keys += [("score", self.score_column)] * bool(self.score_column)
+        return {col: self.range_of(key) for key, col in keys}
 
     @property
     def columns(self) -> list[str]:
@@ -71,13 +112,19 @@ class Conditions:
     def describe(self) -> dict[str, object]:
         """What a release sidecar records: every condition the model uses."""
         out: dict[str, object] = {"modality": "registry index"}
+        ranges = self.training_ranges()
         if self.demographics:
-            out["age"] = {"units": "years", "standardised_with": dict(self.norms["age"])}
+            out["age"] = {"units": "years", "standardised_with": dict(self.norms["age"]),
+                          "training_range": list(ranges["age"][:2]),
+                          "training_range_from": ranges["age"][2]}
             out["sex"] = {"levels": list(SEXES)}
         if self.diagnosis_levels:
             out["diagnosis"] = {"levels": list(self.diagnosis_levels)}
         if self.score_column:
-            out[self.score_column] = {"standardised_with": dict(self.norms["score"])}
+            col = self.score_column
+            out[col] = {"standardised_with": dict(self.norms["score"]),
+                        "training_range": list(ranges[col][:2]),
+                        "training_range_from": ranges[col][2]}
         if self.sources:
             out["source_modalities"] = list(self.sources)
         return out
@@ -153,3 +200,33 @@ def fit_norms(people: pd.DataFrame, conditions_columns: Sequence[tuple[str, str 
             values = pd.to_numeric(people[col], errors="coerce").to_numpy(np.float64)
             norms[key] = fit_norm(values[np.isfinite(values)])
     return norms
+
+
+def fit_ranges(people: pd.DataFrame, conditions_columns: Sequence[tuple[str, str | None]],
+               given: Mapping[str, Mapping[str, float]] | None
+               ) -> dict[str, dict[str, float]]:
+    """The ranges a model sees: ``key -> {"min", "max"}`` of ``people[column]`` (finite values)
+    for every (key, column) pair, widened to span the range ``given`` for that key (a
+    fine-tune's :func:`inherited_ranges`, a resumed run's own)."""
+    ranges = {}
+    for key, col in conditions_columns:
+        if not col:
+            continue
+        values = pd.to_numeric(people[col], errors="coerce").to_numpy(np.float64)
+        values = values[np.isfinite(values)]
+        old = (given or {}).get(key)
+        if old:
+            values = np.append(values, [float(old["min"]), float(old["max"])])
+        if len(values):
+            ranges[key] = {"min": float(values.min()), "max": float(values.max())}
+    return ranges
+
+
+def inherited_ranges(init: Conditions) -> dict[str, dict[str, float]]:
+    """The range a fine-tune starts from: the age range of its init model's conditions
+    (:meth:`Conditions.range_of`) when that model was conditioned on age (a new score head has
+    seen nothing)."""
+    if not init.demographics:
+        return {}
+    lo, hi, _ = init.range_of("age")
+    return {"age": {"min": lo, "max": hi}}

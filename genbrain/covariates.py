@@ -6,15 +6,21 @@ name). Other columns ride along into the synthetic store's index and the release
 
 Researchers ask for their own cohorts under ``synthesize.cohorts.<name>`` in the config, either
 as a TSV (``covariates: path``; ``synthetic_id`` may be left out and is then the row number) or
-as a grid (``grid: {age: [...], sex: [...], modality: [...]}`` and ``n`` images per
-combination). :func:`cohort_covariates` turns either into the table that is sampled; the
-workflow calls it at parse time (to size the shards) and again in the job that writes the
-table, so both see the same rows. No torch here: this runs whenever Snakemake builds the DAG.
+as a grid (``grid: {age: [...], sex: [...], modality: [...]}``, plus ``diagnosis`` and the
+model's score column for models conditioned on them, and ``n`` images per combination).
+:func:`cohort_covariates` turns either into the table that is sampled; the workflow calls it at
+parse time (to size the shards; the model's ranges predicted from the tables it will train on)
+and again in the job that writes the table (the ranges its checkpoint records), so both see
+the same rows. Ages and scores outside the ranges the model saw in training are refused unless
+the cohort sets ``allow_extrapolation`` (:func:`check_ranges`). No torch here: this runs
+whenever Snakemake builds the DAG.
 """
 
 from __future__ import annotations
 
+import difflib
 import itertools
+import logging
 import os
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
@@ -24,6 +30,8 @@ import pandas as pd
 
 from genbrain.errors import GenbrainInputError
 from genbrain.io import read_tsv
+
+log = logging.getLogger(__name__)
 
 SEXES = ("M", "F")  # sex label = position in this tuple; the DiT's row 2 is the null label
 REQUIRED = ("synthetic_id", "age", "sex", "modality")
@@ -71,26 +79,57 @@ def check_covariates(table: pd.DataFrame, source: str) -> None:
                   lambda i: f"sex '{table['sex'].iloc[i]}' is not one of {', '.join(SEXES)}")
 
 
-def grid_covariates(grid: Mapping[str, Sequence], n: int) -> pd.DataFrame:
-    """Every combination of the grid's ages, sexes, (diagnoses,) and modalities, ``n`` rows
-    each (column ``replicate`` 0..n-1), in the order age, sex, (diagnosis,) modality,
-    replicate."""
-    keys = [k for k in ("age", "sex", *OPTIONAL_GRID_KEYS, "modality") if k in grid
-            or k in GRID_KEYS]
+def grid_covariates(grid: Mapping[str, Sequence], n: int,
+                    score_column: str | None = None) -> pd.DataFrame:
+    """Every combination of the grid's ages, sexes, (diagnoses,) (values of ``score_column``,)
+    and modalities, ``n`` rows each (column ``replicate`` 0..n-1), in the order age, sex,
+    (diagnosis,) (score,) modality, replicate."""
+    optional = [*OPTIONAL_GRID_KEYS, *[score_column] * bool(score_column)]
+    keys = [k for k in ("age", "sex", *optional, "modality") if k in grid or k in GRID_KEYS]
     combos = itertools.product(*(list(grid[k]) for k in keys), range(n))
     table = pd.DataFrame(list(combos), columns=[*keys, "replicate"])
     table.insert(0, "synthetic_id", np.arange(len(table)))
     return table
 
 
+def check_ranges(table: pd.DataFrame, source: str,
+                 ranges: Mapping[str, tuple[float, float, str]], model: str, key: str,
+                 allow: bool = False) -> None:
+    """Every value of the columns of ``ranges`` (column -> (low, high, where the range comes
+    from): :meth:`genbrain.conditions.Conditions.training_ranges`) within the range ``model``
+    saw in training: else a one-line error naming the row, the value and the range, or, with
+    ``allow`` (config ``<key>.allow_extrapolation``), one warning per column."""
+    for col, (lo, hi, how) in ranges.items():
+        if col not in table.columns:
+            continue
+        values = pd.to_numeric(table[col], errors="coerce").to_numpy(np.float64)
+        out = (values < lo) | (values > hi)
+        if not out.any():
+            continue
+        i = int(np.flatnonzero(out)[0])
+        what = (f"{col} {values[i]:g} is outside the range {model} saw in training "
+                f"({lo:g} to {hi:g}, {how})")
+        if not allow:
+            raise GenbrainInputError(f"{source}: row {i + 1}: {what}; the model would "
+                                     "extrapolate: change the value, or set "
+                                     f"'{key}.allow_extrapolation: true' to draw it anyway")
+        log.warning("%s: %d row(s) outside the training range of %s, drawn anyway "
+                    "(allow_extrapolation; the export sidecars record it); first: row %d: %s",
+                    source, int(out.sum()), col, i + 1, what)
+
+
 def cohort_covariates(name: str, spec: Mapping, modalities: Sequence[str],
                       model: str = "the pretrained model",
                       diagnosis_levels: Sequence[str] | None = None,
-                      score_column: str | None = None) -> pd.DataFrame:
+                      score_column: str | None = None,
+                      ranges: Mapping[str, tuple[float, float, str]] | None = None
+                      ) -> pd.DataFrame:
     """The covariate table of the configured synthetic cohort ``name`` (config entry ``spec``:
     exactly one of ``covariates`` / ``grid``, with ``n`` for a grid), checked against the
     ``modalities`` and conditions (``diagnosis_levels``, ``score_column``) of the sampling
-    ``model``. Errors are one line naming the file (or config key) and row."""
+    ``model`` and, with ``ranges`` (None: not known yet), the ages and scores it saw
+    (:func:`check_ranges`; ``spec["allow_extrapolation"]`` lets them through with a
+    warning). Errors are one line naming the file (or config key) and row."""
     key = f"synthesize.cohorts.{name}"
     if name == "pretrain":
         raise GenbrainInputError(f"config: '{key}': the name 'pretrain' is the pretrained "
@@ -113,7 +152,14 @@ def cohort_covariates(name: str, spec: Mapping, modalities: Sequence[str],
             table.insert(0, "synthetic_id", np.arange(len(table)))
     else:
         source = f"config key '{key}.grid'"
-        table = grid_covariates(spec["grid"], n)
+        known = [*GRID_KEYS, *OPTIONAL_GRID_KEYS, *[score_column] * bool(score_column)]
+        for k in spec["grid"]:
+            if k not in known:
+                hint = difflib.get_close_matches(k, known, n=1)
+                did = f" (did you mean '{hint[0]}'?)" if hint else ""
+                raise GenbrainInputError(f"config: '{key}.grid.{k}' is not a condition of "
+                                         f"{model}{did}; expected some of {known}")
+        table = grid_covariates(spec["grid"], n, score_column)
     reserved = [c for c in RESERVED if c in table.columns]
     if reserved:
         raise GenbrainInputError(f"{source}: column '{reserved[0]}' is written by synthesis; "
@@ -133,8 +179,9 @@ def cohort_covariates(name: str, spec: Mapping, modalities: Sequence[str],
         values = pd.to_numeric(table[score_column], errors="coerce") \
             if score_column in table.columns else None
         if values is None:
+            need = f"a '{score_column}' list" if "grid" in spec else "that column"
             raise GenbrainInputError(f"{source}: {model} is conditioned on '{score_column}'; "
-                                     "the table needs that column")
+                                     f"the {'grid' if 'grid' in spec else 'table'} needs {need}")
         fail_at_first(values.isna(), source,
                       lambda i: f"{score_column} '{table[score_column].iloc[i]}' is not a "
                                 "number")
@@ -142,4 +189,6 @@ def cohort_covariates(name: str, spec: Mapping, modalities: Sequence[str],
     fail_at_first(~table["modality"].isin(list(modalities)), source,
                   lambda i: f"modality '{table['modality'].iloc[i]}' is not one {model} was "
                             f"trained on; expected one of {list(modalities)}")
+    if ranges:
+        check_ranges(table, source, ranges, model, key, bool(spec.get("allow_extrapolation")))
     return table.reset_index(drop=True)

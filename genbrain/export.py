@@ -5,7 +5,9 @@ Layout (``out_dir``)::
     dataset_description.json          DatasetType "derivative", GeneratedBy genbrain-pipeline
     participants.tsv                  one row per exported synthetic image's subject
     sub-<id>/<datatype>/sub-<id>_space-MNI152NLin6Asym_res-2_desc-synthetic_<modality>.nii.gz
-                                      + .json sidecar: model, conditions, sampling, seed, gate
+                                      + .json sidecar: model, conditions, sampling, seed, gate,
+                                        and ``Extrapolated`` for an age or score outside the
+                                        range the model saw in training
 
 The folder is built beside ``out_dir`` and renamed into place (complete or absent). Only a
 cohort whose privacy gate passed may be exported; the workflow makes the export depend on the
@@ -71,6 +73,7 @@ def export_cohort(index: str | os.PathLike, gate: str | os.PathLike, out_dir: st
     n = len(store) if max_images is None else min(int(max_images), len(store))
     model = {"checkpoint": str(checkpoint), "sha256": file_sha256(checkpoint)}
     spec = model_conditions(checkpoint)  # what the model was conditioned on, from its run
+    ranges = spec.training_ranges()
     columns = ["modality", *spec.columns] + ["source_participant_id"] * bool(spec.sources)
     rows = []
     with atomic_dir(out_dir) as tmp:
@@ -96,6 +99,12 @@ def export_cohort(index: str | os.PathLike, gate: str | os.PathLike, out_dir: st
                        "Sampling": dict(sampling), "Units": units,
                        "PrivacyGate": {"threshold": float(gate_row["threshold"]),
                                        "max_r": float(gate_row["max_r"])}}
+            outside = {col: {"value": _plain(meta[col]), "training_range": [lo, hi],
+                             "training_range_from": how}
+                       for col, (lo, hi, how) in ranges.items() if col in meta.index
+                       and pd.notna(meta[col]) and not lo <= float(meta[col]) <= hi}
+            if outside:  # drawn beyond what the model saw (allow_extrapolation)
+                sidecar["Extrapolated"] = outside
             (path.parent / f"{stem}.json").write_text(json.dumps(sidecar, indent=2))
             rows.append({"participant_id": sub, "modality": mod.name,
                          "path": str(path.relative_to(tmp)), "age": meta["age"],

@@ -337,14 +337,19 @@ def _finetune_direction(results: Path) -> list[Row]:
     for path in files:
         table = read_result(results, str(path.relative_to(results)),
                             ("check", "modality", "value"))
-        value = {(c, m): v for c, m, v in zip(table["check"], table["modality"],
-                                               table["value"])}
-        for (check, modality), r in value.items():
+        # one contrast per non-control level (tables before contrasts had one, unnamed)
+        contrast = (table["contrast"].fillna("") if "contrast" in table.columns
+                    else pd.Series("", index=table.index))
+        value = {(c, m, k): v for c, m, k, v in zip(table["check"], table["modality"],
+                                                     contrast, table["value"])}
+        for (check, modality, k), r in value.items():
             if check != "disease_effect_vs_truth":
                 continue
-            own = value.get(("disease_site_vs_truth", modality), math.nan)
+            own = value.get(("disease_site_vs_truth", modality, k), math.nan)
+            several = sum(c == check and m == modality for c, m, _ in value) > 1
             rows.append(FINETUNE_DIRECTION.measured(
-                r, f"{path.parent.parent.name}/{path.parent.name} {modality}",
+                r, f"{path.parent.parent.name}/{path.parent.name} {modality}"
+                   + (f" {k}" if several else ""),
                 ci_method="one map", source=str(path),
                 note=f"the training set's own map: r {own:.2f}"))
     if not rows:
@@ -488,7 +493,9 @@ DX_PAIRS = Claim(
     "diagnosis.pairs_improved",
     "augmentation improves most cross-site pairs: the fraction of train x test pairs whose "
     "accuracy rises (Clopper-Pearson 95% CI)",
-    paper="26 of 42 pairs (62%)", goal=Goal(">", 50.0, "%"), unit="%")
+    # judged on the interval's low end: with a handful of pairs (the demo's 5) a majority of
+    # better pairs is within chance of a coin flip
+    paper="26 of 42 pairs (62%)", goal=Goal(">", 50.0, "%", on="ci_low"), unit="%")
 
 
 def _dx_summaries(results: Path) -> list[tuple[Path, pd.DataFrame]]:

@@ -218,11 +218,11 @@ def truth_maps(maps: dict[tuple[str, str], np.ndarray], out_png: str | os.PathLi
 
 
 def finetune_checks_figure(loss: pd.DataFrame, checks: pd.DataFrame,
-                           maps: dict[tuple[str, str], dict[str, np.ndarray]],
+                           maps: dict[tuple[str, str, str], dict[str, np.ndarray]],
                            out_png: str | os.PathLike, title: str = "") -> None:
-    """One fine-tune at a glance: its loss curve, then per (modality, label head) the model's
-    learned effect beside the training set's own effect map (and the simulated truth when
-    known), each on the axial slice where the reference map is largest and its own symmetric
+    """One fine-tune at a glance: its loss curve, then per (modality, label head, contrast) the
+    model's learned effect beside the training set's own effect map (and the simulated truth
+    when known), each on the axial slice where the reference map is largest and its own symmetric
     blue-red scale (99th percentile of |value|), with the r of the checks table."""
     from genbrain.space import standard_space
 
@@ -233,11 +233,14 @@ def finetune_checks_figure(loss: pd.DataFrame, checks: pd.DataFrame,
     n_rows = 1 + len(maps)
     fig = plt.figure(figsize=(7.5, 2.6 * n_rows))
     _loss_axes(fig.add_subplot(n_rows, 1, 1), loss, "fine-tuning step", title)
-    value = {(r.check, r.modality): r.value for r in checks.itertuples()}
+    value = {(r.check, r.modality, r.contrast): r.value for r in checks.itertuples()}
     names = {"model": "model's learned effect", "site": "training set's own map",
              "truth": "simulated truth"}
     for r, key in enumerate(maps):
-        m, head = key
+        m, head, contrast = key
+        # a head of several contrasts (3 diagnosis levels) is named by each contrast
+        shown_as = (f"{m} {head}" if sum(k[:2] == key[:2] for k in maps) == 1
+                    else f"{m} {contrast}")
         ref = maps[key].get("truth", maps[key]["site"])
         vol_ref = space.to_volume(np.nan_to_num(ref))
         z = int(np.argmax(np.abs(vol_ref).sum(axis=(0, 1))))
@@ -257,13 +260,13 @@ def finetune_checks_figure(loss: pd.DataFrame, checks: pd.DataFrame,
                 a.imshow(shown, origin="lower", cmap="RdBu_r", vmin=-scale, vmax=scale)
             label = names[kind]
             if kind == "model":
-                r_site = value.get((f"{head}_effect_vs_site", m), float("nan"))
-                r_truth = value.get((f"{head}_effect_vs_truth", m))
+                r_site = value.get((f"{head}_effect_vs_site", m, contrast), float("nan"))
+                r_truth = value.get((f"{head}_effect_vs_truth", m, contrast))
                 label += f"\nr site {r_site:.2f}" + (
                     "" if r_truth is None else f", r truth {r_truth:.2f}")
-            elif kind == "site" and (f"{head}_site_vs_truth", m) in value:
-                label += f"\nr truth {value[(f'{head}_site_vs_truth', m)]:.2f}"
-            a.set_title(f"{m} {head}: {label}", fontsize=7)
+            elif kind == "site" and (f"{head}_site_vs_truth", m, contrast) in value:
+                label += f"\nr truth {value[(f'{head}_site_vs_truth', m, contrast)]:.2f}"
+            a.set_title(f"{shown_as}: {label}", fontsize=7)
             a.set_xticks([])
             a.set_yticks([])
     fig.tight_layout()

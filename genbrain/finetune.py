@@ -27,7 +27,6 @@ from __future__ import annotations
 import logging
 import os
 import shutil
-import zipfile
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -37,7 +36,15 @@ import numpy as np
 import pandas as pd
 
 from genbrain.errors import GenbrainInputError
-from genbrain.io import atomic_path, file_sha256, read_tsv, save_tsv
+from genbrain.io import (
+    CHECKPOINT_KEYS,
+    atomic_path,
+    file_sha256,
+    peek_checkpoint,
+    read_tsv,
+    save_tsv,
+)
+from genbrain.tables import score_names
 
 log = logging.getLogger(__name__)
 
@@ -141,7 +148,7 @@ def plan_finetunes(config: Mapping, cohorts: Mapping, pretrain: str | None,
                 if not levels:
                     raise GenbrainInputError(f"config: '{key}.conditions' has 'diagnosis' but "
                                              f"cohort '{name}' declares no diagnosis_levels")
-            elif c in (cohort.spec.get("scores") or []):
+            elif c in score_names(cohort.spec.get("scores")):
                 if score is not None:
                     raise GenbrainInputError(f"config: '{key}.conditions': one score per task "
                                              f"('{score}' and '{c}')")
@@ -149,7 +156,7 @@ def plan_finetunes(config: Mapping, cohorts: Mapping, pretrain: str | None,
             else:
                 raise GenbrainInputError(
                     f"config: '{key}.conditions' has '{c}'; expected 'diagnosis' or one of "
-                    f"cohort '{name}'s scores {list(cohort.spec.get('scores') or [])}")
+                    f"cohort '{name}'s scores {score_names(cohort.spec.get('scores'))}")
         split = spec.get("split", "all")
         if split == "train" and not levels:
             raise GenbrainInputError(f"config: '{key}.split' is 'train', which needs the "
@@ -189,7 +196,8 @@ def plan_finetunes(config: Mapping, cohorts: Mapping, pretrain: str | None,
 
 
 def _check_init(init: str, pretrain: str | None, key: str) -> str:
-    """``pretrain`` (needs a pretraining cohort) or an existing genbrain-looking checkpoint."""
+    """``pretrain`` (needs a pretraining cohort) or a genbrain training checkpoint, known by the
+    keys of its pickle (:func:`genbrain.io.peek_checkpoint`: no weights are read)."""
     if init == "pretrain":
         if pretrain is None:
             raise GenbrainInputError(f"config: '{key}' is 'pretrain' but no cohort has role "
@@ -197,27 +205,45 @@ def _check_init(init: str, pretrain: str | None, key: str) -> str:
         return init
     if not Path(init).exists():
         raise GenbrainInputError(f"{init}: init checkpoint not found (config key '{key}')")
-    if not zipfile.is_zipfile(init):  # torch.save writes a zip archive
-        raise GenbrainInputError(f"{init}: not a PyTorch checkpoint (config key '{key}'); "
-                                 "expected a genbrain training checkpoint")
+    try:
+        record = peek_checkpoint(init)
+    except GenbrainInputError as err:
+        raise GenbrainInputError(f"{err} (config key '{key}'); expected a genbrain training "
+                                 "checkpoint") from None
+    keys = set(record) if isinstance(record, Mapping) else set()
+    if {"model", "args"} <= keys and "config" not in keys:
+        raise GenbrainInputError(
+            f"{init}: a checkpoint of the public GenBrain code ({{model, ema, opt, args}}), not "
+            f"a genbrain training checkpoint (config key '{key}'); convert it first: python -m "
+            f"genbrain.model.public --checkpoint {init} --mask MNI152_T1_2mm_brain.nii.gz "
+            "--data-info data_info.json --out genbrain.pt")
+    missing = [k for k in CHECKPOINT_KEYS if k not in keys]
+    if missing:
+        raise GenbrainInputError(f"{init}: not a genbrain training checkpoint (config key "
+                                 f"'{key}'): its pickle lacks {missing}")
     return str(init)
 
 
 def _check_members(job: FinetuneJob, table: pd.DataFrame, key: str) -> None:
-    """The job's participants: enough of them, every diagnosis level at every site, no
-    missing score."""
+    """The job's participants: enough of them, every diagnosis level in its training data
+    (pooled over its sites; at every site for split ``train``, whose 3:1:1 split is per site
+    and level), no missing score."""
     rows = table[table["site"].astype(str).isin(job.sites)]
     where = f"site '{job.sites[0]}'" if len(job.sites) == 1 else f"sites {list(job.sites)}"
     if job.diagnosis_levels:
-        for site in job.sites:
-            at = rows[rows["site"].astype(str) == site]
+        if job.split == "train":  # 3:1:1 needs 5 per level, at every site
+            need, groups = 5, [(f"site '{s}' has", rows[rows["site"].astype(str) == s])
+                               for s in job.sites]
+        else:  # a per-site job has one site; a pooled one trains on its sites together
+            together = "has" if len(job.sites) == 1 else "together have"
+            need, groups = MIN_PER_LEVEL, [(f"{where} {together}", rows)]
+        for what, at in groups:
             counts = at["diagnosis"].value_counts()
-            need = 5 if job.split == "train" else MIN_PER_LEVEL  # 3:1:1 needs 5 per level
             for level in job.diagnosis_levels:
                 if counts.get(level, 0) < need:
                     have = [lv for lv in job.diagnosis_levels if counts.get(lv, 0)]
                     raise GenbrainInputError(
-                        f"config: '{key}': site '{site}' has {counts.get(level, 0)} '{level}' "
+                        f"config: '{key}': {what} {counts.get(level, 0)} '{level}' "
                         f"participant(s) (levels present: {have}); a disease-conditioned "
                         f"fine-tune needs at least {need} of each of {list(job.diagnosis_levels)}")
     elif len(rows) < MIN_PER_LEVEL:
@@ -364,16 +390,19 @@ def finetune_checks(checkpoint: str | os.PathLike, index: str | os.PathLike,
                     training: str | os.PathLike,
                     truth: Mapping[str, Mapping[str, np.ndarray]] | None = None,
                     *, n_images: int = 16, t: int = 500, seed: int = 0
-                    ) -> tuple[pd.DataFrame, dict[tuple[str, str], dict[str, np.ndarray]]]:
-    """Faithfulness checks of one fine-tune -> (a tidy table (check, modality, value, detail),
-    the effect maps ``{(modality, head): {"model", "site"[, "truth"]: (V,)}}`` behind them).
+                    ) -> tuple[pd.DataFrame, dict[tuple[str, str, str], dict[str, np.ndarray]]]:
+    """Faithfulness checks of one fine-tune -> (a tidy table (check, modality, contrast, value,
+    detail), the effect maps ``{(modality, head, contrast): {"model", "site"[, "truth"]: (V,)}}``
+    behind them).
 
     - ``loss_start`` / ``loss_end``: mean loss of the first / last 10% of steps;
     - label heads (disease, score): the direction of the learned effect. The model's clean-image
       estimate at timestep ``t`` of up to ``n_images`` training images per modality, from fixed
-      noise, with the label switched between its levels (patients minus controls; score +1 SD
-      minus -1 SD), averaged: ``effect_vs_site`` is its Pearson r with the training set's own
-      standardised mean difference map, ``effect_vs_truth`` with the simulated true effect map
+      noise, with the label switched between two values, averaged; one ``contrast`` per
+      non-control diagnosis level (``SCZ minus CN``: each level against the first, the
+      control) and ``<score> +1 SD minus -1 SD``: ``effect_vs_site`` is its Pearson r with the
+      training set's own standardised mean difference map of the same contrast,
+      ``effect_vs_truth`` with the simulated true effect map
       (``truth``: effect (``diagnosis``, ``score``) -> modality -> (V,), when the cohort is
       simulated; each head is compared with its own effect's map). A zero-initialised head that
       learned nothing gives no effect (r undefined);
@@ -390,8 +419,8 @@ def finetune_checks(checkpoint: str | os.PathLike, index: str | os.PathLike,
     model, norms, config = load_for_sampling(checkpoint)
     losses = loss_history(checkpoint)
     tail = max(1, len(losses) // 10)
-    rows = [("loss_start", "", float(losses[:tail].mean()), f"mean of steps 1-{tail}"),
-            ("loss_end", "", float(losses[-tail:].mean()),
+    rows = [("loss_start", "", "", float(losses[:tail].mean()), f"mean of steps 1-{tail}"),
+            ("loss_end", "", "", float(losses[-tail:].mean()),
              f"mean of the last {tail} of {len(losses)} steps")]
     ids = set(read_tsv(training)["participant_id"].astype(str))
     mods = list(config.modalities or [])
@@ -402,7 +431,7 @@ def finetune_checks(checkpoint: str | os.PathLike, index: str | os.PathLike,
                         demographics=config.demographics)
     diffusion = GaussianDiffusion.linear(prediction=config.prediction)
     modality = data._labels["modality"]
-    maps: dict[tuple[str, str], dict[str, np.ndarray]] = {}
+    maps: dict[tuple[str, str, str], dict[str, np.ndarray]] = {}
     for m_name in mods:
         items = np.flatnonzero(data.table["modality"].to_numpy() == m_name)
         rng = np.random.default_rng([seed, len(items)])
@@ -415,52 +444,49 @@ def finetune_checks(checkpoint: str | os.PathLike, index: str | os.PathLike,
         x_cond = batch["x_cond"].float() if "x_cond" in batch else None
         real = x[:, 0].double().numpy()
         heads = []
-        if config.diagnosis_levels:
+        if config.diagnosis_levels:  # every other level against the first (the control)
             lv = list(config.diagnosis_levels)
-            diag = data.table["diagnosis"].to_numpy()[items]
-            heads.append(("disease", len(lv) - 1, 0, diag == lv[-1], diag == lv[0],
-                          f"{lv[-1]} minus {lv[0]}"))
+            heads += [("disease", k, 0, f"{lv[k]} minus {lv[0]}") for k in range(1, len(lv))]
         if config.score_column:
-            z = data._labels["score"][items]
-            heads.append(("score", 1.0, -1.0, z > 0, z <= 0,
-                          f"{config.score_column} +1 SD minus -1 SD"))
-        for head, hi, lo, grp_hi, grp_lo, what in heads:
+            heads.append(("score", 1.0, -1.0, f"{config.score_column} +1 SD minus -1 SD"))
+        for head, hi, lo, what in heads:
             dtype = torch.long if head == "disease" else torch.float32
             a = _x0(model, diffusion, x, t, noise,
                     {**labels, head: torch.full((len(items),), hi, dtype=dtype)}, x_cond)
             b = _x0(model, diffusion, x, t, noise,
                     {**labels, head: torch.full((len(items),), lo, dtype=dtype)}, x_cond)
             effect = (a - b).mean(axis=0)  # (V,)
-            rows.append((f"{head}_effect_sd", m_name, float(effect.std()),
+            rows.append((f"{head}_effect_sd", m_name, what, float(effect.std()),
                          f"{what}: spatial SD of the model's effect (0 = nothing learned)"))
             all_items = np.flatnonzero(modality == modality[items[0]])
-            site = _group_smd(store, data, all_items, head, config)
-            rows.append((f"{head}_effect_vs_site", m_name, _pearson(effect, site),
+            site = _group_smd(store, data, all_items, head, config, hi)
+            rows.append((f"{head}_effect_vs_site", m_name, what, _pearson(effect, site),
                          f"r with the training set's own {what} standardised mean difference"))
-            maps[(m_name, head)] = {"model": effect, "site": site}
+            maps[(m_name, head, what)] = {"model": effect, "site": site}
             true = (truth or {}).get(HEAD_EFFECTS[head], {}).get(m_name)
             if true is not None:
-                rows.append((f"{head}_effect_vs_truth", m_name, _pearson(effect, true),
+                rows.append((f"{head}_effect_vs_truth", m_name, what, _pearson(effect, true),
                              f"r with the simulated true {what} map"))
-                rows.append((f"{head}_site_vs_truth", m_name, _pearson(site, true),
+                rows.append((f"{head}_site_vs_truth", m_name, what, _pearson(site, true),
                              "r of the training set's own map with the truth (the yardstick)"))
-                maps[(m_name, head)]["truth"] = true
+                maps[(m_name, head, what)]["truth"] = true
         if x_cond is not None:
             est = _x0(model, diffusion, x, t, noise, labels, x_cond)
             r = np.mean([_pearson(e, y) for e, y in zip(est, real)])
-            rows.append(("x0_vs_target", m_name, float(r),
+            rows.append(("x0_vs_target", m_name, "", float(r),
                          f"mean r of the clean-image estimate at t={t} with the target"))
-    return pd.DataFrame(rows, columns=["check", "modality", "value", "detail"]), maps
+    return pd.DataFrame(rows, columns=["check", "modality", "contrast", "value", "detail"]), maps
 
 
-def _group_smd(store, data, items: np.ndarray, head: str, config) -> np.ndarray:
+def _group_smd(store, data, items: np.ndarray, head: str, config, level: float) -> np.ndarray:
     """(V,) the training images' own effect map: standardised mean difference between the
-    label's groups (patients vs controls; score above vs below its mean)."""
+    label's groups (diagnosis level index ``level`` vs the first, the controls; score above vs
+    below its mean)."""
     x = store.batch(data._row[items]).astype(np.float64)  # (n, V)
     if head == "disease":
         lv = list(config.diagnosis_levels)
         diag = data.table["diagnosis"].to_numpy()[items]
-        hi, lo = diag == lv[-1], diag == lv[0]
+        hi, lo = diag == lv[int(level)], diag == lv[0]
     else:
         z = data._labels["score"][items]
         hi, lo = z > 0, z <= 0

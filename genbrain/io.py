@@ -1,4 +1,4 @@
-"""Files: validated NIfTI reading, atomic writes, and tables.
+"""Files: validated NIfTI reading, atomic writes, tables, and a look inside checkpoints.
 
 Every writer goes through :func:`atomic_path` (a file) or :func:`atomic_dir` (a folder), which
 write to a temporary name in the target folder and rename it into place, so a killed job leaves
@@ -9,16 +9,20 @@ file: results on a shared file system stay readable by the group.
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import glob
 import gzip
 import hashlib
 import os
+import pickle
 import shutil
 import tempfile
+import zipfile
 import zlib
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import nibabel as nib
 import numpy as np
@@ -157,3 +161,64 @@ def file_sha256(path: str | os.PathLike, block: int = 1 << 20) -> str:
             digest.update(chunk)
     return digest.hexdigest()
 
+
+
+#: what a genbrain training checkpoint holds at least (:mod:`genbrain.training.checkpoints`)
+CHECKPOINT_KEYS = ("model", "ema", "step", "config")
+
+
+class _Opaque:
+    """Stands for every object of a checkpoint's pickle but plain data (tensors, storages, an
+    argparse namespace): built from nothing, so no code of the file runs."""
+
+    def __new__(cls, *args, **kwargs):
+        return object.__new__(cls)
+
+    def __init__(self, *args, **kwargs):
+        pass
+
+    def __setstate__(self, state):
+        pass
+
+    def __setitem__(self, key, value):
+        pass
+
+    def append(self, value):
+        pass
+
+    def extend(self, values):
+        pass
+
+
+class _PeekUnpickler(pickle.Unpickler):
+    def find_class(self, module: str, name: str):
+        return collections.OrderedDict if (module, name) == ("collections", "OrderedDict") \
+            else _Opaque
+
+    def persistent_load(self, pid):  # a tensor's storage: left in the archive
+        return None
+
+
+def peek_checkpoint(path: str | os.PathLike) -> Any:
+    """What ``torch.save`` pickled into ``path``, without its tensors: dicts, lists, strings and
+    numbers as saved, every tensor (and any other object) an opaque placeholder.
+
+    Reads only the archive's ``data.pkl`` (kilobytes, however large the weights), imports no
+    torch and runs no code from the file, so the workflow can look inside a checkpoint when it
+    builds the DAG. One-line errors for a file that is not such an archive."""
+    path = Path(path)
+    if not zipfile.is_zipfile(path):
+        raise GenbrainInputError(f"{path}: not a PyTorch checkpoint (not the zip archive "
+                                 "torch.save writes)")
+    with zipfile.ZipFile(path) as z:
+        names = [n for n in z.namelist() if n.endswith("/data.pkl") and n.count("/") == 1]
+        if not names:
+            raise GenbrainInputError(f"{path}: a zip archive without data.pkl, not a PyTorch "
+                                     "checkpoint")
+        try:
+            with z.open(names[0]) as fh:
+                return _PeekUnpickler(fh).load()
+        except (pickle.UnpicklingError, EOFError, ValueError, TypeError, KeyError, IndexError,
+                AttributeError, zipfile.BadZipFile) as err:
+            raise GenbrainInputError(f"{path}: not a readable PyTorch checkpoint ({names[0]}: "
+                                     f"{type(err).__name__}: {err})") from None

@@ -52,6 +52,18 @@ def site_labels(sites: Sequence[str], source: str) -> dict[str, str]:
     return out
 
 
+def score_names(scores: Sequence[str | Mapping] | None) -> list[str]:
+    """The column names of a cohort's ``scores`` (config: each a bare name or
+    ``{name, range}``)."""
+    return [str(s["name"]) if isinstance(s, Mapping) else str(s) for s in scores or ()]
+
+
+def score_ranges(scores: Sequence[str | Mapping] | None) -> dict[str, tuple[float, float]]:
+    """name -> declared (low, high) of each score of ``scores`` that declares a range."""
+    return {str(s["name"]): (float(s["range"][0]), float(s["range"][1]))
+            for s in scores or () if isinstance(s, Mapping) and s.get("range") is not None}
+
+
 def _first_bad(df: pd.DataFrame, bad: np.ndarray) -> tuple[int, str]:
     i = int(np.flatnonzero(bad)[0])
     pid = df["participant_id"].iloc[i] if "participant_id" in df else "?"
@@ -91,18 +103,20 @@ def validate_participants(
     sites: Sequence[str] | None = None,
     age_range: Sequence[float] | None = None,
     diagnosis_levels: Sequence[str] | None = None,
-    scores: Sequence[str] = (),
+    scores: Sequence[str | Mapping] = (),
 ) -> pd.DataFrame:
     """Check a participants table; return it with numeric columns as floats.
 
     Raises :class:`GenbrainInputError` naming ``source`` and the first bad line/participant.
     Checks: required columns (schema + ``scores`` + ``diagnosis`` when levels are given),
-    missing values in them, types, patterns, enums, schema bounds and ``age_range``, duplicate
+    missing values in them, types, patterns, enums, schema bounds and ``age_range``, scores
+    outside their declared ranges (``scores``: names, or ``{name, range}``), duplicate
     participant ids, sites outside ``sites``, diagnoses outside ``diagnosis_levels``.
     """
     schema = load_yaml(schema_path)
     props: Mapping = schema["properties"]
-    required = list(schema.get("required", [])) + list(scores)
+    names = score_names(scores)
+    required = list(schema.get("required", [])) + names
     if diagnosis_levels:
         required.append("diagnosis")
     for col in required:
@@ -119,7 +133,7 @@ def validate_participants(
             raise GenbrainInputError(f"{source}: line {line} ({pid}): missing value in "
                                      f"required column '{col}'")
     numeric = [c for c, p in props.items() if p.get("type") in ("number", "integer")]
-    for col in [c for c in numeric + list(scores) if c in df.columns]:
+    for col in [c for c in numeric + names if c in df.columns]:
         values = pd.to_numeric(df[col], errors="coerce")
         bad = (values.isna() & df[col].notna()).to_numpy()
         if bad.any():
@@ -127,6 +141,14 @@ def validate_participants(
             raise GenbrainInputError(f"{source}: line {line} ({pid}): column '{col}' must be a "
                                      f"number, got '{df[col].iloc[line - 2]}'")
         df[col] = values.astype(float)
+    for col, (lo, hi) in score_ranges(scores).items():
+        v = df[col].to_numpy(float)
+        bad = (v < lo) | (v > hi)
+        if bad.any():
+            line, pid = _first_bad(df, bad)
+            raise GenbrainInputError(f"{source}: line {line} ({pid}): {col} {v[line - 2]:g} is "
+                                     f"outside its declared range [{lo:g}, {hi:g}] (the "
+                                     "cohort's 'scores' in the config)")
     for col, p in props.items():
         if col not in df.columns:
             continue

@@ -24,7 +24,9 @@ Labels: :mod:`genbrain.conditions` (one encoding for training and sampling). Age
 z-scored with a mean and std computed once over the training table (one value per participant),
 except that a fine-tuning run inherits the age scaling of its init checkpoint so the pretrained
 age embedder keeps its meaning. The scalings are saved in the checkpoint (``config.norms``) so
-that sampling applies the same ones.
+that sampling applies the same ones, and so are the ranges of age and score seen in training
+(``config.ranges``; a fine-tune's age range spans its init model's), which synthetic
+covariates are checked against.
 
 Where things are: the run's settings in :mod:`genbrain.training.config`, items and their order
 in :mod:`genbrain.training.data`, surgery and trainability in
@@ -36,7 +38,7 @@ A checkpoint (``out_dir/checkpoint.pt``; written atomically by rank 0 every ``ch
 steps and at the end) holds ``model``, ``ema`` (state dicts), ``optimizer``, ``step``,
 ``data_position`` (epoch, offset, n_items), ``rng`` (the global torch and CUDA states),
 ``losses`` (float64 tensor: the mean loss of every step since step 1, for loss curves) and
-``config`` = {train: TrainConfig as a dict, model: DiT.spec(), norms, surgeries,
+``config`` = {train: TrainConfig as a dict, model: DiT.spec(), norms, ranges, surgeries,
 init_checkpoint}.
 
 Exact resume. Rerunning :func:`train` with the same ``out_dir`` loads the checkpoint and goes
@@ -75,6 +77,7 @@ from torch import Tensor, nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 
+from genbrain.conditions import Conditions, inherited_ranges
 from genbrain.errors import GenbrainInputError
 from genbrain.io import atomic_path
 from genbrain.model.diffusion import GaussianDiffusion
@@ -248,15 +251,17 @@ def _open_data(config: TrainConfig, stores: StoreLike | Sequence[StoreLike], ini
     stores = [stores] if isinstance(stores, (ImageStore, str, os.PathLike)) else list(stores)
     stores = [s if isinstance(s, ImageStore) else ImageStore(s) for s in stores]
     # The scalings: the resumed run's, else the pretrained age scaling, else fitted on the data.
-    norms = None
+    # The ranges seen: the data's, widened by the resumed run's or the init model's age range.
+    norms = ranges = None
     if resume is not None:
-        norms = resume["config"]["norms"]
+        norms, ranges = resume["config"]["norms"], resume["config"].get("ranges")
     elif init is not None:
         norms = {"age": init["config"]["norms"]["age"]}
+        ranges = inherited_ranges(Conditions.from_record(init["config"]))
     data = VoxelDataset(stores, modalities=config.modalities, norms=norms,
                         diagnosis_levels=config.diagnosis_levels,
                         score_column=config.score_column, sources=config.sources,
-                        demographics=config.demographics)
+                        demographics=config.demographics, ranges=ranges)
     if resume is not None:
         data.check_voxels(resume["config"]["model"]["n_voxels"], f"the checkpoint {ckpt_path}")
     elif init is not None:
@@ -322,7 +327,8 @@ def _train(config: TrainConfig, stores: StoreLike | Sequence[StoreLike], out_dir
         if new and rank == 0:
             log.info("modality templates: mean images of modality indices %s", new)
     run_config = {"train": config.to_dict(), "model": plain(model.spec()),
-                  "norms": plain(data.norms), "surgeries": plain(surgeries),
+                  "norms": plain(data.norms), "ranges": plain(data.ranges),
+                  "surgeries": plain(surgeries),
                   "init_checkpoint": None if init_path is None else str(init_path),
                   "meta": meta}
     # the voxel layout is a property of the model: a fine-tune or a resume keeps its source's

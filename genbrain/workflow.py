@@ -10,6 +10,7 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pandas as pd
 
@@ -18,7 +19,10 @@ from genbrain.errors import GenbrainInputError
 from genbrain.io import read_tsv
 from genbrain.simulate.cohort import participants as simulated_participants
 from genbrain.simulate.write import image_path
-from genbrain.tables import site_labels, validate_participants
+from genbrain.tables import score_names, score_ranges, site_labels, validate_participants
+
+if TYPE_CHECKING:
+    from genbrain.conditions import Conditions
 
 SIM_ROOT = "results/simulated"
 
@@ -79,6 +83,11 @@ class Cohort:
     def sites(self) -> list[str]:
         return sorted(self.table["site"].unique())
 
+    @property
+    def scores(self) -> list[str]:
+        """The score columns (config ``scores``: names, or ``{name, range}``)."""
+        return score_names(self.spec.get("scores"))
+
     def chunks(self) -> list[tuple[str, int]]:
         """Sorted (site, chunk) pairs."""
         return sorted(self._groups)
@@ -124,6 +133,10 @@ def load_cohorts(config: Mapping, schema_path: str | os.PathLike,
             pattern = spec["images"]
             native = set(spec.get("native_sites") or [])
             source = participants
+        for score, (lo, hi) in score_ranges(spec.get("scores")).items():
+            if lo > hi:
+                raise GenbrainInputError(f"config: 'cohorts.{name}.scores': the range of "
+                                         f"'{score}' is [{lo:g}, {hi:g}]; expected [low, high]")
         table = validate_participants(
             table, schema_path, source,
             sites=spec.get("sites"), age_range=spec.get("age_range"),
@@ -194,6 +207,47 @@ class SyntheticCohort:
         return model_training_set(self.model)
 
 
+def planned_conditions(model: str, config: Mapping, cohorts: Mapping[str, Cohort],
+                       pretrain: str | None, finetunes: Mapping | None = None
+                       ) -> Conditions | None:
+    """The :class:`genbrain.conditions.Conditions` (scalings and ranges) that ``model``
+    (``pretrain`` or a fine-tune ``<task>/<unit>`` of ``finetunes``) will record once trained,
+    from the tables it trains on, so that synthetic covariates are checked before any job:
+    the pretrained model's training split (:func:`genbrain.splits.holdout_split`); a
+    fine-tune's training participants (:func:`genbrain.finetune.training_table`), its age range
+    widened by its init model's (that model's plan, or the init checkpoint's record read by
+    :func:`genbrain.io.peek_checkpoint`). None when an init checkpoint records no conditions."""
+    from genbrain.conditions import Conditions, fit_norms, fit_ranges, inherited_ranges
+    from genbrain.finetune import cohort_split, training_table
+    from genbrain.io import peek_checkpoint
+    from genbrain.splits import holdout_split
+
+    if model == "pretrain":
+        split = holdout_split(cohorts[pretrain].table, config["pretrain"]["holdout_fraction"],
+                              int(config["seed"]))
+        people, numeric = split[split["split"] == "train"], [("age", "age")]
+        return Conditions(norms=fit_norms(people, numeric, None),
+                          ranges=fit_ranges(people, numeric, None))
+    job = finetunes[model]
+    if job.init == "pretrain":
+        init = planned_conditions("pretrain", config, cohorts, pretrain, finetunes)
+    else:
+        record = peek_checkpoint(job.init).get("config") or {}
+        if "train" not in record or "norms" not in record:
+            return None
+        init = Conditions.from_record(record)
+    cohort = cohorts[job.cohort]
+    split = cohort_split(cohort.table, job.diagnosis_levels, int(config.get("seed", 0)),
+                         f"cohort '{job.cohort}'") if job.split == "train" else None
+    ids = set(training_table(job, cohort.table, split)["participant_id"].astype(str))
+    people = cohort.table[cohort.table["participant_id"].astype(str).isin(ids)]
+    numeric = [("age", "age" if job.demographics else None), ("score", job.score_column)]
+    return Conditions(norms=fit_norms(people, numeric, {"age": init.norms["age"]}),
+                      demographics=job.demographics, diagnosis_levels=job.diagnosis_levels,
+                      score_column=job.score_column,
+                      ranges=fit_ranges(people, numeric, inherited_ranges(init)))
+
+
 def synthetic_cohorts(config: Mapping, cohorts: Mapping[str, Cohort], pretrain: str | None,
                       finetunes: Mapping | None = None, bwas: Mapping | None = None,
                       diagnosis: Mapping | None = None) -> dict[str, SyntheticCohort]:
@@ -207,7 +261,8 @@ def synthetic_cohorts(config: Mapping, cohorts: Mapping[str, Cohort], pretrain: 
       its ``model`` (the pretrained model, or a fine-tune ``<task>/<unit>`` of ``finetunes``:
       :class:`genbrain.finetune.FinetuneJob` by name) with ``k`` samples averaged per row
       (:func:`genbrain.covariates.cohort_covariates` checks the table against the model's
-      modalities and conditions);
+      modalities and conditions, and its ages and scores against the ranges
+      :func:`planned_conditions` predicts the model will see);
     - every BWAS site's synthetic cohort (``bwas``: :class:`genbrain.bwas.BwasSite` by name):
       the reference cohort's covariates, drawn by the site's fine-tune, one image per row;
     - every diagnosis training site's synthetic pool (``diagnosis``:
@@ -261,8 +316,10 @@ def synthetic_cohorts(config: Mapping, cohorts: Mapping[str, Cohort], pretrain: 
         else:
             raise GenbrainInputError(f"config: '{key}' is '{model}'; expected 'pretrain' or one "
                                      f"of the fine-tunes {sorted(finetunes)}")
+        planned = planned_conditions(model, config, cohorts, pretrain, finetunes)
         table = cohort_covariates(name, spec, mods, what, diagnosis_levels=levels,
-                                  score_column=score)
+                                  score_column=score,
+                                  ranges=planned.training_ranges() if planned else None)
         out[name] = SyntheticCohort(name, len(table), shard_size, real,
                                     tuple(sorted(table["modality"].unique())), int(spec["k"]),
                                     model)

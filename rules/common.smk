@@ -188,7 +188,7 @@ def get_synth_shard_rows(wildcards):
 
 def get_cohort_scores(wildcards):
     """The clinical score columns of a cohort (config ``cohorts.<name>.scores``)."""
-    return list(COHORTS[wildcards.cohort].spec.get("scores", []))
+    return COHORTS[wildcards.cohort].scores
 
 
 def get_user_cohort_spec(wildcards):

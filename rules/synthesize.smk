@@ -23,9 +23,11 @@ rule similarity_covariates:
 
 rule cohort_covariates:
     """Write the covariate table of a researcher's synthetic cohort (config
-    ``synthesize.cohorts.<name>``: a TSV, or a grid of ages x sexes x modalities)."""
+    ``synthesize.cohorts.<name>``: a TSV, or a grid of ages x sexes x modalities), checked
+    against the ranges of age and score its model's checkpoint records."""
     input:
         table=get_user_covariates_input,
+        checkpoint=get_synth_checkpoint,
     output:
         covariates="results/synthetic/{synth}/covariates.tsv",
     log:

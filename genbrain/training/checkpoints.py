@@ -4,7 +4,8 @@ A checkpoint (``checkpoint.pt``) holds ``model``, ``ema`` (state dicts), ``optim
 ``step``, ``data_position`` (epoch, offset, n_items), ``rng`` (the global torch and CUDA
 states), ``losses`` (float64: the mean loss of every step since step 1) and ``config`` =
 {train: TrainConfig as a dict (the model's conditions among them), model: DiT.spec(), norms
-(label scalings), surgeries, init_checkpoint}; see :mod:`genbrain.train`.
+(label scalings), ranges (of age and score seen in training), surgeries, init_checkpoint}; see
+:mod:`genbrain.train`.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import torch
 
 from genbrain.conditions import Conditions
 from genbrain.errors import GenbrainInputError
+from genbrain.io import CHECKPOINT_KEYS
 from genbrain.model.dit import DiT, dit_from_spec
 from genbrain.training.config import RESUMABLE_CHANGES, WEIGHTS, TrainConfig
 
@@ -35,7 +37,7 @@ def read_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
     except (RuntimeError, EOFError, OSError, ValueError, pickle.UnpicklingError) as err:
         raise GenbrainInputError(f"{path}: not a readable training checkpoint "
                                  f"({type(err).__name__}: {err})") from err
-    missing = [k for k in ("model", "ema", "step", "config") if k not in ckpt]
+    missing = [k for k in CHECKPOINT_KEYS if k not in ckpt]
     if missing:
         raise GenbrainInputError(f"{path}: not a training checkpoint (missing {missing})")
     return ckpt
@@ -85,7 +87,7 @@ def model_conditions(checkpoint_path: str | os.PathLike) -> Conditions:
     """The conditions a trained model takes (:mod:`genbrain.conditions`), from its checkpoint."""
     ckpt = read_checkpoint(checkpoint_path)
     config = TrainConfig.from_dict(ckpt["config"]["train"], f"{checkpoint_path}: config")
-    return Conditions.of(config, ckpt["config"]["norms"])
+    return Conditions.of(config, ckpt["config"]["norms"], ckpt["config"].get("ranges"))
 
 
 def loss_history(checkpoint_path: str | os.PathLike) -> np.ndarray:

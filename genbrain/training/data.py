@@ -16,7 +16,7 @@ import torch
 from torch import Tensor
 from torch.utils.data import Dataset, Sampler
 
-from genbrain.conditions import Conditions, encode_labels, fit_norms
+from genbrain.conditions import Conditions, encode_labels, fit_norms, fit_ranges
 from genbrain.errors import GenbrainInputError
 from genbrain.model.dit import DiT
 from genbrain.store import ImageStore
@@ -36,12 +36,15 @@ class VoxelDataset(Dataset):
     ``modalities`` keeps only these target modalities (None = all but the sources).
     ``norms`` ({"age": {"mean", "std"}, "score": ...}) gives scalings to reuse; missing ones are
     fitted here over one value per (site, participant_id) and exposed as ``self.norms``.
+    ``self.ranges`` ({"age": {"min", "max"}, "score": ...}): the values of those participants,
+    widened to span ``ranges`` (a fine-tune's init model's age range, a resumed run's own).
     """
 
     def __init__(self, stores: Sequence[ImageStore], *, modalities: Sequence[str] | None = None,
                  norms: Mapping[str, Mapping[str, float]] | None = None,
                  diagnosis_levels: Sequence[str] | None = None, score_column: str | None = None,
-                 sources: Sequence[str] | None = None, demographics: bool = True):
+                 sources: Sequence[str] | None = None, demographics: bool = True,
+                 ranges: Mapping[str, Mapping[str, float]] | None = None):
         self.stores = list(stores)
         self.diagnosis_levels, self.score_column = diagnosis_levels, score_column
         self.sources = list(sources or [])
@@ -70,14 +73,16 @@ class VoxelDataset(Dataset):
                 + (f" with modalities {list(modalities)}" if modalities is not None else ""))
         self.table = table  # one row per item; kept for error messages only
         people = table.drop_duplicates(["site", "participant_id"])
-        self.norms = fit_norms(people, [("age", "age" if demographics else None),
-                                        ("score", score_column)], norms)
+        numeric = [("age", "age" if demographics else None), ("score", score_column)]
+        self.norms = fit_norms(people, numeric, norms)
+        self.ranges = fit_ranges(people, numeric, ranges)
         if not demographics and "age" not in self.norms:  # kept for the checkpoint's sake
             self.norms["age"] = {"mean": 0.0, "std": 1.0}
         self.conditions = Conditions(norms=self.norms, demographics=demographics,
                                      diagnosis_levels=tuple(diagnosis_levels)
                                      if diagnosis_levels else None,
-                                     score_column=score_column, sources=tuple(self.sources))
+                                     score_column=score_column, sources=tuple(self.sources),
+                                     ranges=self.ranges)
         self._store = table["_store"].to_numpy(np.int64)
         self._row = table["_row"].to_numpy(np.int64)
         for s, store in enumerate(self.stores):  # one-line errors naming the participant

@@ -1,6 +1,7 @@
 """Every bad input named in the foundation issue gets a one-line error naming the culprit."""
 
 
+import re
 from pathlib import Path
 
 import nibabel as nib
@@ -404,3 +405,46 @@ def test_an_image_pattern_may_use_the_bare_subject_label(demo_config):
     with pytest.raises(GenbrainInputError) as e:
         validate_config(demo_config, SCHEMA, "demo.yaml")
     assert "cohorts.scz.images" in one_line(e)
+
+
+# --- declared score ranges (issue 34 item 3) ----------------------------------------------
+
+NIHSS = [{"name": "nihss", "range": [0, 42]}]
+
+
+def test_a_score_outside_its_declared_range_names_the_file_line_and_participant():
+    typo = _table(nihss=[3.0, 420.0, 12.0])
+    # a bare name keeps accepting any number
+    assert validate_participants(typo, PSCHEMA, "p.tsv", scores=["nihss"])["nihss"].max() == 420
+    with pytest.raises(GenbrainInputError) as e:
+        validate_participants(typo, PSCHEMA, "p.tsv", scores=NIHSS)
+    assert one_line(e) == ("p.tsv: line 3 (sub-02): nihss 420 is outside its declared range "
+                           "[0, 42] (the cohort's 'scores' in the config)")
+    ends = validate_participants(_table(nihss=[0, 42, 7]), PSCHEMA, "p.tsv", scores=NIHSS)
+    assert ends["nihss"].tolist() == [0.0, 42.0, 7.0]
+    with pytest.raises(GenbrainInputError, match="p.tsv: missing column 'nihss'"):
+        validate_participants(_table(), PSCHEMA, "p.tsv", scores=NIHSS)
+
+
+def test_scores_with_ranges_validate_and_read_as_names(demo_config):
+    from genbrain.workflow import load_cohorts
+
+    demo_config["cohorts"]["stroke"]["scores"] = [{"name": "score", "range": [0, 42]}]
+    cfg = validate_config(demo_config, SCHEMA, "demo.yaml")
+    cohorts = load_cohorts(cfg, PSCHEMA, 60)
+    assert cohorts["stroke"].scores == ["score"] and cohorts["scz"].scores == []
+    cfg["cohorts"]["stroke"]["scores"] = [{"name": "score", "range": [0, 1]}]
+    with pytest.raises(GenbrainInputError) as e:
+        load_cohorts(cfg, PSCHEMA, 60)
+    assert re.fullmatch(r"simulated cohort 'stroke': line \d+ \(sub-\w+\): score [\d.]+ is "
+                        r"outside its declared range \[0, 1\] \(the cohort's 'scores' in the "
+                        r"config\)", one_line(e)), one_line(e)
+    cfg["cohorts"]["stroke"]["scores"] = [{"name": "score", "range": [42, 0]}]
+    with pytest.raises(GenbrainInputError, match=r"'cohorts\.stroke\.scores': the range of "
+                       r"'score' is \[42, 0\]; expected \[low, high\]"):
+        load_cohorts(cfg, PSCHEMA, 60)
+    demo_config["cohorts"]["stroke"]["scores"] = [{"name": "score", "rnage": [0, 42]}]
+    with pytest.raises(GenbrainInputError) as e:
+        validate_config(demo_config, SCHEMA, "demo.yaml")
+    assert ("unknown key 'rnage' under 'cohorts.stroke.scores.0' (did you mean 'range'?)"
+            in one_line(e)), one_line(e)

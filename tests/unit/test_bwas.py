@@ -9,6 +9,8 @@ import pytest
 
 from genbrain.bwas import (
     BwasSite,
+    heldout_agreement,
+    plan_bwas,
     read_d_maps,
     screen_sites,
     site_analysis,
@@ -19,9 +21,12 @@ from genbrain.bwas import (
 )
 from genbrain.errors import GenbrainInputError
 from genbrain.fidelity import fidelity_table
+from genbrain.finetune import FinetuneJob
 from genbrain.io import read_tsv, save_tsv
 from genbrain.space import standard_space
+from genbrain.stats.cohens_d import as_cohort
 from genbrain.store import write_shard
+from genbrain.tables import site_label
 
 SITES = ("S1", "S2", "S3", "S4")
 
@@ -95,6 +100,37 @@ def test_synthetic_covariates_mirror_the_reference_and_keep_its_patient_fraction
     assert not capped.equals(synthetic_covariates(capped_job, table, 2))
     with pytest.raises(GenbrainInputError, match="the plan was made for 100"):
         synthetic_covariates(_job(n_reference=100), table, 1)
+
+
+def _plan(sizes):
+    """plan_bwas of one analysis of a per-site, diagnosis-conditioned task on SITES."""
+    cohort = SimpleNamespace(name="scz", sites=list(SITES), table=_participants(n_per_site=12),
+                             site_label=site_label)
+    jobs = {f"scz/{s}": FinetuneJob("scz", s, "scz", (s,), ("VBM",), ("CN", "SCZ"), None, (),
+                                    True, "all", "pretrain") for s in SITES}
+    config = {"bwas": {"agreement": {"sizes": sizes, "repeats": 1},
+                       "analyses": {"scz": {"finetune": "scz", "modality": "VBM"}}}}
+    return plan_bwas(config, {"scz": cohort}, jobs)
+
+
+def test_plan_refuses_agreement_sizes_a_subsample_design_cannot_fit():
+    with pytest.raises(GenbrainInputError) as err:
+        _plan([20, 4])
+    msg = str(err.value)
+    assert msg.startswith("config: 'bwas.agreement.sizes' has 4;") and "must exceed 4" in msg
+    assert "intercept, age, sex, diagnosis" in msg and "reference" not in msg
+    jobs, _ = _plan([5, 20])
+    assert sorted(jobs) == [f"scz/{s}" for s in SITES]
+
+
+def test_an_agreement_subsample_that_cannot_be_fitted_is_named_as_such():
+    table = _participants(n_per_site=10)
+    x = np.random.default_rng(0).standard_normal((len(table), 64)).astype(np.float32)
+    pool = as_cohort(x, table, label="scz/S1 reference")
+    with pytest.raises(GenbrainInputError) as err:  # a size the plan refuses, forced here
+        heldout_agreement(pool, np.ones(64, bool), [4], control="CN", n_repeats=1)
+    msg = str(err.value)
+    assert "agreement subsample of 4 (repeat 0; bwas.agreement.sizes): 4 subjects" in msg
 
 
 def test_job_round_trips_through_a_plain_dict():
@@ -200,6 +236,24 @@ def test_site_analysis_refuses_a_synthetic_store_of_the_wrong_size(site_run):
     with pytest.raises(GenbrainInputError, match="the synthetic cohort of scz/S1 has 99"):
         site_analysis(_job(n_synthetic=99), site_run.real_index, site_run.syn_index,
                       n_boot=10, n_null=0, sizes=(10,))
+
+
+def test_every_table_names_the_site_by_its_name_not_its_path_label(tmp_path):
+    truth = _truth()
+    table = _participants(n_per_site=20)
+    table["site"] = table["site"].replace({"S1": "Site S-1"})
+    real_index = _store(tmp_path / "real", table, _images(table, truth, 0))
+    job = _job(site="Site S-1", label=site_label("Site S-1"), n_real=20, n_reference=60,
+               n_synthetic=60)
+    assert job.label == "SiteS1" and job.out_dir == "results/bwas/scz/site-SiteS1"
+    cov = synthetic_covariates(job, table, 3)
+    cov = cov.assign(participant_id=[f"syn{i:06d}" for i in cov["synthetic_id"]],
+                     site="synthetic")
+    syn_index = _store(tmp_path / "syn", cov, _images(cov, truth, 1, site_shift=False))
+    result = site_analysis(job, real_index, syn_index, n_boot=10, n_null=0, sizes=(20,),
+                           n_repeats=1, seed=7)
+    for key in ("scores", "maps", "effective_n"):
+        assert set(result[key]["site"]) == {"Site S-1"}, key
 
 
 def test_gm_mask_refuses_a_map_that_is_not_grey_matter(tmp_path):

@@ -14,16 +14,22 @@ import pytest
 import torch
 
 from genbrain.errors import GenbrainInputError
+from genbrain.fidelity import fidelity_table
+from genbrain.figures import finetune_checks_figure
 from genbrain.finetune import (
+    MIN_PER_LEVEL,
     FinetuneJob,
     finetune_checks,
     plan_finetunes,
     run_finetune,
     training_table,
+    write_checks,
 )
 from genbrain.io import save_tsv
 from genbrain.modalities import DEFAULT_REGISTRY, ModalityRegistry
 from genbrain.model.diffusion import GaussianDiffusion
+from genbrain.pretrain import loss_table
+from genbrain.space import standard_space
 from genbrain.store import ImageStore, write_shard
 from genbrain.synthesize import SamplingConfig, condition_labels, sample_table
 from genbrain.train import load_for_sampling, read_checkpoint, train
@@ -39,9 +45,10 @@ REG = ModalityRegistry([replace(DEFAULT_REGISTRY["T1w"], index=0),
 
 def effect_store(root: Path, n: int = 16, *, modality: str = "T1w", index: int = 0,
                  seed: int = 7, diagnosis: bool = False, score: bool = False,
-                 source: bool = False) -> Path:
+                 source: bool = False, bd: bool = False) -> Path:
     """n smooth toy images with a planted effect: patients (diagnosis) or the score add
-    PATTERN; with ``source``, each participant also has a FLAIR image (index 1) whose values
+    PATTERN; with ``bd``, every third participant is BD, whose images subtract it; with
+    ``source``, each participant also has a FLAIR image (index 1) whose values
     the target copies (target = 0.8 source + 0.2 noise)."""
     root.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(seed)
@@ -49,8 +56,8 @@ def effect_store(root: Path, n: int = 16, *, modality: str = "T1w", index: int =
     x = base + 0.1 * rng.standard_normal((n, V))
     cols = {}
     if diagnosis:
-        dx = np.array(["CN", "SCZ"] * (n // 2))
-        x = x + 0.8 * (dx == "SCZ")[:, None] * PATTERN
+        dx = np.array((["CN", "SCZ", "BD"] if bd else ["CN", "SCZ"]) * n)[:n]
+        x = x + 0.8 * ((dx == "SCZ").astype(float) - (dx == "BD"))[:, None] * PATTERN
         cols["diagnosis"] = dx
     if score:
         s = np.linspace(0, 10, n)
@@ -117,7 +124,41 @@ def test_disease_head_learns_the_planted_patients_minus_controls_map(tmp_path, p
     assert value["disease_effect_vs_truth"] > 0.6
     assert value["disease_effect_vs_site"] > 0.6
     assert value["disease_effect_sd"] > 0
-    assert set(maps[("T1w", "disease")]) == {"model", "site", "truth"}
+    assert set(maps[("T1w", "disease", "SCZ minus CN")]) == {"model", "site", "truth"}
+    assert set(checks.loc[checks["check"].str.startswith("disease"), "contrast"]) == {
+        "SCZ minus CN"}
+
+
+def test_a_three_level_fine_tune_checks_every_level_against_the_control(tmp_path, pretrained):
+    """SCZ carries the planted map and BD its opposite: one row per contrast and check, each
+    contrast measured against its own groups (the BD rows point the other way)."""
+    store = effect_store(tmp_path / "s", n=18, diagnosis=True, bd=True)
+    ckpt, training = tune(tmp_path, store, pretrained, diagnosis_levels=("CN", "SCZ", "BD"))
+    checks, maps = finetune_checks(ckpt, store, training, {"diagnosis": {"T1w": PATTERN}})
+    disease = checks[checks["check"].str.startswith("disease")]
+    assert sorted(set(disease["contrast"])) == ["BD minus CN", "SCZ minus CN"]
+    assert not checks.duplicated(["check", "modality", "contrast"]).any()
+    assert len(disease) == 2 * 4  # effect_sd, effect_vs_site, effect_vs_truth, site_vs_truth
+    value = {(c, k): v for c, k, v in zip(checks["check"], checks["contrast"], checks["value"])}
+    assert value[("disease_site_vs_truth", "SCZ minus CN")] > 0.6
+    assert value[("disease_site_vs_truth", "BD minus CN")] < -0.6
+    for contrast, sign in (("SCZ minus CN", 1), ("BD minus CN", -1)):
+        assert value[("disease_effect_vs_site", contrast)] > 0.6
+        assert sign * value[("disease_effect_vs_truth", contrast)] > 0.6
+        assert set(maps[("T1w", "disease", contrast)]) == {"model", "site", "truth"}
+    # the figure and the fidelity record read the table: a panel row and a row per contrast
+    rng = np.random.default_rng(0)
+    full = {key: {kind: rng.standard_normal(standard_space().n_voxels) for kind in m}
+            for key, m in maps.items()}  # the figure draws standard-space maps
+    finetune_checks_figure(loss_table(ckpt), checks, full, tmp_path / "checks.png")
+    assert (tmp_path / "checks.png").stat().st_size > 10_000
+    write_checks(checks, {"task": "dx", "unit": "all"},
+                 tmp_path / "results" / "finetune" / "dx" / "all" / "checks.tsv")
+    record = fidelity_table(tmp_path / "results")
+    rows = record[record["claim_id"] == "finetune.disease_direction"].set_index("subject")
+    assert sorted(rows.index) == ["dx/all T1w BD minus CN", "dx/all T1w SCZ minus CN"]
+    assert rows.loc["dx/all T1w BD minus CN", "measured"] == pytest.approx(
+        value[("disease_effect_vs_truth", "BD minus CN")])
 
 
 def test_score_head_learns_the_planted_score_map(tmp_path, pretrained):
@@ -314,6 +355,26 @@ def test_plan_checks_the_sites_and_scores_and_the_init(tmp_path):
     with pytest.raises(GenbrainInputError) as err:
         plan({"t": {"cohort": "scz", "init": str(fake)}})
     assert f"{fake}: not a PyTorch checkpoint" in one_line(err)
+
+
+def test_a_pooled_task_needs_each_level_in_its_pooled_data_a_per_site_one_at_each_site():
+    c = cohort()
+    bd = c.table[c.table["site"] == "a"].head(3)
+    c.table = pd.concat([c.table, bd.assign(diagnosis="BD",
+                                            participant_id=bd["participant_id"] + "BD")])
+    c.spec = {**c.spec, "diagnosis_levels": ["CN", "SCZ", "BD"]}
+    task = {"cohort": "scz", "conditions": ["diagnosis"]}
+    jobs = plan({"dx": task}, {"scz": c})  # site b has no BD; the pooled data hold 3
+    assert jobs["dx/all"].sites == ("a", "b")
+    assert jobs["dx/all"].diagnosis_levels == ("CN", "SCZ", "BD")
+    with pytest.raises(GenbrainInputError) as err:
+        plan({"dx": {**task, "per_site": True}}, {"scz": c})
+    assert "site 'b' has 0 'BD' participant(s) (levels present: ['CN', 'SCZ'])" in one_line(err)
+    c.table = c.table.iloc[:-2]  # one BD left
+    with pytest.raises(GenbrainInputError) as err:
+        plan({"dx": task}, {"scz": c})
+    assert ("sites ['a', 'b'] together have 1 'BD' participant(s)" in one_line(err)
+            and f"needs at least {MIN_PER_LEVEL} of each" in one_line(err))
 
 
 def test_training_table_keeps_the_sites_and_the_train_split():

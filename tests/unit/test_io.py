@@ -2,7 +2,9 @@
 owner-only mode of a temporary file), so results on a shared file system stay readable."""
 
 import os
+import re
 import stat
+from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -66,3 +68,40 @@ def test_atomic_dir_removes_what_a_killed_attempt_left(tmp_path):
     with atomic_dir(out) as tmp:
         (tmp / "index.tsv").write_text("a\n")
     assert sorted(p.name for p in tmp_path.iterdir()) == [".shard-0001.x1y2z3", "shard-000"]
+
+
+def test_peek_checkpoint_reads_the_pickle_without_tensors_or_code(tmp_path):
+    import argparse
+    import subprocess
+    import sys
+    import zipfile
+
+    import torch
+
+    from genbrain.errors import GenbrainInputError
+    from genbrain.io import peek_checkpoint
+
+    path = tmp_path / "ckpt.pt"
+    torch.save({"model": {"w": torch.ones(3)}, "step": 7, "losses": torch.zeros(2),
+                "config": {"norms": {"age": {"mean": 60.0, "std": 9.5}}, "levels": ["CN"]},
+                "args": argparse.Namespace(lr=1e-4)}, path)
+    record = peek_checkpoint(path)
+    assert sorted(record) == ["args", "config", "losses", "model", "step"]
+    assert record["step"] == 7 and list(record["model"]) == ["w"]
+    assert record["config"] == {"norms": {"age": {"mean": 60.0, "std": 9.5}}, "levels": ["CN"]}
+    assert not isinstance(record["model"]["w"], torch.Tensor)  # a placeholder, never read
+    # the parse-time reader imports no torch
+    code = ("import sys; from genbrain.io import peek_checkpoint; "
+            f"peek_checkpoint({str(path)!r}); assert 'torch' not in sys.modules")
+    root = Path(__file__).resolve().parents[2]
+    assert subprocess.run([sys.executable, "-c", code], cwd=root, check=False).returncode == 0
+    (tmp_path / "a.txt").write_text("not a zip")
+    with zipfile.ZipFile(tmp_path / "b.zip", "w") as z:
+        z.writestr("notes.txt", "hello")
+    with zipfile.ZipFile(tmp_path / "c.pt", "w") as z:
+        z.writestr("archive/data.pkl", b"")
+    for name, message in [("a.txt", "not a PyTorch checkpoint (not the zip archive"),
+                          ("b.zip", "a zip archive without data.pkl"),
+                          ("c.pt", "not a readable PyTorch checkpoint (archive/data.pkl: EOF")]:
+        with pytest.raises(GenbrainInputError, match=re.escape(f"{tmp_path / name}: {message}")):
+            peek_checkpoint(tmp_path / name)

@@ -231,6 +231,27 @@ def test_export_writes_bids_derivatives_with_sidecars(full_size_store, tmp_path)
     assert side["PrivacyGate"] == {"threshold": 0.95, "max_r": 0.41}
 
 
+def test_export_records_covariates_beyond_the_training_range(full_size_store, tmp_path):
+    index, ckpt, _ = full_size_store
+    # the toy model trained on ages 40-55 (T1w) and 50-65 (VBM): its checkpoint says so
+    assert torch.load(ckpt, weights_only=True)["config"]["ranges"] == \
+        {"age": {"min": 40.0, "max": 65.0}}
+    # as the cohort_covariates job reads it: the pickle only, no weights
+    from genbrain.conditions import Conditions
+    from genbrain.io import peek_checkpoint
+
+    assert Conditions.from_record(peek_checkpoint(ckpt)["config"]).training_ranges() == \
+        {"age": (40.0, 65.0, "seen in training")}
+    out = tmp_path / "export"
+    export_cohort(index, gate_file(tmp_path / "gate.tsv", True), out, {}, ckpt)
+    sides = {p.name.split("_")[0]: json.loads(p.read_text()) for p in out.rglob("sub-*.json")}
+    assert sides["sub-syn000002"]["Extrapolated"] == {  # age 70
+        "age": {"value": 70.0, "training_range": [40.0, 65.0],
+                "training_range_from": "seen in training"}}
+    assert "Extrapolated" not in sides["sub-syn000001"]  # age 60
+    assert sides["sub-syn000001"]["ConditionSpec"]["age"]["training_range"] == [40.0, 65.0]
+
+
 def test_export_refuses_a_failed_gate_and_limits_images(full_size_store, tmp_path):
     index, ckpt, _ = full_size_store
     with pytest.raises(GenbrainInputError) as err:

@@ -344,6 +344,9 @@ def test_score_head_learns_a_standardised_score(tmp_path):
     model, norms, _ = load_for_sampling(tuned)
     assert norms["score"] == pytest.approx({"mean": 7.0, "std": np.std([2, 4, 6, 8, 10, 12])})
     assert model.score_embedder.mlp[2].weight.abs().sum() > 0  # zero at surgery, trained
+    # what it saw: its own ages (80-95) widened by the pretrained model's (40-55), its scores
+    assert torch.load(tuned, weights_only=True)["config"]["ranges"] == {
+        "age": {"min": 40.0, "max": 95.0}, "score": {"min": 2.0, "max": 12.0}}
     # the surgery the task implies is added without being named: the same run, bitwise
     implied = train(cfg, clinical, tmp_path / "implied", init_checkpoint=pre).checkpoint
     assert torch.load(implied, weights_only=True)["config"]["surgeries"] == [["add_score_head"]]

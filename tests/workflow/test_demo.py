@@ -12,6 +12,7 @@ from scipy import stats
 from genbrain.io import read_tsv
 from genbrain.space import standard_space
 from genbrain.store import ImageStore
+from genbrain.tables import score_names
 from genbrain.train import loss_history
 
 # The demo's fine-tunes' learned patients-minus-controls VBM effect vs the planted map: r 0.105
@@ -61,7 +62,7 @@ def test_demo_builds_every_store(demo):
         totals = table1[table1["diagnosis"] == "all"].set_index("site")["n"]
         assert totals.to_dict() == {**{s: v["n"] for s, v in cohort["simulate"]["sites"].items()},
                                     "all": n}
-        for score in cohort.get("scores", []):
+        for score in score_names(cohort.get("scores")):
             assert table1[f"{score}_mean"].notna().all(), name
 
 

@@ -5,6 +5,7 @@ import zipfile
 import nibabel as nib
 import numpy as np
 import pandas as pd
+import torch
 import yaml
 
 from genbrain.space import AFFINE
@@ -42,6 +43,16 @@ def _fake_dataset(root, n_per_site=(3, 2)):
     pd.DataFrame(rows).to_csv(root / "participants.tsv", sep="\t", index=False)
 
 
+def _checkpoint(path, **record):
+    """A file with the keys of a genbrain training checkpoint (no weights: a dry run reads only
+    its pickle's keys and conditions), or ``record`` instead."""
+    torch.save(record or {"model": {"w": torch.zeros(2)}, "ema": {"w": torch.zeros(2)},
+                          "step": 0, "config": {"train": {"demographics": True},
+                                                "norms": {"age": {"mean": 60.0, "std": 10.0}},
+                                                "model": {}}}, path)
+    return path
+
+
 def _paper_config_for(root, tmp_path, finetune=False, **cohort_overrides):
     cfg = yaml.safe_load((ROOT / "config" / "config.yaml").read_text())
     scz = cfg["cohorts"]["scz"]
@@ -54,8 +65,7 @@ def _paper_config_for(root, tmp_path, finetune=False, **cohort_overrides):
     # cohort here); the stroke cohort's task goes with its cohort
     tasks = {k: v for k, v in cfg["finetune"]["tasks"].items() if v["cohort"] == "scz"}
     ckpt = tmp_path / "pretrained.pt"
-    with zipfile.ZipFile(ckpt, "w") as z:  # a zip archive, as torch.save writes
-        z.writestr("archive/data.pkl", b"")
+    _checkpoint(ckpt)
     for task in tasks.values():
         task["init"] = str(ckpt)
     cfg["finetune"]["tasks"] = tasks if finetune else {}
@@ -173,12 +183,25 @@ def test_fine_tune_mistakes_stop_the_dag_with_one_line(tmp_path):
     data = tmp_path / "data"
     data.mkdir()
     _fake_dataset(data, n_per_site=(12, 8))
+    not_torch = tmp_path / "notes.zip"
+    with zipfile.ZipFile(not_torch, "w") as z:  # a zip, but not what torch.save writes
+        z.writestr("notes.txt", "hello")
+    weights = _checkpoint(tmp_path / "weights.pt", state={"w": torch.zeros(2)})
+    public = _checkpoint(tmp_path / "0000200.pt", model={}, ema={}, opt={}, args={})
     cases = [
         ({"conditions": ["diagnosis"], "split": "train", "per_site": True},
          "site 'siteY' has 4 'CN' participant(s)"),
         ({"conditions": ["severity"]}, "'finetune.tasks.sczbwas.conditions' has 'severity'"),
         ({"modalities": ["FLAIR"]}, "'finetune.tasks.sczbwas.modalities' lists 'FLAIR'"),
         ({"init": str(tmp_path / "missing.pt")}, "missing.pt: init checkpoint not found"),
+        # an init file that would stop the fine-tune after preprocessing: refused up front
+        ({"init": str(not_torch)}, (f"{not_torch}: a zip archive without data.pkl, not a "
+                                    "PyTorch checkpoint (config key "
+                                    "'finetune.tasks.sczbwas.init')")),
+        ({"init": str(weights)}, (f"{weights}: not a genbrain training checkpoint (config key "
+                                  "'finetune.tasks.sczbwas.init'): its pickle lacks ['model', "
+                                  "'ema', 'step', 'config']")),
+        ({"init": str(public)}, f"{public}: a checkpoint of the public GenBrain code"),
         # the schema refuses architecture keys: a fine-tune inherits its init model's
         ({"train": {"preset": "B/256"}}, "unknown key 'preset' under 'finetune.tasks.sczbwas"),
     ]
@@ -256,7 +279,7 @@ def _demo_with_cohort(tmp_path, spec):
 
 def test_researcher_cohort_from_a_tsv_is_planned_through_the_gate_to_the_export(tmp_path):
     table = tmp_path / "covariates.tsv"
-    pd.DataFrame({"age": [50 + i for i in range(130)], "sex": ["F", "M"] * 65,
+    pd.DataFrame({"age": [50 + i % 30 for i in range(130)], "sex": ["F", "M"] * 65,
                   "modality": ["T1w"] * 130}).to_csv(table, sep="\t", index=False)
     cfg = _demo_with_cohort(tmp_path, {"covariates": str(table), "k": 2})
     res = snakemake("-n", "--configfile", str(cfg), "-d", str(tmp_path / "work"),
@@ -286,6 +309,24 @@ def test_researcher_cohort_with_a_bad_row_gives_one_line_error(tmp_path):
     assert "Traceback" not in out
     lines = [ln for ln in out.splitlines() if f"{table}: row 2: modality 'MD'" in ln]
     assert len(lines) == 1, out
+
+
+def test_researcher_cohort_outside_the_training_range_stops_the_dag_unless_allowed(tmp_path):
+    # the demo's pretraining population is simulated at ages 45-82: 150 is refused before any
+    # job, naming the row, the value and the ages of the training split
+    grid = {"age": [60, 150], "sex": ["F"], "modality": ["T1w"]}
+    cfg = _demo_with_cohort(tmp_path, {"grid": grid})
+    res = snakemake("-n", "--configfile", str(cfg), "-d", str(tmp_path / "work"))
+    assert res.returncode == 1
+    out = res.stdout + res.stderr
+    assert "Traceback" not in out
+    lines = [ln for ln in out.splitlines() if "config key 'synthesize.cohorts.mine.grid': row "
+             "2: age 150 is outside the range the pretrained model saw in training (45." in ln]
+    assert len(lines) == 1, out[-2000:]
+    assert "'synthesize.cohorts.mine.allow_extrapolation: true'" in lines[0]
+    cfg = _demo_with_cohort(tmp_path, {"grid": grid, "allow_extrapolation": True})
+    res = snakemake("-n", "--configfile", str(cfg), "-d", str(tmp_path / "work"))
+    assert res.returncode == 0, res.stderr
 
 
 def test_provenance_checksums_the_researchers_covariate_table(tmp_path):
