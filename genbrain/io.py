@@ -162,7 +162,6 @@ def file_sha256(path: str | os.PathLike, block: int = 1 << 20) -> str:
     return digest.hexdigest()
 
 
-
 #: what a genbrain training checkpoint holds at least (:mod:`genbrain.training.checkpoints`)
 CHECKPOINT_KEYS = ("model", "ema", "step", "config")
 
