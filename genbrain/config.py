@@ -135,6 +135,10 @@ def _cross_checks(config: Mapping, source: str) -> None:
                 raise GenbrainInputError(f"{source}: '{key}.native_sites' is set from "
                                          f"'{key}.simulate.sites.<site>.native' for simulated "
                                          "cohorts; remove it")
+            if c.get("brain_extracted"):
+                raise GenbrainInputError(f"{source}: '{key}.brain_extracted' is set from "
+                                         f"'{key}.simulate.sites.<site>.brain_extracted' for "
+                                         "simulated cohorts; remove it")
         else:
             sites = c.get("sites") or []
             native = c.get("native_sites") or []
@@ -143,6 +147,13 @@ def _cross_checks(config: Mapping, source: str) -> None:
                 if unknown:
                     raise GenbrainInputError(f"{source}: '{key}.native_sites' lists unknown "
                                              f"site '{unknown[0]}'; expected one of {sites}")
+                extracted = c.get("brain_extracted")
+                unknown = [s for s in (extracted if isinstance(extracted, list) else [])
+                           if s not in sites]
+                if unknown:
+                    raise GenbrainInputError(f"{source}: '{key}.brain_extracted' lists unknown "
+                                             f"site '{unknown[0]}'; expected one of {sites}, "
+                                             "true or false")
         ref = config["preprocess"]["reference_modality"]
         if (native or c.get("space") == "native") and ref not in c["modalities"]:
             raise GenbrainInputError(

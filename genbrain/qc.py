@@ -15,7 +15,8 @@ from genbrain.modalities import Modality
 from genbrain.space import standard_space
 from genbrain.store import ImageStore
 
-QC_COLUMNS = ["participant_id", "site", "input", "qc_modality", "qc_corr", "qc_pass"]
+QC_COLUMNS = ["participant_id", "site", "input", "qc_modality", "qc_corr", "qc_outside",
+              "qc_pass", "qc_note"]
 MAX_OUT_OF_RANGE = 0.5  # "mostly outside": more than half of the image's non-zero brain voxels
 
 

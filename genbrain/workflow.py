@@ -48,6 +48,7 @@ class Cohort:
     pattern: str
     simulated: bool
     native_sites: frozenset[str]
+    brain_extracted_sites: frozenset[str] = frozenset()
     _groups: dict = field(default_factory=dict, repr=False)
     _labels: dict = field(default_factory=dict, repr=False)
     _sites: dict = field(default_factory=dict, repr=False)
@@ -101,6 +102,10 @@ class Cohort:
     def is_native(self, site: str) -> bool:
         return self.spec.get("space") == "native" or site in self.native_sites
 
+    def is_brain_extracted(self, site: str) -> bool:
+        """Whether the site's native T1w images are brain-extracted (else whole head)."""
+        return site in self.brain_extracted_sites
+
     def images(self, rows: pd.DataFrame) -> dict[str, dict[str, str]]:
         """participant_id -> {modality: path} for ``rows`` (pattern placeholders:
         ``{participant_id}``, ``{site}``, ``{modality}``)."""
@@ -121,6 +126,8 @@ def load_cohorts(config: Mapping, schema_path: str | os.PathLike,
             participants = f"{SIM_ROOT}/{name}/participants.tsv"
             pattern = simulated_pattern(name)
             native = {s for s, v in spec["simulate"]["sites"].items() if v.get("native")}
+            extracted = {s for s, v in spec["simulate"]["sites"].items()
+                         if v.get("brain_extracted")}
             source = f"simulated cohort '{name}'"
         else:
             participants = spec["participants"]
@@ -132,6 +139,14 @@ def load_cohorts(config: Mapping, schema_path: str | os.PathLike,
             table = read_tsv(participants)
             pattern = spec["images"]
             native = set(spec.get("native_sites") or [])
+            flag = spec.get("brain_extracted", False)
+            extracted = (set(table["site"].astype(str)) if flag is True
+                         else set(flag or []))
+            unknown = sorted(extracted - set(table["site"].astype(str)))
+            if unknown:
+                raise GenbrainInputError(
+                    f"{participants}: 'cohorts.{name}.brain_extracted' lists site "
+                    f"'{unknown[0]}', which is not in the table")
             source = participants
         for score, (lo, hi) in score_ranges(spec.get("scores")).items():
             if lo > hi:
@@ -144,7 +159,8 @@ def load_cohorts(config: Mapping, schema_path: str | os.PathLike,
         )
         out[name] = Cohort(name=name, spec=spec, table=assign_chunks(table, chunk_size),
                            participants=participants, pattern=pattern,
-                           simulated="simulate" in spec, native_sites=frozenset(native))
+                           simulated="simulate" in spec, native_sites=frozenset(native),
+                           brain_extracted_sites=frozenset(extracted))
     return out
 
 

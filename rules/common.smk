@@ -124,6 +124,10 @@ def get_chunk_native(wildcards):
     return COHORTS[wildcards.cohort].is_native(_site(wildcards))
 
 
+def get_chunk_brain_extracted(wildcards):
+    return COHORTS[wildcards.cohort].is_brain_extracted(_site(wildcards))
+
+
 def get_backend_options(wildcards):
     """Keyword options of the configured registration backend."""
     return config["preprocess"][config["preprocess"]["backend"]]

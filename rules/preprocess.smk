@@ -20,6 +20,7 @@ rule preprocess_chunk:
     params:
         images=get_chunk_subjects,
         native=get_chunk_native,
+        brain_extracted=get_chunk_brain_extracted,
         backend=config["preprocess"]["backend"],
         reference=config["preprocess"]["reference_modality"],
         options=get_backend_options,

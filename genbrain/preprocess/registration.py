@@ -1,8 +1,10 @@
 """Registration backends: native space -> MNI152NLin6Asym 2 mm.
 
-- ``ants`` (default, antspyx): affine + SyN of the registration modality (T1w) to the brain-masked
-  2 mm template; every modality of the subject is resampled with the same transforms; the
-  Jacobian determinant of the nonlinear warp is returned.
+- ``ants`` (default, antspyx): affine + SyN of the registration modality (T1w) to the 2 mm
+  template; every modality of the subject is resampled with the same transforms; the Jacobian
+  determinant of the nonlinear warp is returned. A brain-extracted T1w is registered to the
+  brain-masked template; a whole-head T1w (the usual raw input) to the whole-head template, head
+  to head, and masked afterwards (see :func:`register_ants` for why, with the measurement).
 - ``fsl`` (when FSL is installed): flirt (12 dof) + fnirt (``T1_2_MNI152_2mm`` config) +
   applywarp, through fslpy's wrappers, like the UK Biobank pipeline.
 
@@ -45,12 +47,15 @@ class Registered:
     jacobian: np.ndarray | None
 
 
-@functools.lru_cache(maxsize=1)
-def _ants_template():
+@functools.lru_cache(maxsize=2)
+def _ants_template(head: bool = False):
+    """The 2 mm T1w template as an ANTs image: whole head, or multiplied by its brain mask."""
     import ants
 
     paths = _template_paths()
     t1 = ants.image_read(str(paths["T1w"]))
+    if head:
+        return t1
     mask = ants.image_read(str(paths["mask"]))
     return t1 * mask
 
@@ -64,10 +69,14 @@ def itk_affine_to_ras(matrix: np.ndarray, offset: np.ndarray) -> np.ndarray:
 
 
 def register_ants(moving: Mapping[str, str], reference: str, options: Mapping | None = None,
-                  seed: int = 0, threads: int = 1) -> Registered:
+                  seed: int = 0, threads: int = 1, *, brain_extracted: bool = False
+                  ) -> Registered:
     """Register ``moving[reference]`` to the 2 mm template with antspyx and resample every image
     in ``moving`` (modality -> NIfTI path) with the same transforms.
 
+    brain_extracted: whether ``moving[reference]`` is brain-extracted (registered to the
+    brain-masked template) or a whole-head image (registered to the whole-head template, head
+    to head; the brain mask is applied afterwards, on the standard grid).
     options: ``type_of_transform`` (default ``SyN``; ``Affine`` for affine only) and any other
     ``ants.registration`` keyword (e.g. ``reg_iterations``).
     """
@@ -75,7 +84,7 @@ def register_ants(moving: Mapping[str, str], reference: str, options: Mapping | 
     import ants
 
     opts = {"type_of_transform": "SyN", **dict(options or {})}
-    fixed = _ants_template()
+    fixed = _ants_template(head=not brain_extracted)
     images = {}
     for modality, path in moving.items():
         try:
@@ -111,9 +120,13 @@ def register_ants(moving: Mapping[str, str], reference: str, options: Mapping | 
 
 
 def fsl_commands(moving: Mapping[str, str], reference: str, workdir: str | os.PathLike,
-                 options: Mapping | None = None) -> list[list[str]]:
+                 options: Mapping | None = None, *, brain_extracted: bool = False
+                 ) -> list[list[str]]:
     """The FSL command lines (flirt, fnirt, one applywarp per modality) for one subject, built
-    with fslpy's wrappers (requires ``$FSLDIR``)."""
+    with fslpy's wrappers (requires ``$FSLDIR``). flirt goes to the brain-extracted template
+    for a brain-extracted image and to the whole-head template otherwise; fnirt always works
+    on the whole-head template with the dilated brain mask as its reference mask, as in the
+    UK Biobank pipeline."""
     from fsl.wrappers import applywarp, flirt, fnirt
 
     opts = dict(options or {})
@@ -128,8 +141,8 @@ def fsl_commands(moving: Mapping[str, str], reference: str, workdir: str | os.Pa
     ref_mask = str(std / "MNI152_T1_2mm_brain_mask_dil.nii.gz")
     aff, warp, jac = str(work / "affine.mat"), str(work / "warp"), str(work / "jacobian")
     cmds = [
-        flirt(moving[reference], ref_brain, omat=aff, dof=int(opts.get("dof", 12)),
-              cmdonly=True),
+        flirt(moving[reference], ref_brain if brain_extracted else ref_head, omat=aff,
+              dof=int(opts.get("dof", 12)), cmdonly=True),
         fnirt(moving[reference], ref=ref_head, aff=aff, cout=warp, jout=jac, refmask=ref_mask,
               config=opts.get("fnirt_config", "T1_2_MNI152_2mm"), cmdonly=True),
     ]
@@ -140,10 +153,12 @@ def fsl_commands(moving: Mapping[str, str], reference: str, workdir: str | os.Pa
 
 
 def register_fsl(moving: Mapping[str, str], reference: str, options: Mapping | None = None,
-                 seed: int = 0, threads: int = 1) -> Registered:
+                 seed: int = 0, threads: int = 1, *, brain_extracted: bool = False
+                 ) -> Registered:
     """Register with FSL (flirt + fnirt + applywarp); see :func:`fsl_commands`."""
     with tempfile.TemporaryDirectory(prefix="genbrain-fsl-") as tmp:
-        for cmd in fsl_commands(moving, reference, tmp, options):
+        for cmd in fsl_commands(moving, reference, tmp, options,
+                                brain_extracted=brain_extracted):
             res = subprocess.run(cmd, capture_output=True, text=True, check=False)
             if res.returncode != 0:
                 raise GenbrainInputError(f"{moving[reference]}: {Path(cmd[0]).name} failed "
@@ -162,12 +177,16 @@ def register_fsl(moving: Mapping[str, str], reference: str, options: Mapping | N
 
 
 def register(backend: str, moving: Mapping[str, str], reference: str,
-             options: Mapping | None = None, seed: int = 0, threads: int = 1) -> Registered:
-    """Dispatch to a backend by name (``ants`` or ``fsl``)."""
+             options: Mapping | None = None, seed: int = 0, threads: int = 1, *,
+             brain_extracted: bool = False) -> Registered:
+    """Dispatch to a backend by name (``ants`` or ``fsl``); ``brain_extracted`` says whether
+    ``moving[reference]`` is brain-extracted or a whole-head image."""
     if backend == "ants":
-        return register_ants(moving, reference, options, seed, threads)
+        return register_ants(moving, reference, options, seed, threads,
+                             brain_extracted=brain_extracted)
     if backend == "fsl":
-        return register_fsl(moving, reference, options, seed, threads)
+        return register_fsl(moving, reference, options, seed, threads,
+                            brain_extracted=brain_extracted)
     raise GenbrainInputError(f"config key 'preprocess.backend': expected one of {BACKENDS}, "
                              f"got '{backend}'")
 

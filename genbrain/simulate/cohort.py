@@ -38,7 +38,7 @@ from scipy import ndimage as ndi
 
 from genbrain.errors import GenbrainInputError
 from genbrain.simulate.anatomy import REGIONS, anatomy
-from genbrain.space import standard_space
+from genbrain.space import standard_space, template_t1
 
 SIMULATED_MODALITIES = (
     "T1w", "VBM", "FLAIR", "FA", "fc01", "fc02", "fc03", "task_shapes", "task_faces",
@@ -61,7 +61,9 @@ class SiteSpec:
     effects (intensity scale, bias-field amplitude, noise sd relative to WM intensity,
     smoothing FWHM in mm, additive GM offset); disease_scale: the site's disease effect as a
     multiple of the cohort's (1: the population's; -1: a discordant site whose patients
-    differ in the opposite direction, the paper's MDD site S8; 0: none).
+    differ in the opposite direction, the paper's MDD site S8; 0: none); brain_extracted: a
+    native site's T1w is written brain-extracted instead of with the template's scalp and skull
+    around the brain (the usual raw input, see :func:`with_head`).
     """
 
     name: str
@@ -74,6 +76,7 @@ class SiteSpec:
     fwhm: float
     vbm_offset: float
     disease_scale: float = 1.0
+    brain_extracted: bool = False
 
 
 def site_specs(cohort: str, spec: Mapping, seed: int) -> list[SiteSpec]:
@@ -92,8 +95,17 @@ def site_specs(cohort: str, spec: Mapping, seed: int) -> list[SiteSpec]:
         vs = tuple(float(v) for v in s.get("voxel_size", (1.5, 1.5, 1.5)))
         out.append(SiteSpec(name=name, n=int(s["n"]), native=bool(s.get("native", False)),
                             voxel_size=vs, **drawn,
-                            disease_scale=float(s.get("disease_scale", 1.0))))
+                            disease_scale=float(s.get("disease_scale", 1.0)),
+                            brain_extracted=bool(s.get("brain_extracted", False))))
     return out
+
+
+def with_head(t1: np.ndarray, site: SiteSpec) -> np.ndarray:
+    """A simulated (91,109,91) T1w with the MNI152 template's scalp and skull (its whole-head
+    T1w outside the brain mask) at the site's intensity scale: a whole-head raw image, for
+    native sites that are not brain-extracted."""
+    outside = template_t1() * ~standard_space().mask
+    return (t1 + site.scale * outside).astype(t1.dtype)
 
 
 def participants(cohort: str, spec: Mapping, seed: int) -> pd.DataFrame:

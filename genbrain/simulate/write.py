@@ -27,6 +27,7 @@ from genbrain.simulate.cohort import (
     site_specs,
     subject_rng,
     to_volume,
+    with_head,
 )
 from genbrain.space import standard_space
 
@@ -92,12 +93,17 @@ def write_subjects(gen: Generator, cohort: str, spec: Mapping, seed: int, rows: 
             if site.name not in grids:
                 grids[site.name] = NativeGrid(*native_grid(site.voxel_size))
             grid = grids[site.name]
-            # every simulated image is zero outside the brain mask's box
+            # every simulated image is zero outside the brain mask's box, but a whole-head T1w
             resample = grid.resampler(pose, _mask_box(0)[0])
+            head = not site.brain_extracted and "T1w" in modalities
+            resample_head = grid.resampler(pose) if head else None
         for modality in modalities:
             vol = to_volume(images[modality])
             if site.native:
-                vol = resample(vol)
+                if modality == "T1w" and not site.brain_extracted:
+                    vol = resample_head(with_head(vol, site))
+                else:
+                    vol = resample(vol)
                 img = nib.Nifti1Image(vol, grid.affine)
                 img.header.set_sform(grid.affine, code=1)  # scanner space
                 img.header.set_qform(grid.affine, code=1)

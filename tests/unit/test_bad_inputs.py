@@ -448,3 +448,23 @@ def test_scores_with_ranges_validate_and_read_as_names(demo_config):
         validate_config(demo_config, SCHEMA, "demo.yaml")
     assert ("unknown key 'rnage' under 'cohorts.stroke.scores.0' (did you mean 'range'?)"
             in one_line(e)), one_line(e)
+
+
+def test_brain_extracted_names_known_sites_and_is_per_site_for_simulated_cohorts(demo_config):
+    scz = demo_config["cohorts"]["scz"]
+    scz["brain_extracted"] = True
+    with pytest.raises(GenbrainInputError) as e:
+        validate_config(demo_config, SCHEMA, "demo.yaml")
+    assert "'cohorts.scz.brain_extracted' is set from 'cohorts.scz.simulate.sites." in one_line(e)
+    scz.pop("simulate")
+    scz.update(participants="p.tsv", images="/d/{participant_id}_{modality}.nii.gz",
+               sites=["siteA", "siteB"], native_sites=["siteA"], brain_extracted=["siteZ"])
+    with pytest.raises(GenbrainInputError) as e:
+        validate_config(demo_config, SCHEMA, "demo.yaml")
+    assert "'cohorts.scz.brain_extracted' lists unknown site 'siteZ'" in one_line(e)
+    scz["brain_extracted"] = ["siteA"]
+    validate_config(demo_config, SCHEMA, "demo.yaml")
+    scz["brain_extracted"] = "yes"
+    with pytest.raises(GenbrainInputError) as e:
+        validate_config(demo_config, SCHEMA, "demo.yaml")
+    assert "brain_extracted" in one_line(e)

@@ -58,3 +58,28 @@ def test_a_bad_image_leaves_no_half_written_chunk(small_cohort, tmp_path):
         preprocess_chunk(rows, images, [False] * len(rows), DEFAULT_REGISTRY, out)
     assert not out.exists()
     assert not list(tmp_path.glob(".chunk.tmp-*"))
+
+
+def test_a_t1_contradicting_its_brain_extraction_declaration_fails_qc(small_cohort, tmp_path):
+    # the simulator's native T1s are whole head: declared brain-extracted, QC says so
+    rows = small_cohort["table"].query("site == 'nat'").head(1)
+    index = preprocess_chunk(rows, _images(small_cohort, rows, ("T1w",)), [True],
+                             DEFAULT_REGISTRY, tmp_path / "chunk", threads=2,
+                             options={"type_of_transform": "Affine"}, brain_extracted=[True])
+    row = index.iloc[0]
+    assert not row["qc_pass"] and row["qc_outside"] > 0.15
+    assert "declared brain-extracted but has scalp/skull signal" in row["qc_note"]
+    ok = preprocess_chunk(rows, _images(small_cohort, rows, ("T1w",)), [True],
+                          DEFAULT_REGISTRY, tmp_path / "chunk2", threads=2,
+                          options={"type_of_transform": "Affine"}, brain_extracted=[False])
+    assert ok["qc_pass"].all() and (ok["qc_note"].fillna("") == "").all()
+
+
+def test_declaration_notes_say_which_key_to_change():
+    from genbrain.preprocess.chunk import OUTSIDE_THRESHOLD, declaration_note
+
+    assert declaration_note(None, 0.9) == ""  # standard-space input: nothing declared
+    assert declaration_note(True, OUTSIDE_THRESHOLD / 2) == ""
+    assert declaration_note(False, 0.6) == ""
+    assert "list the site under 'brain_extracted'" in declaration_note(False, 0.01)
+    assert "remove the site from 'brain_extracted'" in declaration_note(True, 0.6)

@@ -122,8 +122,11 @@ def test_ground_truth_written_reads_back_and_is_drawn(tmp_path):
 
 DEMO_SEED = 20251219  # config/demo.yaml
 POPULATION = {"kind": "population", "age": [45, 82], "sites": {"UKB1": {"n": 300}}}
+# hospital1 brain-extracted: the simulator wrote only brain-extracted native images before
+# issue 34 (whole heads are new), and that path must stay bitwise the same
 STROKE = {"kind": "clinical", "age": [45, 85], "patient_label": "stroke", "lesion_effect": 0.25,
-          "sites": {"hospital1": {"n": 16, "native": True, "voxel_size": [1.2, 1.2, 2.4]},
+          "sites": {"hospital1": {"n": 16, "native": True, "voxel_size": [1.2, 1.2, 2.4],
+                                  "brain_extracted": True},
                     "hospital2": {"n": 16, "native": True, "voxel_size": [2.5, 2.5, 2.5]},
                     "hospital3": {"n": 40}}}
 ALL_MODALITIES = ["T1w", "VBM", "FLAIR", "FA", "fc01", "fc02", "fc03", "task_shapes",
@@ -210,6 +213,34 @@ def test_demo_subjects_are_bitwise_those_of_the_code_before_the_speed_work(tmp_p
         pytest.skip("numpy's SIMD math on this CPU differs from the machine the checksums "
                     "were recorded on; the equivalence tests below still run")
     assert _demo_checksums(tmp_path) == RECORDED
+
+
+def test_a_whole_head_native_t1_is_the_brain_extracted_one_plus_the_template_head(tmp_path):
+    import nibabel as nib
+
+    from genbrain.io import read_tsv
+    from genbrain.simulate import write_chunk
+
+    table = participants("stroke", STROKE, DEMO_SEED)
+    rows = table[table["site"] == "hospital1"].head(1)
+    whole = {**STROKE, "sites": {**STROKE["sites"], "hospital1": {
+        **STROKE["sites"]["hospital1"], "brain_extracted": False}}}
+    out = {}
+    for name, spec in (("bet", STROKE), ("head", whole)):
+        pattern = str(tmp_path / name / "{participant_id}_{modality}.nii.gz")
+        write_chunk("stroke", spec, DEMO_SEED, rows, ["T1w", "FA"], pattern,
+                    tmp_path / f"{name}.tsv")
+        out[name] = {r["modality"]: nib.load(r["path"]).get_fdata()
+                     for r in read_tsv(tmp_path / f"{name}.tsv").to_dict("records")}
+    np.testing.assert_array_equal(out["bet"]["FA"], out["head"]["FA"])  # only the T1w changes
+    bet, head = out["bet"]["T1w"], out["head"]["T1w"]
+    brain = bet != 0
+    scalp = (head != 0) & ~brain
+    assert scalp.sum() > brain.sum()  # a head around the brain
+    from scipy import ndimage as ndi
+
+    inner = ndi.binary_erosion(brain, iterations=2)  # the edge mixes brain and scalp
+    assert np.corrcoef(bet[inner], head[inner])[0, 1] > 0.99  # the same brain inside
 
 
 def test_fields_on_the_mask_box_equal_the_whole_grid_einsums():

@@ -18,7 +18,7 @@ def main(smk):
         rows, p.images, [p.native] * len(rows), registry_from_config(smk.config),
         smk.output.chunk, backend=p.backend, reference=p.reference, options=p.options,
         seed=p.seed, threads=smk.threads, dtype=p.dtype, qc_modality=p.qc_modality,
-        qc_threshold=p.qc_threshold,
+        qc_threshold=p.qc_threshold, brain_extracted=[p.brain_extracted] * len(rows),
     )
 
 
