@@ -14,7 +14,11 @@ Each subject's T1w is made exactly as the simulator writes it (``Generator.subje
 Controls do not depend on the effect and are made once per seed.
 
     .venv/bin/python benchmarks/diagnosis_calibration.py [--effects 0.1 0.2 0.3 0.4 0.5 0.6]
-        [--seeds 20251219 1 2] [--config config/demo.yaml] [--cohort scz]
+        [--seeds 20251219 1 2] [--config config/demo.yaml] [--cohort sczdx]
+
+The cohort's name is part of every simulator seed, so ``--cohort scz`` (the draw the value was
+calibrated on; the BWAS cohort now) and ``--cohort sczdx`` (the demo's diagnosis cohort, same
+sites) are different draws of the same design.
 """
 
 from __future__ import annotations
@@ -62,7 +66,7 @@ def baseline(features: pd.DataFrame, levels: tuple, seed: int) -> pd.DataFrame:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--config", default="config/demo.yaml")
-    ap.add_argument("--cohort", default="scz")
+    ap.add_argument("--cohort", default="sczdx")
     ap.add_argument("--effects", type=float, nargs="+", default=[0.10, 0.20, 0.30, 0.40, 0.50, 0.60])
     ap.add_argument("--seeds", type=int, nargs="+", default=None)
     args = ap.parse_args()

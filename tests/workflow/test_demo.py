@@ -196,19 +196,20 @@ def test_demo_draws_gates_and_exports_the_researchers_grid_cohort(demo):
 
 @pytest.mark.demo
 def test_demo_fine_tunes_learn_the_disease_direction_and_draw_a_gated_cohort(demo):
-    """config/demo.yaml's finetune.tasks: scz (siteA, siteB: all their T1w and VBM) and sczdx
-    (siteC's training split, T1w), each with the disease head its diagnosis condition implies,
-    checks of what it learned, and the cohort `sitea` drawn from scz/siteA through its own
-    audit and gate."""
+    """config/demo.yaml's finetune.tasks: scz (siteA, siteB of the BWAS cohort scz: all their
+    T1w and VBM) and sczdx (siteC's training split of the diagnosis cohort sczdx, T1w), each
+    with the disease head its diagnosis condition implies, checks of what it learned, and the
+    cohort `sitea` drawn from scz/siteA through its own audit and gate."""
     import json
 
     cfg = yaml.safe_load((ROOT / "config" / "demo.yaml").read_text())
     res = demo / "results"
-    people = read_tsv(res / "simulated" / "scz" / "participants.tsv")
-    split = read_tsv(res / "splits" / "scz.tsv")
-    assert set(split["split"]) == {"train", "validation", "test"}
     for task, spec in cfg["finetune"]["tasks"].items():
         steps = {**cfg["finetune"]["train"], **spec.get("train", {})}["steps"]
+        people = read_tsv(res / "simulated" / spec["cohort"] / "participants.tsv")
+        if spec.get("split") == "train":
+            split = read_tsv(res / "splits" / f"{spec['cohort']}.tsv")
+            assert set(split["split"]) == {"train", "validation", "test"}
         for site in spec["sites"]:
             out = res / "finetune" / task / site
             ckpt = torch.load(out / "checkpoint.pt", weights_only=True)
@@ -234,6 +235,7 @@ def test_demo_fine_tunes_learn_the_disease_direction_and_draw_a_gated_cohort(dem
             png = res / "figures" / "finetune" / task / f"{site}_checks.png"
             assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     # the cohort drawn from scz/siteA: its grid, audited against siteA's training images only
+    people = read_tsv(res / "simulated" / "scz" / "participants.tsv")
     spec = cfg["synthesize"]["cohorts"]["sitea"]
     syn = ImageStore(res / "synthetic" / "sitea" / "index.tsv")
     grid = spec["grid"]
@@ -324,11 +326,12 @@ def test_demo_bwas_scores_each_sites_real_and_synthetic_maps_against_the_other_s
 
 @pytest.mark.demo
 def test_demo_diagnosis_sweeps_every_site_and_augments_the_fine_tuned_one(demo):
-    """config/demo.yaml's diagnosis.analyses.sczdx: regional volumes of every site's real T1w
-    (mri_WMHsynthseg's columns, varying across subjects, carrying the planted atrophy), siteC's
-    synthetic pool from its fine-tune through the gate, a sweep per site on the fine-tune's own
-    split, the summary, its figures and fidelity rows. The direction of the gain is the
-    result (the fidelity record), not asserted."""
+    """config/demo.yaml's diagnosis.analyses.sczdx on its own cohort sczdx (the fine-tune's):
+    regional volumes of every site's real T1w (mri_WMHsynthseg's columns, varying across
+    subjects, carrying the planted atrophy), siteC's synthetic pool from its fine-tune through
+    the gate, a sweep per site on the fine-tune's own split, the summary, its figures and
+    fidelity rows. The direction of the gain is the result (the fidelity record), not
+    asserted."""
     import math
 
     from genbrain.diagnosis import volumes as vol
@@ -336,13 +339,16 @@ def test_demo_diagnosis_sweeps_every_site_and_augments_the_fine_tuned_one(demo):
 
     cfg = yaml.safe_load((ROOT / "config" / "demo.yaml").read_text())
     res = demo / "results"
-    people = read_tsv(res / "simulated" / "scz" / "participants.tsv")
-    split = read_tsv(res / "splits" / "scz.tsv")
-    sites = cfg["cohorts"]["scz"]["simulate"]["sites"]
+    cohort = cfg["finetune"]["tasks"][cfg["diagnosis"]["analyses"]["sczdx"]["finetune"]][
+        "cohort"]
+    assert cohort == "sczdx"  # the dedicated diagnosis cohort, not the BWAS cohort scz
+    people = read_tsv(res / "simulated" / cohort / "participants.tsv")
+    split = read_tsv(res / "splits" / f"{cohort}.tsv")
+    sites = cfg["cohorts"][cohort]["simulate"]["sites"]
     ratios = cfg["diagnosis"]["ratios"]
     tables = []
     for site in sites:
-        raw = pd.read_csv(res / "volumes" / "scz" / f"site-{site}.csv")
+        raw = pd.read_csv(res / "volumes" / cohort / f"site-{site}.csv")
         assert list(raw.columns) == list(vol.COLUMNS)  # drop-in for mri_WMHsynthseg --csv_vols
         assert sorted(raw[vol.ID_COLUMN]) == sorted(
             people.loc[people["site"] == site, "participant_id"])
