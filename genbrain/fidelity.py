@@ -498,6 +498,16 @@ DX_PAIRS = Claim(
     paper="26 of 42 pairs (62%)", goal=Goal(">", 50.0, "%", on="ci_low"), unit="%")
 
 
+DX_REGIONS_FILES = "diagnosis/*/regions.tsv"
+DX_REGIONS = Claim(
+    "diagnosis.shap_regions",
+    "the real-only classifiers rely on the diseased structures: the share of their SHAP top-k "
+    "regions that are the simulated disease's structures, minus the share expected by chance "
+    "(percentage points; embedded default only, where the diseased structures are known)",
+    paper="not in the paper (SHAP explains its models; simulation gives the truth to check)",
+    goal=Goal(">", 0.0, "pp", on="ci_low"), unit="pp")
+
+
 def _dx_summaries(results: Path) -> list[tuple[Path, pd.DataFrame]]:
     files = sorted(Path(results).glob(DX_FILES))
     if not files:
@@ -574,6 +584,36 @@ def _dx_pairs(results: Path) -> list[Row]:
             ci_method="Clopper-Pearson", n=n, source=str(path),
             note=f"{k} of {n} pairs better; {int(t['pairs_ci_above_0'])} with CI above 0, "
                  f"{int(t['pairs_ci_below_0'])} below"))
+    return rows
+
+
+@register(DX_REGIONS)
+def _dx_regions(results: Path) -> list[Row]:
+    """Per diagnosis analysis of a simulated cohort, the real-only models' top-k SHAP regions
+    (``regions.tsv``) pooled over training sites: hits over slots minus chance (k |diseased| /
+    F over k), with a Clopper-Pearson interval on the pooled hits."""
+    files = sorted(Path(results).glob(DX_REGIONS_FILES))
+    if not files:
+        raise MissingResult(Path(results) / "diagnosis/<analysis>/regions.tsv")
+    rows = []
+    for path in files:
+        t = read_result(results, str(path.relative_to(results)), ("train_site", "method", "k"))
+        real = t[t["method"] == "real"]
+        if "hits" not in t.columns or real.empty or real["hits"].isna().all():
+            rows.append(DX_REGIONS.not_measured(str(path), "no simulated truth (a real cohort) "
+                                                "or no real-only model", path.parent.name))
+            continue
+        hits, slots = int(real["hits"].sum()), int(real["k"].sum())
+        chance = float((real["expected"] / real["k"]).mean())
+        ci = sstats.binomtest(hits, slots).proportion_ci(0.95, method="exact")
+        per_site = ", ".join(f"{r.train_site} {int(r.hits)}/{int(r.k)}"
+                             for r in real.itertuples())
+        rows.append(DX_REGIONS.measured(
+            100 * (hits / slots - chance), path.parent.name,
+            ci=(100 * (ci.low - chance), 100 * (ci.high - chance)),
+            ci_method="Clopper-Pearson on pooled top-k slots", n=slots, source=str(path),
+            note=f"{hits} of {slots} top-k slots are diseased structures ({per_site}); chance "
+                 f"{100 * chance:.1f}%"))
     return rows
 
 

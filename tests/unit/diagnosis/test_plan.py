@@ -202,11 +202,23 @@ def test_fidelity_rows_from_a_summary(site_run, tmp_path):
     s = site_run["summary"]["summary"].copy()
     s.insert(0, "analysis", "dx")
     save_tsv(s, out / "summary.tsv")
+    regions = site_run["summary"]["regions"].copy()
+    regions.insert(0, "analysis", "dx")
+    save_tsv(regions, out / "regions.tsv")
     rec = fidelity_table(tmp_path / "results")
     rows = rec[rec["claim_id"].str.startswith("diagnosis.")].set_index("claim_id")
     assert set(rows.index) == {"diagnosis.within_baseline", "diagnosis.cross_site_gain",
                                "diagnosis.harmonized_gain", "diagnosis.combined_gain",
-                               "diagnosis.pairs_improved"}
+                               "diagnosis.pairs_improved", "diagnosis.shap_regions"}
+    # the real-only models' top regions: pooled hits over slots, minus chance, exact CI
+    real = regions[regions["method"] == "real"]
+    hits, slots = int(real["hits"].sum()), int(real["k"].sum())
+    chance = float((real["expected"] / real["k"]).mean())
+    shap = rows.loc["diagnosis.shap_regions"]
+    assert shap["measured"] == pytest.approx(100 * (hits / slots - chance))
+    assert shap["ci_low"] < shap["measured"] <= shap["ci_high"]
+    assert shap["verdict"] == "met"  # the two planted structures lead every ranking
+    assert shap["n"] == slots
     aug = s[(s["setting"] == "cross") & (s["method"] == "augmented")
             & (s["metric"] == "accuracy")].iloc[0]
     gain = rows.loc["diagnosis.cross_site_gain"]
@@ -220,5 +232,5 @@ def test_fidelity_rows_from_a_summary(site_run, tmp_path):
     # no summary at all: one "not measured" row per claim naming the file
     empty = fidelity_table(tmp_path / "nothing")
     miss = empty[empty["claim_id"].str.startswith("diagnosis.")]
-    assert len(miss) == 5 and (miss["verdict"] == "not measured").all()
-    assert miss["source"].str.contains("summary.tsv").all()
+    assert len(miss) == 6 and (miss["verdict"] == "not measured").all()
+    assert miss["source"].str.contains("summary.tsv|regions.tsv").all()
