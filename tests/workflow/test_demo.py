@@ -398,7 +398,7 @@ def test_demo_diagnosis_sweeps_every_site_and_augments_the_fine_tuned_one(demo):
         assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     fidelity = read_tsv(res / "fidelity" / "fidelity.tsv")
     rows = fidelity[fidelity["claim_id"].str.startswith("diagnosis.")]
-    assert len(rows) == 5 and set(rows["subject"]) == {"sczdx"}
+    assert len(rows) == 6 and set(rows["subject"]) == {"sczdx"}
     assert (rows["verdict"] != "not measured").all(), rows
 
 
