@@ -361,7 +361,9 @@ def store_volumes(index_path: str | os.PathLike, registry, t1_modality: str = "T
     """Volumes of every participant of an image store (:class:`genbrain.store.ImageStore`),
     or of those at ``sites``, one row each (``Input-file`` = participant_id). Derived maps
     (VBM, Jacobian) are denormalised with the modality registry; T1w needs no scale (the
-    mixture finds it)."""
+    mixture finds it). An image that measures a non-positive or non-finite volume in some
+    structure stops here with one line naming the store and the participant (the table could
+    not be saved: :func:`check_volumes`)."""
     import time
 
     from genbrain.store import ImageStore
@@ -392,8 +394,16 @@ def store_volumes(index_path: str | os.PathLike, registry, t1_modality: str = "T
                                 maps.get(gm_modality) if gm_modality else None, bias_order,
                                 status=status)
         uncorrected += status.get("bias") == "uncorrected"
-        rows.append(structure_volumes(
-            frac, jacobian=maps.get(jacobian_modality) if jacobian_modality else None))
+        v = structure_volumes(
+            frac, jacobian=maps.get(jacobian_modality) if jacobian_modality else None)
+        bad = ~(np.isfinite(v) & (v > 0))  # check_volumes' rule, at the image that breaks it
+        if bad.any():
+            k = int(np.argmax(bad))
+            raise GenbrainInputError(
+                f"{index_path}: the '{t1_modality}' image of participant '{pid}' measures "
+                f"{v[k]:g} mm^3 in '{COLUMNS[1 + k]}'; expected a positive volume in every "
+                "structure (is it a whole-brain T1w in standard space?)")
+        rows.append(v)
         if len(rows) % 50 == 0 or len(rows) == len(ids):
             log.info("%s: volumes of %d/%d images (%.1f/s)", index_path, len(rows), len(ids),
                      len(rows) / max(time.perf_counter() - t0, 1e-9))

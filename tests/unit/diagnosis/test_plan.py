@@ -1,8 +1,12 @@
 """The cross-site diagnosis stage (genbrain.diagnosis.plan): the synthetic pool's covariates, the
 feature tables and their bad inputs, the shared split, one site's sweep with a pool carrying
-the planted signal, the analysis summary against a hand computation, and its fidelity rows."""
+the planted signal, the analysis summary against a hand computation, its fidelity rows, and
+the bad inputs a researcher can give (one class at a site, a class too small for the split, a
+3-class level missing at a site: at parse time; a bad volume table: at the sweep)."""
 
 from __future__ import annotations
+
+from types import SimpleNamespace
 
 import numpy as np
 import pandas as pd
@@ -11,8 +15,10 @@ import pytest
 from genbrain.diagnosis import classify as cl
 from genbrain.diagnosis import plan as dx
 from genbrain.diagnosis import volumes as vol
+from genbrain.diagnosis.plan import plan_diagnosis
 from genbrain.errors import GenbrainInputError
 from genbrain.fidelity import fidelity_table
+from genbrain.finetune import plan_finetunes
 from genbrain.io import save_tsv
 
 FEATS = list(vol.COLUMNS[1:])
@@ -234,3 +240,117 @@ def test_fidelity_rows_from_a_summary(site_run, tmp_path):
     miss = empty[empty["claim_id"].str.startswith("diagnosis.")]
     assert len(miss) == 6 and (miss["verdict"] == "not measured").all()
     assert miss["source"].str.contains("summary.tsv|regions.tsv").all()
+
+
+# --------------------------------------------------------------------------------------------
+# Bad inputs (issue 29 item 6): what a researcher hits, as one line
+
+
+def _one_line(excinfo) -> str:
+    msg = str(excinfo.value)
+    assert "\n" not in msg
+    return msg
+
+
+def _cohort(levels=LEVELS, per_level=6, sites=("A", "B")) -> SimpleNamespace:
+    rows = [{"participant_id": f"sub-{s}{lv}{i}", "site": s, "diagnosis": lv, "age": 40.0 + i,
+             "sex": "MF"[i % 2]} for s in sites for lv in levels for i in range(per_level)]
+    return SimpleNamespace(name="c", modalities=["T1w"], table=pd.DataFrame(rows),
+                           spec={"modalities": ["T1w"], "diagnosis_levels": list(levels)},
+                           sites=sorted(sites), site_label=lambda s: s)
+
+
+def _plan(cohort: SimpleNamespace, finetunes=None):
+    """The parse-time chain of rules/common.smk: the fine-tunes, then the diagnosis plan."""
+    cfg = {"seed": 0, "finetune": {"tasks": {"dx": {
+               "cohort": "c", "conditions": ["diagnosis"], "per_site": True, "split": "train",
+               "sites": ["A"]}}},
+           "diagnosis": {"ratios": [0.0, 1.0], "analyses": {"dx": {"finetune": "dx"}}}}
+    finetunes = finetunes or plan_finetunes(cfg, {"c": cohort}, "pop")
+    return plan_diagnosis(cfg, {"c": cohort}, finetunes), finetunes
+
+
+def _drop(cohort: SimpleNamespace, site: str, level: str, keep: int = 0) -> SimpleNamespace:
+    t = cohort.table
+    rows = t.index[(t["site"] == site) & (t["diagnosis"] == level)][keep:]
+    cohort.table = t.drop(index=rows).reset_index(drop=True)
+    return cohort
+
+
+SPLIT_FAILS = "config: 'finetune.tasks.dx.split' is 'train', but the cohort's 3:1:1 split fails: "
+
+
+def test_a_training_site_with_one_class_stops_the_plan():
+    plan, _ = _plan(_cohort())  # valid: every site trains, A (fine-tuned) with a pool
+    assert [(j.site, bool(j.model)) for j in plan.values()] == [("A", True), ("B", False)]
+    with pytest.raises(GenbrainInputError) as err:  # B is not fine-tuned, still a training site
+        _plan(_drop(_cohort(), "B", "SCZ"))
+    assert _one_line(err) == (SPLIT_FAILS + "cohort 'c': site 'B' has one class only ('CN'); "
+                              "a classifier needs ['CN', 'SCZ']")
+
+
+def test_a_class_too_small_for_the_split_stops_the_plan():
+    with pytest.raises(GenbrainInputError) as err:
+        _plan(_drop(_cohort(), "B", "SCZ", keep=2))
+    assert _one_line(err) == (SPLIT_FAILS + "cohort 'c': site 'B' has 2 'SCZ' subject(s); the "
+                              "3:1:1 split needs at least 3 per level (one in each split)")
+    plan, _ = _plan(_drop(_cohort(), "B", "SCZ", keep=3))  # one in each split is enough
+    assert plan["dx/B"].n_train == 4 + 1
+
+
+def test_a_three_class_level_missing_at_a_site_stops_the_plan():
+    three = ("CN", "MCI", "AD")
+    plan, _ = _plan(_cohort(three))
+    assert plan["dx/A"].levels == three
+    with pytest.raises(GenbrainInputError) as err:
+        _plan(_drop(_cohort(three), "B", "MCI"))
+    assert _one_line(err) == (SPLIT_FAILS + "cohort 'c': site 'B' lacks diagnosis level(s) "
+                              "['MCI']; the 3-class task needs every level at every site")
+
+
+def test_the_diagnosis_plan_checks_the_split_itself():
+    """Fine-tunes planned on a table that has since lost a class: the diagnosis plan's own
+    split names its analysis."""
+    _, finetunes = _plan(_cohort())
+    with pytest.raises(GenbrainInputError) as err:
+        _plan(_drop(_cohort(), "B", "SCZ"), finetunes)
+    assert _one_line(err) == ("config: 'diagnosis.analyses.dx': cohort 'c': site 'B' has one "
+                              "class only ('CN'); a classifier needs ['CN', 'SCZ']")
+
+
+def test_a_researchers_volume_table_with_a_missing_structure_or_a_bad_volume(tmp_path):
+    """A table written over results/volumes/<cohort>/site-<site>.csv is read by the sweep."""
+    part, split, tables = _real(sizes={"A": 20, "B": 20})
+    save_tsv(part, tmp_path / "participants.tsv")
+    save_tsv(split, tmp_path / "split.tsv")
+    paths = []
+    for site, t in zip(("A", "B"), tables):
+        t = t.rename(columns={"participant_id": vol.ID_COLUMN})
+        t[vol.ID_COLUMN] = "/data/" + t[vol.ID_COLUMN] + "_T1w.nii.gz"
+        paths.append(tmp_path / f"site-{site}.csv")
+        t.to_csv(paths[-1], index=False)
+    n_train = int(((split["site"] == "A") & (split["split"] == "train")).sum())
+    job = _job(n_train=n_train, model="", n_pool=0)
+
+    def sweep_inputs(a_table):
+        return dx.sweep_inputs(job, [str(a_table), str(paths[1])],
+                               str(tmp_path / "participants.tsv"), str(tmp_path / "split.tsv"))
+
+    features, _ = sweep_inputs(paths[0])
+    assert len(features) == 40 and set(FEATS) <= set(features.columns)
+    a = pd.read_csv(paths[0])
+    a.drop(columns=["Left-Hippocampus(17)"]).to_csv(tmp_path / "miss.csv", index=False)
+    with pytest.raises(GenbrainInputError) as err:
+        sweep_inputs(tmp_path / "miss.csv")
+    assert _one_line(err) == (f"{tmp_path / 'miss.csv'}: missing 1 structure column(s), e.g. "
+                              "['Left-Hippocampus(17)'] (expected mri_WMHsynthseg --csv_vols "
+                              "columns)")
+    for value, shown in ((0.0, "0"), (-12.5, "-12.5")):
+        bad = a.copy()
+        bad.loc[3, "Left-Thalamus(10)"] = value
+        bad.to_csv(tmp_path / "bad.csv", index=False)
+        with pytest.raises(GenbrainInputError) as err:
+            sweep_inputs(tmp_path / "bad.csv")
+        assert _one_line(err) == (f"{tmp_path / 'bad.csv'}: row 4 ('/data/sub-A003_T1w.nii.gz'), "
+                                  f"column 'Left-Thalamus(10)': volume {shown}; expected a "
+                                  "positive number of mm^3")

@@ -213,3 +213,29 @@ def test_an_implausible_bias_field_leaves_the_image_uncorrected():
     off = {}
     vol.class_means(x, bias_order=0, status=off)
     assert off["bias"] == "off"
+
+
+def test_an_image_measuring_a_zero_structure_is_named_before_a_table_is_written(tmp_path):
+    """diagnosis_volumes / diagnosis_synthetic_volumes: a store image without tissue in a
+    structure (here the optic chiasm blacked out) stops the job at that image, naming the
+    store and the participant (the first, valid image passes), before any table is saved."""
+    from genbrain.io import save_tsv
+    from genbrain.store import write_shard
+
+    space = standard_space()
+    gm, wm = space.to_vector(anatomy().gm), space.to_vector(anatomy().wm)
+    t1 = _t1(np.stack([1 - gm - wm, gm, wm]), np.random.default_rng(0))
+    x = np.stack([t1, t1]).astype(np.float32)
+    x[1, (vol.atlas_targets()[1:] == 85).any(axis=0)] = 0.0  # CSF-dark where the chiasm is
+    shard = tmp_path / "site-A" / "T1w.npy"
+    shard.parent.mkdir()
+    write_shard(x, shard, "float16")
+    index = tmp_path / "index.tsv"
+    save_tsv(pd.DataFrame({"participant_id": ["sub-A0", "sub-A1"], "site": "A", "age": 40.0,
+                           "sex": "F", "modality": "T1w", "modality_index": 0,
+                           "shard": "site-A/T1w.npy", "row": [0, 1]}), index)
+    with pytest.raises(GenbrainInputError) as err:
+        vol.store_volumes(index, None, sites=["A"])
+    assert str(err.value) == (f"{index}: the 'T1w' image of participant 'sub-A1' measures 0 "
+                              "mm^3 in 'Optic-Chiasm(85)'; expected a positive volume in "
+                              "every structure (is it a whole-brain T1w in standard space?)")
