@@ -80,7 +80,7 @@ def d_map_figure(maps: Mapping[str, np.ndarray], out_png: str | os.PathLike, tit
 
 def gain_figure(table: pd.DataFrame, out_png: str | os.PathLike, title: str = "",
                 curve: pd.DataFrame | None = None, effective: Mapping | None = None) -> None:
-    """From a site's score table (:func:`genbrain.stats.bwas.site_score_table`): left, the
+    """From a site's score table (:func:`genbrain.bwas.compare.site_score_table`): left, the
     relative gain (%) of synthetic over real per metric with its 95% CI (the paper's bars);
     middle, real and synthetic scores with bootstrap 95% CIs and each map's chance level as a
     tick, so a Dice near chance is seen as such. With ``curve`` (n, repeat, r: real cohorts
