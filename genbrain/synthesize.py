@@ -40,7 +40,8 @@ from genbrain.modalities import DEFAULT_REGISTRY, ModalityRegistry
 from genbrain.model.diffusion import DDIMSampler, GaussianDiffusion
 from genbrain.model.dit import DiT
 from genbrain.store import ImageStore, write_shard
-from genbrain.train import TrainConfig, load_for_sampling
+from genbrain.training.checkpoints import load_for_sampling
+from genbrain.training.config import TrainConfig
 
 log = logging.getLogger(__name__)
 

@@ -31,8 +31,7 @@ covariates are checked against.
 Where things are: the run's settings in :mod:`genbrain.training.config`, items and their order
 in :mod:`genbrain.training.data`, surgery and trainability in
 :mod:`genbrain.training.surgery`, checkpoint reading and loading in
-:mod:`genbrain.training.checkpoints`; this module holds the loop. The names other modules use
-are re-exported here.
+:mod:`genbrain.training.checkpoints`; this module holds the loop.
 
 A checkpoint (``out_dir/checkpoint.pt``; written atomically by rank 0 every ``checkpoint_every``
 steps and at the end) holds ``model``, ``ema`` (state dicts), ``optimizer``, ``step``,
@@ -85,45 +84,30 @@ from genbrain.model.dit import DiT
 from genbrain.store import ImageStore
 from genbrain.training.checkpoints import (
     check_resume,
-    load_for_sampling,
-    loss_history,
-    model_conditions,
     read_checkpoint,
 )
 from genbrain.training.config import (
     CHECKPOINT,
-    FINETUNE_MODES,
-    RESUMABLE_CHANGES,
     STREAM_ITEM,
-    TRAIN_PRECISIONS,
-    WEIGHTS,
     TrainConfig,
     plain,
     seed_of,
 )
 from genbrain.training.data import ItemOrder, MicroBatchSampler, VoxelDataset, collated
 from genbrain.training.surgery import (
-    ARCHITECTURE,
-    SURGERIES,
     Surgery,
     build_model,
     implied_surgeries,
-    inherit_architecture,
     operate,
     parse_surgeries,
     set_templates,
     trainable,
 )
 
-__all__ = ["ARCHITECTURE", "CHECKPOINT", "FINETUNE_MODES", "RESUMABLE_CHANGES", "SURGERIES",
-           "TRAIN_PRECISIONS", "WEIGHTS", "ItemOrder", "MicroBatchSampler", "TrainConfig",
-           "TrainResult", "TrainingDiverged", "VoxelDataset", "check_resume",
-           "inherit_architecture", "load_for_sampling", "loss_history", "model_conditions",
-           "read_checkpoint", "train"]
+__all__ = ["TrainResult", "TrainingDiverged", "train"]
 
 log = logging.getLogger(__name__)
 
-_seed = seed_of  # the names earlier code imported
 StoreLike = ImageStore | str | os.PathLike
 
 
