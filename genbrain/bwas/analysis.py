@@ -81,7 +81,7 @@ def heldout_agreement(pool, mask: np.ndarray, sizes: Sequence[int], *, control: 
     (without replacement, the pool's patient fraction); each subsample's d map is scored
     (Pearson r in ``mask``) against the map of the rest of the pool (site dummies). The rest
     is N - n, slightly smaller than the full reference: sizes are kept below N / 3."""
-    from genbrain.bwas.compare import _draw_disjoint
+    from genbrain.bwas.compare import draw_disjoint
     from genbrain.stats.cohens_d import cohens_d, design_matrix
     from genbrain.stats.overlap import overlap_scores
 
@@ -93,7 +93,7 @@ def heldout_agreement(pool, mask: np.ndarray, sizes: Sequence[int], *, control: 
             log.info("%s: agreement size %d is over a third of the pool (%d); skipped",
                      pool.label, n, len(pool))
             continue
-        for r, members in enumerate(_draw_disjoint(dx, n, n_repeats, rng)):
+        for r, members in enumerate(draw_disjoint(dx, n, n_repeats, rng)):
             rest = np.setdiff1d(np.arange(len(pool)), members)
             # named in a fit's error: the subsample, not the reference it is drawn from
             sub = f"agreement subsample of {n} (repeat {r}; bwas.agreement.sizes)"

@@ -23,7 +23,7 @@ step (32 NIHSS, 8 WAB-AQ) for ``epochs`` epochs (paper 50), evaluates the valida
 every epoch and keeps the weights of the epoch with the lowest one (ties: the earliest). It
 reuses the DiT trainer's machinery from :mod:`genbrain.training`: ``seed_of`` for independent
 seeded streams, :class:`~genbrain.training.data.ItemOrder` (epoch e's item order is a
-permutation drawn from (seed, e)), ``atomic_path`` checkpoints, ``_hms`` ETAs. Every random
+permutation drawn from (seed, e)), ``atomic_path`` checkpoints, ``hms`` ETAs. Every random
 number is a function of (seed, epoch): initial weights from (seed, init), dropout of epoch e
 from a generator seeded with (seed, dropout, e) inside ``fork_rng``, so a checkpoint (written
 atomically after every epoch: model, optimizer, best weights, history) resumes bitwise on CPU
@@ -71,7 +71,7 @@ from genbrain.space import StandardSpace, standard_space
 from genbrain.store import ImageStore
 from genbrain.training.config import dataclass_from_dict, plain, seed_of
 from genbrain.training.data import ItemOrder
-from genbrain.training.loop import _hms
+from genbrain.training.loop import hms
 
 log = logging.getLogger(__name__)
 
@@ -516,7 +516,7 @@ def fit(config: RegressConfig, train: ScoreImages, val: ScoreImages,
         rate = (time.perf_counter() - t_start) / (epoch - start_epoch)  # s per epoch
         log.info("epoch %d/%d  train loss %.4g  val MAE %.4g  r %.3f  (best %.4g @ %d)  "
                  "%.1f s  ETA %s", epoch, config.epochs, total / len(perm), mae, r, best_mae,
-                 best_epoch, seconds, _hms(rate * (config.epochs - epoch)))
+                 best_epoch, seconds, hms(rate * (config.epochs - epoch)))
         if on_epoch is not None:
             on_epoch(epoch, ckpt_path)
     model.load_state_dict(best_state)

@@ -24,7 +24,7 @@ import nibabel as nib
 import numpy as np
 
 from genbrain.errors import GenbrainInputError
-from genbrain.space import SPACE_NAME, _template_paths, standard_space
+from genbrain.space import SPACE_NAME, standard_space, template_paths
 
 BACKENDS = ("ants", "fsl")
 # ITK stores physical points in LPS; NIfTI/nibabel world coordinates are RAS.
@@ -49,7 +49,7 @@ class Registered:
 def _ants_template():
     import ants
 
-    paths = _template_paths()
+    paths = template_paths()
     t1 = ants.image_read(str(paths["T1w"]))
     mask = ants.image_read(str(paths["mask"]))
     return t1 * mask

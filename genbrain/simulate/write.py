@@ -19,8 +19,8 @@ from genbrain.simulate.cohort import (
     EFFECTS,
     Generator,
     NativeGrid,
-    _mask_box,
     ground_truth,
+    mask_box,
     native_grid,
     native_pose,
     participants,
@@ -93,7 +93,7 @@ def write_subjects(gen: Generator, cohort: str, spec: Mapping, seed: int, rows: 
                 grids[site.name] = NativeGrid(*native_grid(site.voxel_size))
             grid = grids[site.name]
             # every simulated image is zero outside the brain mask's box
-            resample = grid.resampler(pose, _mask_box(0)[0])
+            resample = grid.resampler(pose, mask_box(0)[0])
         for modality in modalities:
             vol = to_volume(images[modality])
             if site.native:

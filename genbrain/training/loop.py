@@ -104,7 +104,7 @@ from genbrain.training.surgery import (
     trainable,
 )
 
-__all__ = ["TrainResult", "TrainingDiverged", "train"]
+__all__ = ["TrainResult", "TrainingDiverged", "hms", "train"]
 
 log = logging.getLogger(__name__)
 
@@ -182,7 +182,8 @@ def _matmul_precision(device: torch.device) -> Iterator[None]:
         torch.set_float32_matmul_precision(old)
 
 
-def _hms(seconds: float) -> str:
+def hms(seconds: float) -> str:
+    """A duration in seconds as ``h:mm:ss`` for progress lines (``?`` when not finite)."""
     if not math.isfinite(seconds):
         return "?"
     s = round(seconds)
@@ -424,7 +425,7 @@ def _train(config: TrainConfig, stores: StoreLike | Sequence[StoreLike], out_dir
             now = time.perf_counter()
             rate = (step - step_last) / max(now - t_last, 1e-9)
             log.info("step %d/%d  loss %.4f  %.2f steps/s  ETA %s", step, config.steps,
-                     float(np.mean(window)), rate, _hms((config.steps - step) / rate))
+                     float(np.mean(window)), rate, hms((config.steps - step) / rate))
             t_last, step_last, window = now, step, []
         if step % config.checkpoint_every == 0 or step == config.steps:
             if rank == 0:
