@@ -7,10 +7,11 @@ labels) from a 44,000-row table (the paper's pretraining cohort size). Distinct 
 - baseline ``per-file``: what the public code does per item: query the pandas table for the
   item's row (boolean mask over 44,000 rows), build the file path, ``np.load`` one .npy file;
 - baseline files are float32 .npy (the public code's layout); the store is float16;
-- ``store``: :class:`genbrain.train.VoxelDataset` over an :class:`genbrain.store.ImageStore`:
-  labels in arrays read once, micro-batches of 8 fetched with ``__getitems__`` (one sorted
-  memmap read per shard) as the DataLoader does; timed again with the training loop's float32 cast done on the CPU
-  (on a GPU the cast happens on the device after the transfer).
+- ``store``: :class:`genbrain.training.data.VoxelDataset` over an
+  :class:`genbrain.store.ImageStore`: labels in arrays read once, micro-batches of 8 fetched with
+  ``__getitems__`` (one sorted memmap read per shard) as the DataLoader does; timed again with the
+  training loop's float32 cast done on the CPU (on a GPU the cast happens on the device after the
+  transfer).
 
 Both are warmed once (page cache), then timed on the same random item order in three
 interleaved rounds, best pass of each. Prints items/s of each and the ratios.
@@ -33,7 +34,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from genbrain.io import save_tsv
 from genbrain.store import ImageStore, write_shard
-from genbrain.train import VoxelDataset
+from genbrain.training.data import VoxelDataset
 
 V = 228_483
 ROWS = 44_000

@@ -1,11 +1,11 @@
 """The trainer end to end on a GPU, eager against compiled DiT blocks (issue 33), in one process.
 
-Runs ``genbrain.train.train`` twice on the same brain-sized store (228,483 voxels, 893 tokens),
-``compile: false`` (the baseline) and ``compile: true``, each for ``--warm`` steps and then
-``--steps`` more steps resumed from that checkpoint, so that start-up, the first-shape compile
-and the first checkpoint are left out of the timed part. Prints seconds per step, images/s,
-MFU against ``--peak`` TFLOP/s (training = 3 x the analytic forward FLOPs of
-``genbrain.model.dit.DiT``) and the compiled/eager ratio. Needs CUDA.
+Runs ``genbrain.training.loop.train`` twice on the same brain-sized store (228,483 voxels, 893
+tokens), ``compile: false`` (the baseline) and ``compile: true``, each for ``--warm`` steps and then
+``--steps`` more steps resumed from that checkpoint, so that start-up, the first-shape compile and
+the first checkpoint are left out of the timed part. Prints seconds per step, images/s, MFU against
+``--peak`` TFLOP/s (training = 3 x the analytic forward FLOPs of ``genbrain.model.dit.DiT``) and the
+compiled/eager ratio. Needs CUDA.
 
     python benchmarks/trainer_compile.py --preset L/256 --batch 32
 """
@@ -22,8 +22,9 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from genbrain.train import TrainConfig, train
-from tests.unit.test_train import make_store
+from genbrain.training.config import TrainConfig
+from genbrain.training.loop import train
+from tests.unit.training.test_loop import make_store
 
 V_BRAIN = 228_483
 

@@ -34,8 +34,7 @@ from scipy import ndimage as ndi
 
 from genbrain.preprocess.chunk import pearson_masked
 from genbrain.preprocess.registration import register_ants
-from genbrain.space import _template_paths as template_paths
-from genbrain.space import standard_space, template_t1
+from genbrain.space import standard_space, template_paths, template_t1
 
 COLIN = Path("/usr/share/mricron/templates")
 

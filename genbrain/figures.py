@@ -8,6 +8,9 @@
 - :func:`synthetic_vs_real`: the paper's Fig. 2c, slices of synthetic and real images per
   modality for one condition.
 - :func:`truth_maps`: the ground-truth effect maps planted in a simulated cohort.
+
+Every figures module (these and the stages') draws through :func:`pyplot` and writes through
+:func:`save_figure`.
 """
 
 from __future__ import annotations
@@ -29,7 +32,9 @@ KIND_STYLE = {  # kind -> (label, colour); the paper's order and its three colou
 }
 
 
-def _pyplot():
+def pyplot():
+    """matplotlib's pyplot on the file-only Agg backend (no display needed); every figures
+    module draws through it."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -38,8 +43,9 @@ def _pyplot():
     return plt
 
 
-def _save(fig, out_png: str | os.PathLike) -> None:
-    plt = _pyplot()
+def save_figure(fig, out_png: str | os.PathLike) -> None:
+    """Write ``fig`` to ``out_png`` (PNG, :data:`DPI` dpi) atomically and close it."""
+    plt = pyplot()
     with atomic_path(out_png) as tmp:
         fig.savefig(tmp, dpi=DPI, format="png")
     plt.close(fig)
@@ -51,7 +57,7 @@ def similarity_figure(table: pd.DataFrame, out_png: str | os.PathLike, title: st
     :func:`genbrain.stats.similarity.similarity_protocol` (several modalities concatenated)."""
     from genbrain.stats.similarity import summarise_similarity
 
-    plt = _pyplot()
+    plt = pyplot()
     summary = summarise_similarity(table)
     modalities = list(pd.unique(table["modality"]))
     effects = [e for e in ("age", "sex") if e in set(table["effect"])]
@@ -86,7 +92,7 @@ def similarity_figure(table: pd.DataFrame, out_png: str | os.PathLike, title: st
     if title:
         fig.suptitle(title, fontsize=9)
     fig.tight_layout()
-    _save(fig, out_png)
+    save_figure(fig, out_png)
 
 
 def audit_histogram(audit: pd.DataFrame, out_png: str | os.PathLike, threshold: float = 0.95,
@@ -94,7 +100,7 @@ def audit_histogram(audit: pd.DataFrame, out_png: str | os.PathLike, threshold: 
     """Histogram of ``max_r`` (best training match of every synthetic image), one colour per
     modality when there are at most 8, with the gate's threshold as a dashed line and the count
     above it in the legend. ``audit``: :func:`genbrain.audit.memorisation_audit`'s table."""
-    plt = _pyplot()
+    plt = pyplot()
     r = pd.to_numeric(audit["max_r"], errors="coerce")
     fig, ax = plt.subplots(figsize=(5.5, 3.2))
     lo = float(np.nanmin(np.append(r.to_numpy(), threshold))) if len(r) else 0.0
@@ -114,16 +120,16 @@ def audit_histogram(audit: pd.DataFrame, out_png: str | os.PathLike, threshold: 
     ax.legend(frameon=False, fontsize=7)
     ax.set_title(title or f"memorisation audit: {len(audit)} synthetic images", fontsize=9)
     fig.tight_layout()
-    _save(fig, out_png)
+    save_figure(fig, out_png)
 
 
 def loss_curve(table: pd.DataFrame, out_png: str | os.PathLike, title: str = "") -> None:
     """Per-step training loss (light) and its running mean (dark) on a log scale."""
-    plt = _pyplot()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(5.5, 3.2))
     _loss_axes(ax, table, "optimizer step", title)
     fig.tight_layout()
-    _save(fig, out_png)
+    save_figure(fig, out_png)
 
 
 def _loss_axes(ax, table: pd.DataFrame, xlabel: str, title: str) -> None:
@@ -146,7 +152,7 @@ def synthetic_vs_real(real: np.ndarray, synthetic: np.ndarray, names: Sequence[s
     line per row) go under the real and the synthetic pair."""
     from genbrain.space import standard_space
 
-    plt = _pyplot()
+    plt = pyplot()
     space = standard_space()
     n = len(names)
     fig, axes = plt.subplots(n, 4, figsize=(6.4, 1.85 * n), squeeze=False)
@@ -168,7 +174,7 @@ def synthetic_vs_real(real: np.ndarray, synthetic: np.ndarray, names: Sequence[s
         axes[r, 0].set_ylabel(name, fontsize=8)
     fig.suptitle(title, fontsize=8)
     fig.tight_layout()
-    _save(fig, out_png)
+    save_figure(fig, out_png)
 
 
 def truth_maps(maps: dict[tuple[str, str], np.ndarray], out_png: str | os.PathLike,
@@ -179,7 +185,7 @@ def truth_maps(maps: dict[tuple[str, str], np.ndarray], out_png: str | os.PathLi
     mask in grey, subject's left on the left; a map that is zero everywhere says so. maps: ``{(modality, effect): (V,)}`` in the modality's raw units."""
     from genbrain.space import standard_space
 
-    plt = _pyplot()
+    plt = pyplot()
     space = standard_space()
     modalities = list(dict.fromkeys(m for m, _ in maps))
     effects = list(dict.fromkeys(e for _, e in maps))
@@ -214,7 +220,7 @@ def truth_maps(maps: dict[tuple[str, str], np.ndarray], out_png: str | os.PathLi
                 ax.set_ylabel(m, fontsize=8)
     fig.suptitle(title, fontsize=8)
     fig.tight_layout()
-    _save(fig, out_png)
+    save_figure(fig, out_png)
 
 
 def finetune_checks_figure(loss: pd.DataFrame, checks: pd.DataFrame,
@@ -226,7 +232,7 @@ def finetune_checks_figure(loss: pd.DataFrame, checks: pd.DataFrame,
     blue-red scale (99th percentile of |value|), with the r of the checks table."""
     from genbrain.space import standard_space
 
-    plt = _pyplot()
+    plt = pyplot()
     space = standard_space()
     panels = [(key, kind) for key, m in maps.items() for kind in ("model", "site", "truth")
               if kind in m]
@@ -270,4 +276,4 @@ def finetune_checks_figure(loss: pd.DataFrame, checks: pd.DataFrame,
             a.set_xticks([])
             a.set_yticks([])
     fig.tight_layout()
-    _save(fig, out_png)
+    save_figure(fig, out_png)

@@ -300,7 +300,10 @@ def run_finetune(job: Mapping[str, Any] | FinetuneJob, index: str | os.PathLike,
     import torch
 
     from genbrain.store import ImageStore
-    from genbrain.train import TrainConfig, inherit_architecture, read_checkpoint, train
+    from genbrain.training.checkpoints import read_checkpoint
+    from genbrain.training.config import TrainConfig
+    from genbrain.training.loop import train
+    from genbrain.training.surgery import inherit_architecture
 
     job = job if isinstance(job, FinetuneJob) else FinetuneJob.from_dict(job)
     if threads:
@@ -413,7 +416,7 @@ def finetune_checks(checkpoint: str | os.PathLike, index: str | os.PathLike,
 
     from genbrain.model.diffusion import GaussianDiffusion
     from genbrain.store import ImageStore
-    from genbrain.train import load_for_sampling, loss_history
+    from genbrain.training.checkpoints import load_for_sampling, loss_history
     from genbrain.training.data import VoxelDataset
 
     model, norms, config = load_for_sampling(checkpoint)

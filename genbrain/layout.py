@@ -230,7 +230,7 @@ def layout_from_image(path: str | os.PathLike, name: str | None = None) -> Voxel
 def standard_layout() -> VoxelLayout:
     """``fsl-brain-mask``: FSL's 2 mm brain mask (228,483 voxels) in our grid's C order, the
     layout of :mod:`genbrain.space` and of every store this pipeline writes."""
-    return VoxelLayout(name=STANDARD, source=str(space._template_paths()["mask"]),
+    return VoxelLayout(name=STANDARD, source=str(space.template_paths()["mask"]),
                        mask=space.standard_space().mask, flip=NO_FLIP)
 
 
@@ -240,7 +240,7 @@ def derived_public_layout() -> VoxelLayout:
     voxel and in order, to the non-zero voxels of ``MNI152_T1_2mm_brain.nii.gz``."""
     mask = space.standard_space().mask.copy()
     mask[:, :, 0] = False  # FSL's brain-extracted T1 is 0 on the bottom slice (30 voxels)
-    source = (f"derived: {space._template_paths()['mask']} minus the slice z = -72 mm, "
+    source = (f"derived: {space.template_paths()['mask']} minus the slice z = -72 mm, "
               "x descending")
     return VoxelLayout(name=PUBLIC, source=source, mask=mask, flip=FSL_FLIP)
 

@@ -6,9 +6,9 @@ job; the resume checkpoint must not be one of them.)
 
 More than one GPU: :func:`run_pretraining` starts ``torchrun`` (one process per GPU, each
 running ``python -m genbrain.pretrain``) on one node, or ``srun`` + ``torchrun`` with a c10d
-rendezvous on several nodes; :func:`genbrain.train.train` then runs DistributedDataParallel
-with the global batch split across ranks, so the result does not depend on the number of
-processes. One GPU (or none) trains in the calling process.
+rendezvous on several nodes; :func:`genbrain.training.loop.train` then runs DistributedDataParallel
+with the global batch split across ranks, so the result does not depend on the number of processes.
+One GPU (or none) trains in the calling process.
 """
 
 from __future__ import annotations
@@ -38,7 +38,9 @@ from genbrain.space import standard_space
 from genbrain.splits import split_ids
 from genbrain.store import ImageStore
 from genbrain.synthesize import SamplingConfig, sample_table
-from genbrain.train import TrainConfig, load_for_sampling, loss_history, train
+from genbrain.training.checkpoints import load_for_sampling, loss_history
+from genbrain.training.config import TrainConfig
+from genbrain.training.loop import train
 
 log = logging.getLogger(__name__)
 

@@ -41,7 +41,7 @@ def package_dir(name: str) -> Path:
     return Path(next(iter(spec.submodule_search_locations)))
 
 
-def _template_paths() -> dict[str, Path]:
+def template_paths() -> dict[str, Path]:
     """Locate the 2 mm T1w template and brain mask: ``$FSLDIR`` first, then nimare."""
     fsldir = os.environ.get("FSLDIR")
     if fsldir:
@@ -128,10 +128,10 @@ class StandardSpace:
 @functools.lru_cache(maxsize=1)
 def standard_space() -> StandardSpace:
     """The FSL MNI152NLin6Asym 2 mm space with FSL's brain mask (V = 228,483)."""
-    img = nib.load(_template_paths()["mask"])
+    img = nib.load(template_paths()["mask"])
     if tuple(img.shape) != SHAPE or not np.allclose(img.affine, AFFINE, atol=AFFINE_ATOL):
         raise GenbrainInputError(
-            f"{_template_paths()['mask']}: expected the 91x109x91 2 mm MNI152 grid, "
+            f"{template_paths()['mask']}: expected the 91x109x91 2 mm MNI152 grid, "
             f"got shape {img.shape}"
         )
     mask = np.asanyarray(img.dataobj) > 0
@@ -142,7 +142,7 @@ def standard_space() -> StandardSpace:
 @functools.lru_cache(maxsize=1)
 def template_t1() -> np.ndarray:
     """The MNI152 2 mm T1w template (whole head), float32 (91,109,91), scaled to [0, 1]."""
-    data = np.asanyarray(nib.load(_template_paths()["T1w"]).dataobj).astype(np.float32)
+    data = np.asanyarray(nib.load(template_paths()["T1w"]).dataobj).astype(np.float32)
     data /= np.percentile(data[standard_space().mask], 99.5)
     np.clip(data, 0, None, out=data)
     data.setflags(write=False)

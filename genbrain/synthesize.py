@@ -26,7 +26,6 @@ import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -40,7 +39,8 @@ from genbrain.modalities import DEFAULT_REGISTRY, ModalityRegistry
 from genbrain.model.diffusion import DDIMSampler, GaussianDiffusion
 from genbrain.model.dit import DiT
 from genbrain.store import ImageStore, write_shard
-from genbrain.train import TrainConfig, load_for_sampling
+from genbrain.training.checkpoints import load_for_sampling
+from genbrain.training.config import TrainConfig
 
 log = logging.getLogger(__name__)
 
@@ -237,11 +237,3 @@ def synthesize_shard(checkpoint: str | os.PathLike, covariates: pd.DataFrame,
             index.loc[rows, "row"] = np.arange(len(rows))
         save_tsv(index, tmp / "index.tsv")
     return index
-
-
-def describe(sampling: SamplingConfig, checkpoint: str | os.PathLike) -> dict[str, Any]:
-    """What a release sidecar records about how images were drawn."""
-    return {"model": str(checkpoint), "sampler": "DDIM", "eta": 0.0, "ddim_steps": sampling.steps,
-            "guidance_scale": sampling.guidance, "samples_averaged": sampling.k,
-            "seed": sampling.seed, "weights": sampling.weights or "checkpoint default",
-            "clip_x0": sampling.clip_x0, "precision": sampling.precision}

@@ -279,8 +279,9 @@ def synthetic_cohorts(config: Mapping, cohorts: Mapping[str, Cohort], pretrain: 
       (:func:`genbrain.covariates.cohort_covariates` checks the table against the model's
       modalities and conditions, and its ages and scores against the ranges
       :func:`planned_conditions` predicts the model will see);
-    - every BWAS site's synthetic cohort (``bwas``: :class:`genbrain.bwas.BwasSite` by name):
-      the reference cohort's covariates, drawn by the site's fine-tune, one image per row;
+    - every BWAS site's synthetic cohort (``bwas``: :class:`genbrain.bwas.plan.BwasSite` by
+      name): the reference cohort's covariates, drawn by the site's fine-tune, one image per
+      row;
     - every diagnosis training site's synthetic pool (``diagnosis``:
       :class:`genbrain.diagnosis.plan.DiagnosisSite` by name, those with a fine-tune): its training
       split's covariates cycled to the pool's size, one image per row."""

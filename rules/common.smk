@@ -7,7 +7,7 @@ from snakemake.exceptions import WorkflowError
 sys.path.insert(0, str(Path(workflow.basedir)))
 
 from genbrain.config import validate_config
-from genbrain.bwas import plan_bwas
+from genbrain.bwas.plan import plan_bwas
 from genbrain.diagnosis.plan import plan_diagnosis
 from genbrain.errors import GenbrainInputError
 from genbrain.finetune import plan_finetunes

@@ -15,7 +15,7 @@ import os
 import numpy as np
 import pandas as pd
 
-from genbrain.figures import _pyplot, _save
+from genbrain.figures import pyplot, save_figure
 from genbrain.space import StandardSpace, standard_space
 from genbrain.store import ImageStore
 
@@ -30,7 +30,7 @@ def sweep_figure(per_ratio: pd.DataFrame, chosen_ratio: float, out_png: str | os
     """r and MAE against the ratio for the validation and test splits (mean line, CI band and
     bars), the chosen ratio dashed. ``per_ratio``: rows (ratio, metric, mean, ci_low,
     ci_high) with metrics val_mae, val_r, test_mae, test_r."""
-    plt = _pyplot()
+    plt = pyplot()
     fig, axes = plt.subplots(1, 2, figsize=(7.0, 2.8))
     for ax, (kind, label) in zip(axes, (("r", "Pearson r"), ("mae", f"MAE ({score_name})"))):
         for split, (name, colour) in SPLIT_STYLE.items():
@@ -50,7 +50,7 @@ def sweep_figure(per_ratio: pd.DataFrame, chosen_ratio: float, out_png: str | os
     fig.suptitle(title or "score prediction against the augmentation ratio "
                  "(mean and 95% CI over seeds)", fontsize=8)
     fig.tight_layout()
-    _save(fig, out_png)
+    save_figure(fig, out_png)
 
 
 def pairs_figure(pairs: pd.DataFrame, real: ImageStore, synthetic: ImageStore,
@@ -65,7 +65,7 @@ def pairs_figure(pairs: pd.DataFrame, real: ImageStore, synthetic: ImageStore,
     synthetic_row are positions in ``real_rows`` / ``synthetic_rows`` (store rows; None = the
     stores' own rows).
     """
-    plt = _pyplot()
+    plt = pyplot()
     space = space or standard_space()
     r_rows = pairs["real_row"].to_numpy() if real_rows is None else \
         np.asarray(real_rows)[pairs["real_row"].to_numpy()]
@@ -93,4 +93,4 @@ def pairs_figure(pairs: pd.DataFrame, real: ImageStore, synthetic: ImageStore,
     fig.suptitle(title or f"real and synthetic images matched for age, sex and {score_name} "
                  "(left hemisphere on the left)", fontsize=8)
     fig.tight_layout()
-    _save(fig, out_png)
+    save_figure(fig, out_png)

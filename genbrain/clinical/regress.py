@@ -21,13 +21,14 @@ x 76, the GenBrain code's crop; 0 outside the brain mask), optionally average-po
 Fit. :func:`fit` trains with MSE on the raw score, Adam (lr 5e-5) and ``batch_size`` images per
 step (32 NIHSS, 8 WAB-AQ) for ``epochs`` epochs (paper 50), evaluates the validation MAE after
 every epoch and keeps the weights of the epoch with the lowest one (ties: the earliest). It
-reuses the DiT trainer's machinery from :mod:`genbrain.train`: ``_seed`` for independent seeded
-streams, :class:`~genbrain.train.ItemOrder` (epoch e's item order is a permutation drawn from
-(seed, e)), ``atomic_path`` checkpoints, ``_hms`` ETAs. Every random number is a function of
-(seed, epoch): initial weights from (seed, init), dropout of epoch e from a generator seeded with
-(seed, dropout, e) inside ``fork_rng``, so a checkpoint (written atomically after every epoch:
-model, optimizer, best weights, history) resumes bitwise on CPU and the caller's RNG is never
-touched. The test split is never passed to :func:`fit`, so it cannot influence the epoch chosen.
+reuses the DiT trainer's machinery from :mod:`genbrain.training`: ``seed_of`` for independent
+seeded streams, :class:`~genbrain.training.data.ItemOrder` (epoch e's item order is a
+permutation drawn from (seed, e)), ``atomic_path`` checkpoints, ``hms`` ETAs. Every random
+number is a function of (seed, epoch): initial weights from (seed, init), dropout of epoch e
+from a generator seeded with (seed, dropout, e) inside ``fork_rng``, so a checkpoint (written
+atomically after every epoch: model, optimizer, best weights, history) resumes bitwise on CPU
+and the caller's RNG is never touched. The test split is never passed to :func:`fit`, so it
+cannot influence the epoch chosen.
 
 Split. :func:`score_split`: 3:1:1 train/val/test over participants, seeded; ``quantile``
 (default) stratifies by score: participants sorted by score (random tie-break) form consecutive
@@ -68,8 +69,9 @@ from genbrain.errors import GenbrainInputError
 from genbrain.io import atomic_path
 from genbrain.space import StandardSpace, standard_space
 from genbrain.store import ImageStore
-from genbrain.train import ItemOrder, _hms, _seed
-from genbrain.training.config import dataclass_from_dict, plain
+from genbrain.training.config import dataclass_from_dict, plain, seed_of
+from genbrain.training.data import ItemOrder
+from genbrain.training.loop import hms
 
 log = logging.getLogger(__name__)
 
@@ -316,7 +318,7 @@ def score_split(table: pd.DataFrame, score_column: str, seed: int, *, score_max:
         raise GenbrainInputError(
             f"{source}: {n} participants with a score '{score_column}'; a 3:1:1 split needs at "
             f"least {5 * MIN_SPLIT} ({MIN_SPLIT} each in validation and test)")
-    rng = np.random.default_rng(_seed(seed, _SPLIT))
+    rng = np.random.default_rng(seed_of(seed, _SPLIT))
     labels = np.array(["train"] * 3 + ["val", "test"])
     split = np.empty(n, dtype=object)
     if stratify == "random":
@@ -384,7 +386,7 @@ class ScoreRegressor(nn.Module):
 
 def _build_model(config: RegressConfig) -> ScoreRegressor:
     with torch.random.fork_rng(devices=[]):  # seeded init that leaves the caller's RNG alone
-        torch.manual_seed(_seed(config.seed, _INIT))
+        torch.manual_seed(seed_of(config.seed, _INIT))
         return ScoreRegressor(config.arch, config.score_max, config.dropout)
 
 
@@ -482,7 +484,7 @@ def fit(config: RegressConfig, train: ScoreImages, val: ScoreImages,
         perm = order.permutation(epoch).numpy()
         total = 0.0
         with torch.random.fork_rng(devices=forked):  # dropout draws: a function of (seed, e)
-            torch.manual_seed(_seed(config.seed, _DROPOUT, epoch))
+            torch.manual_seed(seed_of(config.seed, _DROPOUT, epoch))
             for i in range(0, len(perm), config.batch_size):
                 items = perm[i:i + config.batch_size]
                 x = volumes(train.vectors(items)).to(device)  # (b, 1, X, Y, Z)
@@ -514,7 +516,7 @@ def fit(config: RegressConfig, train: ScoreImages, val: ScoreImages,
         rate = (time.perf_counter() - t_start) / (epoch - start_epoch)  # s per epoch
         log.info("epoch %d/%d  train loss %.4g  val MAE %.4g  r %.3f  (best %.4g @ %d)  "
                  "%.1f s  ETA %s", epoch, config.epochs, total / len(perm), mae, r, best_mae,
-                 best_epoch, seconds, _hms(rate * (config.epochs - epoch)))
+                 best_epoch, seconds, hms(rate * (config.epochs - epoch)))
         if on_epoch is not None:
             on_epoch(epoch, ckpt_path)
     model.load_state_dict(best_state)
@@ -584,7 +586,7 @@ def synthetic_rows(n_pool: int, n_train: int, ratio: float, seed: int,
         raise GenbrainInputError(
             f"{source}: ratio {ratio:g} of {n_train} training images needs {k} synthetic images "
             f"but the pool holds {n_pool}; synthesize at least {k} or lower the ratio grid")
-    perm = np.random.default_rng(_seed(seed, _POOL)).permutation(n_pool)
+    perm = np.random.default_rng(seed_of(seed, _POOL)).permutation(n_pool)
     return perm[:k]
 
 

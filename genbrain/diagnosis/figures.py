@@ -21,7 +21,7 @@ from collections.abc import Sequence
 import numpy as np
 import pandas as pd
 
-from genbrain.figures import _pyplot, _save
+from genbrain.figures import pyplot, save_figure
 
 METHOD_STYLE = {"real": ("real only", "0.45"), "augmented": ("augmented", "C0"),
                 "harmonized": ("ComBat", "C2"), "harmonized+augmented": ("ComBat + augmented",
@@ -32,7 +32,7 @@ def heatmap(table: pd.DataFrame, out_png: str | os.PathLike, metric: str = "accu
             method: str = "augmented", title: str = "") -> None:
     """Train x test heatmap of 100 * diff / real-only value for ``method`` rows (the chosen
     ratio's for augmentation); diagonal = within-site; '*' = difference CI excludes 0."""
-    plt = _pyplot()
+    plt = pyplot()
     t = table[(table["metric"] == metric) & (table["method"] == method)]
     if method in ("augmented", "harmonized+augmented"):
         t = t[t["chosen"].astype(bool)]
@@ -59,13 +59,13 @@ def heatmap(table: pd.DataFrame, out_png: str | os.PathLike, metric: str = "accu
     fig.colorbar(im, ax=ax, label=f"{metric} change vs real only (%)")
     ax.set_title(title or f"{METHOD_STYLE.get(method, (method,))[0]}: {metric}", fontsize=9)
     fig.tight_layout()
-    _save(fig, out_png)
+    save_figure(fig, out_png)
 
 
 def ratio_curves(table: pd.DataFrame, out_png: str | os.PathLike,
                  metrics: Sequence[str] = ("accuracy", "auroc"), title: str = "") -> None:
     """Metric vs ratio per training site: within-site (left) and mean cross-site (right)."""
-    plt = _pyplot()
+    plt = pyplot()
     t = table[table["method"].isin(["real", "augmented"])]
     sites = sorted(t["train_site"].unique())
     fig, axes = plt.subplots(len(metrics), 2, figsize=(9, 2.8 * len(metrics)), squeeze=False,
@@ -94,14 +94,14 @@ def ratio_curves(table: pd.DataFrame, out_png: str | os.PathLike,
     if title:
         fig.suptitle(title, fontsize=10)
     fig.tight_layout()
-    _save(fig, out_png)
+    save_figure(fig, out_png)
 
 
 def harmonization_bars(table: pd.DataFrame, out_png: str | os.PathLike,
                        metrics: Sequence[str] = ("accuracy", "auroc"), title: str = "") -> None:
     """Mean cross-site metric per method (chosen ratio for augmentation), +-1.96 SE over
     pairs, with every pair as a dot."""
-    plt = _pyplot()
+    plt = pyplot()
     cross = table[(table["setting"] == "cross")]
     keep = (cross["method"].isin(["real", "harmonized"])) | cross["chosen"].astype(bool)
     cross = cross[keep]
@@ -124,13 +124,13 @@ def harmonization_bars(table: pd.DataFrame, out_png: str | os.PathLike,
     if title:
         fig.suptitle(title, fontsize=10)
     fig.tight_layout()
-    _save(fig, out_png)
+    save_figure(fig, out_png)
 
 
 def shap_summary(explanations: pd.DataFrame, out_png: str | os.PathLike, top: int = 10,
                  title: str = "") -> None:
     """Top features by mean |SHAP| (averaged over training sites), real-only vs augmented."""
-    plt = _pyplot()
+    plt = pyplot()
     mean = explanations.groupby(["feature", "method"])["mean_abs_shap"].mean().unstack()
     order = mean.max(axis=1).sort_values(ascending=False).index[:top][::-1]
     mean = mean.loc[order]
@@ -146,4 +146,4 @@ def shap_summary(explanations: pd.DataFrame, out_png: str | os.PathLike, top: in
     ax.legend(fontsize=8)
     ax.set_title(title or "regions driving the selected models", fontsize=9)
     fig.tight_layout()
-    _save(fig, out_png)
+    save_figure(fig, out_png)

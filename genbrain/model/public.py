@@ -1,11 +1,11 @@
 """Import a checkpoint of the public GenBrain code (its ``DiT_UKB``) as a genbrain checkpoint.
 
 The public training script saves, once per epoch, ``{model, ema, opt, args}`` (files such as
-``0000200.pt``): the DDP module's state dict, its EMA, the AdamW state and the argparse
-namespace. :func:`convert_public_checkpoint` turns that into the dict that
-:func:`genbrain.train.load_for_sampling` and ``train(..., init_checkpoint=...)`` read, with
-outputs equal to the public model's for the same inputs and labels (to float rounding: our
-attention is fused, theirs explicit). What it does and why:
+``0000200.pt``): the DDP module's state dict, its EMA, the AdamW state and the argparse namespace.
+:func:`convert_public_checkpoint` turns that into the dict that
+:func:`genbrain.training.checkpoints.load_for_sampling` and ``train(..., init_checkpoint=...)``
+read, with outputs equal to the public model's for the same inputs and labels (to float rounding:
+our attention is fused, theirs explicit). What it does and why:
 
 Key mapping. Two spellings of the same network are accepted:
 ``public`` (the GenBrain repository's ``models.py``): ``x_embedder.proj.*`` (its
@@ -91,7 +91,7 @@ from genbrain.errors import GenbrainInputError
 from genbrain.io import atomic_path
 from genbrain.layout import VoxelLayout
 from genbrain.model.dit import PRESETS, dit_from_spec, raster2d_pos_embed
-from genbrain.train import WEIGHTS, TrainConfig
+from genbrain.training.config import WEIGHTS, TrainConfig
 
 log = logging.getLogger(__name__)
 

@@ -26,7 +26,7 @@ import nibabel as nib
 import numpy as np
 
 from genbrain.errors import GenbrainInputError
-from genbrain.space import SPACE_NAME, _template_paths, standard_space
+from genbrain.space import SPACE_NAME, standard_space, template_paths
 
 BACKENDS = ("ants", "fsl")
 # ITK stores physical points in LPS; NIfTI/nibabel world coordinates are RAS.
@@ -52,7 +52,7 @@ def _ants_template(head: bool = False):
     """The 2 mm T1w template as an ANTs image: whole head, or multiplied by its brain mask."""
     import ants
 
-    paths = _template_paths()
+    paths = template_paths()
     t1 = ants.image_read(str(paths["T1w"]))
     if head:
         return t1

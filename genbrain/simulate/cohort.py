@@ -140,7 +140,7 @@ def participants(cohort: str, spec: Mapping, seed: int) -> pd.DataFrame:
 
 
 @functools.cache
-def _mask_box(margin: int = 0) -> tuple[tuple[slice, slice, slice], np.ndarray]:
+def mask_box(margin: int = 0) -> tuple[tuple[slice, slice, slice], np.ndarray]:
     """The brain mask's bounding box grown by ``margin`` voxels (clamped to the grid) as slices,
     and the flat (C-order) indices of the mask voxels inside that box, in vector order.
 
@@ -181,7 +181,7 @@ def smooth(vector: np.ndarray, sigma: float) -> np.ndarray:
     separable and each output voxel is the same weighted sum; the voxels it reads beyond the
     box are zero on the whole grid, and the box's own border slabs (zero too) are what the
     reflection reads instead."""
-    box, flat = _mask_box(int(4.0 * sigma + 0.5))  # scipy's radius at truncate=4
+    box, flat = mask_box(int(4.0 * sigma + 0.5))  # scipy's radius at truncate=4
     shape = tuple(s.stop - s.start for s in box)
     vol = np.zeros(shape, dtype=vector.dtype)
     vol.reshape(-1)[flat] = vector
@@ -198,7 +198,7 @@ class _Fields:
         space = standard_space()
         self.coarse = coarse
         self.mask = space.mask
-        self.box, self.flat = _mask_box(0)
+        self.box, self.flat = mask_box(0)
         self.axes = []
         for n_fine, n_coarse, rows in zip(space.shape, coarse, self.box):
             x = np.linspace(0, n_coarse - 1, n_fine)[:, None]

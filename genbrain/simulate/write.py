@@ -19,8 +19,8 @@ from genbrain.simulate.cohort import (
     EFFECTS,
     Generator,
     NativeGrid,
-    _mask_box,
     ground_truth,
+    mask_box,
     native_grid,
     native_pose,
     participants,
@@ -94,7 +94,7 @@ def write_subjects(gen: Generator, cohort: str, spec: Mapping, seed: int, rows: 
                 grids[site.name] = NativeGrid(*native_grid(site.voxel_size))
             grid = grids[site.name]
             # every simulated image is zero outside the brain mask's box, but a whole-head T1w
-            resample = grid.resampler(pose, _mask_box(0)[0])
+            resample = grid.resampler(pose, mask_box(0)[0])
             head = not site.brain_extracted and "T1w" in modalities
             resample_head = grid.resampler(pose) if head else None
         for modality in modalities:

@@ -5,7 +5,7 @@ A checkpoint (``checkpoint.pt``) holds ``model``, ``ema`` (state dicts), ``optim
 states), ``losses`` (float64: the mean loss of every step since step 1) and ``config`` =
 {train: TrainConfig as a dict (the model's conditions among them), model: DiT.spec(), norms
 (label scalings), ranges (of age and score seen in training), surgeries, init_checkpoint}; see
-:mod:`genbrain.train`.
+:mod:`genbrain.training.loop`.
 """
 
 from __future__ import annotations

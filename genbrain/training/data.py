@@ -3,7 +3,7 @@
 :class:`VoxelDataset` turns the rows of one or more image stores into items (the target image,
 its labels from :mod:`genbrain.conditions`, and for image-conditioned tasks the same
 participant's source images); :class:`ItemOrder` and :class:`MicroBatchSampler` make the
-seeded, resumable stream of batches described in :mod:`genbrain.train`.
+seeded, resumable stream of batches described in :mod:`genbrain.training.loop`.
 """
 
 from __future__ import annotations

@@ -6,21 +6,11 @@ import pytest
 import statsmodels.api as sm
 from scipy import stats as sstats
 
+from genbrain.bwas.compare import truth_recovery
 from genbrain.errors import GenbrainInputError
 from genbrain.io import save_tsv
-from genbrain.stats.bwas import (
-    TABLE_COLUMNS,
-    agreement_curve,
-    bootstrap_p,
-    bootstrap_t_test,
-    concordance_screen,
-    effective_sample_size,
-    site_score_table,
-    truth_recovery,
-)
 from genbrain.stats.cohens_d import (
     analysis_mask,
-    as_cohort,
     bootstrap_overlaps,
     bootstrap_weights,
     cohens_d,
@@ -37,7 +27,7 @@ from genbrain.stats.overlap import (
 from genbrain.store import ImageStore, merge_indices, write_shard
 
 
-def _cohort(n, v, seed, effect=None, sites=("A",), noise=1.0, offset=5.0):
+def planted_cohort(n, v, seed, effect=None, sites=("A",), noise=1.0, offset=5.0):
     """Images with a planted diagnosis effect (patients minus controls, in noise SDs), age
     and sex effects, per-site offsets; covariates as a participants table."""
     rng = np.random.default_rng(seed)
@@ -65,7 +55,7 @@ def _statsmodels_d(x, design):
 
 @pytest.mark.parametrize("site", [False, True])
 def test_d_equals_statsmodels_ols_per_voxel(site):
-    x, cov = _cohort(70, 40, 0, effect=np.linspace(-1, 1, 40), sites=("A", "B", "C"))
+    x, cov = planted_cohort(70, 40, 0, effect=np.linspace(-1, 1, 40), sites=("A", "B", "C"))
     d = cohens_d(x, cov, site=site, block_rows=16)  # several blocks
     design = design_matrix(cov, site=site)
     assert design.names[-1] == "diagnosis" and design.p == (6 if site else 4)
@@ -78,7 +68,7 @@ def test_d_equals_statsmodels_ols_per_voxel(site):
 
 
 def test_d_from_a_float16_store_matches_the_array(tmp_path):
-    x, cov = _cohort(40, 30, 1, effect=np.ones(30))
+    x, cov = planted_cohort(40, 30, 1, effect=np.ones(30))
     x = x.astype(np.float16)
     idx = []
     for k, rows in enumerate(np.array_split(np.arange(40), 2)):
@@ -98,7 +88,8 @@ def test_d_from_a_float16_store_matches_the_array(tmp_path):
 
 
 def test_float32_arithmetic_stays_close_to_float64_despite_a_large_mean():
-    x, cov = _cohort(300, 200, 18, effect=np.linspace(-0.5, 0.5, 200), offset=50.0, noise=0.5)
+    x, cov = planted_cohort(300, 200, 18, effect=np.linspace(-0.5, 0.5, 200), offset=50.0,
+                            noise=0.5)
     d64 = cohens_d(x, cov)
     d32 = cohens_d(x.astype(np.float32), cov, block_rows=64)
     np.testing.assert_allclose(d32, cohens_d(x.astype(np.float32).astype(np.float64), cov),
@@ -109,7 +100,7 @@ def test_float32_arithmetic_stays_close_to_float64_despite_a_large_mean():
 def test_planted_effect_is_recovered():
     v = 400
     truth = np.where(np.arange(v) < 100, -0.8, 0.0) + np.where(np.arange(v) >= 350, 0.5, 0.0)
-    x, cov = _cohort(400, v, 2, effect=truth)
+    x, cov = planted_cohort(400, v, 2, effect=truth)
     d = cohens_d(x, cov)
     assert sstats.pearsonr(d, truth).statistic > 0.85
     assert d[:100].mean() == pytest.approx(-0.8, abs=0.1)  # d in noise SDs, patients - controls
@@ -120,7 +111,7 @@ def test_planted_effect_is_recovered():
 
 
 def test_constant_voxel_has_zero_d_and_mask_sets_nan():
-    x, cov = _cohort(30, 10, 3)
+    x, cov = planted_cohort(30, 10, 3)
     x[:, 4] = 2.5
     mask = np.ones(10, bool)
     mask[7] = False
@@ -136,7 +127,7 @@ def test_analysis_mask_is_mean_gm_above_threshold():
 
 
 def test_user_errors_are_one_line_and_name_the_culprit():
-    x, cov = _cohort(20, 5, 4, sites=("A", "B"))
+    x, cov = planted_cohort(20, 5, 4, sites=("A", "B"))
     with pytest.raises(GenbrainInputError, match="one level 'CN' only"):
         cohens_d(x, cov.assign(diagnosis="CN"))
     # site B holds only patients: its dummy is colinear with diagnosis - intercept - site A
@@ -206,7 +197,7 @@ def test_chance_dice_is_sign_agreement_fraction_for_70_percent_negative_maps():
     assert chance_levels(a, b)["top_dice"] == pytest.approx(0.2 * 0.58, abs=0.01)
 
 
-def _grid(shape=(14, 14, 14)):
+def grid_mask(shape=(14, 14, 14)):
     vm = np.zeros(shape, bool)
     vm[2:-2, 2:-2, 2:-2] = True
     return vm
@@ -215,7 +206,7 @@ def _grid(shape=(14, 14, 14)):
 def test_spatial_null_keeps_values_and_smoothness_and_is_wider_than_permutation():
     from scipy.ndimage import gaussian_filter
 
-    vm = _grid()
+    vm = grid_mask()
     rng = np.random.default_rng(7)
     smooth = lambda: gaussian_filter(rng.standard_normal(vm.shape), 1.5)[vm]
     a, b = smooth() - 0.02, smooth()
@@ -243,7 +234,7 @@ def _vol(vec, vm):
 
 def test_bootstrap_is_seeded_and_equals_refitting_resampled_cohorts():
     v = 300
-    x, cov = _cohort(60, v, 8, effect=0.8 * np.sin(np.linspace(0, 9, v)))
+    x, cov = planted_cohort(60, v, 8, effect=0.8 * np.sin(np.linspace(0, 9, v)))
     ref = np.sin(np.linspace(0, 9, v)) + 0.3
     one = bootstrap_overlaps(x, cov, reference=ref, n_boot=25, seed=3)
     pd.testing.assert_frame_equal(one, bootstrap_overlaps(x, cov, reference=ref, n_boot=25,
@@ -261,7 +252,7 @@ def test_bootstrap_is_seeded_and_equals_refitting_resampled_cohorts():
 
 def test_bootstrap_top_sets_from_the_pilot_bracket_are_close_to_exact():
     v = 12_000
-    x, cov = _cohort(50, v, 9, effect=0.5 * np.sin(np.linspace(0, 40, v)))
+    x, cov = planted_cohort(50, v, 9, effect=0.5 * np.sin(np.linspace(0, 40, v)))
     ref = np.sin(np.linspace(0, 40, v)) + np.random.default_rng(1).standard_normal(v)
     mask = np.ones(v, bool)
     mask[:500] = False
@@ -275,138 +266,8 @@ def test_bootstrap_top_sets_from_the_pilot_bracket_are_close_to_exact():
             assert boot.loc[b, m] == pytest.approx(want[m], abs=1e-2 if "top" in m else 1e-5)
 
 
-def test_score_table_cis_are_centred_on_the_observed_scores_when_the_bootstrap_is_biased():
-    # bootstrap maps are noisier than the full cohort's: their scores sit below it
-    rng = np.random.default_rng(11)
-    boot = {"real": pd.DataFrame({m: rng.normal(0.6, 0.02, 500) for m in METRICS}),
-            "synthetic": pd.DataFrame({m: rng.normal(0.75, 0.01, 500) for m in METRICS})}
-    observed = {"real": dict.fromkeys(METRICS, 0.7), "synthetic": dict.fromkeys(METRICS, 0.8)}
-    chance = {k: dict.fromkeys(METRICS, 0.0) for k in ("real", "synthetic")}
-    row = site_score_table("S1", observed, boot, chance).iloc[0]
-    assert row["real_boot_mean"] == pytest.approx(0.6, abs=0.01)  # the raw mean shows the bias
-    assert row["real_ci_low"] < 0.7 < row["real_ci_high"]
-    assert row["real_ci_high"] - row["real_ci_low"] == pytest.approx(
-        np.subtract(*np.quantile(boot["real"]["r"], [0.975, 0.025])))
-    assert row["synthetic_ci_low"] < 0.8 < row["synthetic_ci_high"]
-    assert row["difference_ci_low"] < 0.1 < row["difference_ci_high"]
-    assert row["difference_ci_high"] < 0.15  # the raw bootstrap difference, 0.15, is outside
-
-
-def test_score_table_and_bootstrap_tests():
-    rng = np.random.default_rng(10)
-    boot = {"real": pd.DataFrame({m: rng.normal(0.3, 0.05, 200) for m in METRICS}),
-            "synthetic": pd.DataFrame({m: rng.normal(0.4, 0.05, 200) for m in METRICS})}
-    observed = {"real": dict.fromkeys(METRICS, 0.3), "synthetic": dict.fromkeys(METRICS, 0.4)}
-    chance = {"real": dict.fromkeys(METRICS, 0.1), "synthetic": dict.fromkeys(METRICS, 0.12)}
-    t = site_score_table("S1", observed, boot, chance)
-    assert list(t.columns) == TABLE_COLUMNS and list(t["metric"]) == list(METRICS)
-    row = t.iloc[0]
-    assert row["difference"] == pytest.approx(0.1)
-    assert row["relative_gain_pct"] == pytest.approx(100 * 0.1 / 0.3)
-    assert row["difference_ci_low"] < 0.1 < row["difference_ci_high"]
-    assert row["real_ci_low"] < row["real_boot_mean"] < row["real_ci_high"]
-    want = sstats.ttest_ind(boot["synthetic"]["r"], boot["real"]["r"])
-    assert row["p_bootstrap_t"] == pytest.approx(want.pvalue)
-    delta = boot["synthetic"]["r"] - boot["real"]["r"]
-    delta = delta - (delta.mean() - 0.1)  # centred on the observed difference
-    assert row["p_bootstrap"] == pytest.approx(2 * ((delta <= 0).sum() + 1) / 201)
-    assert bootstrap_p(np.ones(200)) == pytest.approx(2 / 201)  # no delta <= 0: the floor
-    assert row["chance_synthetic"] == 0.12 and np.isnan(row["chance_spatial_q95_real"])
-    assert bootstrap_p(np.r_[-np.ones(50), np.ones(50)]) == 1.0
-    assert bootstrap_t_test(np.ones(3), np.ones(3)) == (0.0, 1.0)
-
-
-def test_effective_sample_size_interpolates_and_extrapolates():
-    a = 200.0  # r(n)^2 = n / (n + a)
-    ns = [25, 50, 100, 200, 400]
-    curve = pd.DataFrame([(n, 0, np.sqrt(n / (n + a))) for n in ns], columns=["n", "repeat", "r"])
-    mid = effective_sample_size(curve, np.sqrt(150 / 350))
-    assert 100 < mid["n_interp"] < 200 and mid["n_model"] == pytest.approx(150)
-    high = effective_sample_size(curve, np.sqrt(1000 / 1200))
-    assert np.isnan(high["n_interp"]) and high["above_curve"] == 1.0
-    assert high["n_model"] == pytest.approx(1000)
-
-
-def test_agreement_curve_grows_with_n_and_uses_disjoint_subsamples():
-    v = 200
-    truth = np.sin(np.linspace(0, 12, v))
-    x, cov = _cohort(400, v, 11, effect=0.4 * truth)
-    pool = as_cohort(x, cov, "pool")
-    curve = agreement_curve(pool, truth, np.ones(v, bool), [20, 80, 200], n_repeats=3, seed=0)
-    assert curve.groupby("n").size().to_dict() == {20: 3, 80: 3, 200: 2}  # 2 x 200 = pool
-    mean = curve.groupby("n")["r"].mean()
-    assert mean[20] < mean[80] < mean[200]
-
-
-def test_concordance_screen_separates_concordant_and_discordant_sites():
-    v = 300
-    prior = np.sin(np.linspace(0, 10, v))
-    mask = np.ones(v, bool)
-    good = as_cohort(*_cohort(160, v, 12, effect=0.6 * prior), label="good")
-    other = np.cos(np.linspace(0, 23, v))
-    bad = as_cohort(*_cohort(160, v, 13, effect=0.6 * other), label="bad")
-    noise = as_cohort(*_cohort(30, v, 14), label="noise")
-    s = pd.concat([concordance_screen(n, c, prior, mask, n_splits=4, seed=0)
-                   for n, c in (("good", good), ("bad", bad), ("noise", noise))])
-    s = s.set_index("site")
-    assert s.loc["good", "verdict"] == "benefit"
-    assert (s.loc["bad", "verdict"], s.loc["bad", "reason"]) == ("no benefit", "discordant")
-    assert s.loc["good", "reliability"] > 0.5 and s.loc["bad", "reliability"] > 0.5
-    assert s.loc["noise", "verdict"] == "no benefit"
-
-
-def test_figures_and_nifti(tmp_path):
-    import nibabel as nib
-
-    from genbrain.space import standard_space
-    from genbrain.stats.bwas_figures import d_map_figure, gain_figure, write_d_map
-
-    space = standard_space()
-    z = space.world_coords[:, 2]
-    ref = np.where(np.abs(z) < 10, -1.0, 0.2)
-    ref[::7] = np.nan
-    write_d_map(ref, tmp_path / "d.nii.gz")
-    img = nib.load(tmp_path / "d.nii.gz")
-    vec = space.to_vector(np.asarray(img.dataobj))
-    assert np.allclose(img.affine, space.affine) and vec[0] == 0.0 and vec[1] == pytest.approx(
-        ref[1])
-    vmax = d_map_figure({"reference": ref, "real": 2 * ref, "synthetic": ref},
-                        tmp_path / "maps.png", title="site S1")
-    assert vmax == pytest.approx(2.0) and (tmp_path / "maps.png").stat().st_size > 10_000
-    table = site_score_table(
-        "S1", {"real": dict.fromkeys(METRICS, 0.3), "synthetic": dict.fromkeys(METRICS, 0.4)},
-        {k: pd.DataFrame({m: np.random.default_rng(0).normal(mu, 0.02, 50) for m in METRICS})
-         for k, mu in (("real", 0.3), ("synthetic", 0.4))},
-        {k: dict.fromkeys(METRICS, 0.1) for k in ("real", "synthetic")})
-    gain_figure(table, tmp_path / "gain.png")
-    assert (tmp_path / "gain.png").stat().st_size > 5_000
-
-
-def test_site_scores_end_to_end_on_a_small_grid(tmp_path):
-    from genbrain.stats.bwas import site_scores
-
-    vm = _grid((12, 12, 12))  # 512 voxels
-    v = int(vm.sum())
-    truth = np.where(np.arange(v) % 64 < 20, -0.6, 0.1)
-    real = as_cohort(*_cohort(60, v, 15, effect=truth), label="site S1")
-    syn = as_cohort(*_cohort(300, v, 16, effect=truth), label="synthetic S1")
-    mask = np.ones(v, bool)
-    mask[:12] = False
-    table, maps = site_scores("S1", real, syn, truth, mask, volume_mask=vm, n_boot=40,
-                              n_null=10, seed=2)
-    assert list(table.columns) == TABLE_COLUMNS and len(table) == len(METRICS)
-    assert np.isnan(maps["real"][:12]).all() and np.isfinite(maps["synthetic"][12:]).all()
-    t = table.set_index("metric")
-    # the larger cohort agrees better with the truth: the synthetic gain is positive
-    assert t.loc["r", "synthetic"] > t.loc["r", "real"] and t.loc["r", "difference_ci_low"] > 0
-    assert t.loc["r", "real"] == pytest.approx(overlap_scores(maps["real"], truth, mask)["r"])
-    assert (t["chance_spatial_q95_real"].notna()).all() and (t["n_boot"] == 40).all()
-    assert t.loc["dice", "chance_real"] == pytest.approx(
-        chance_levels(maps["real"], truth, mask)["dice"])
-
-
 def test_bootstrap_from_a_store_equals_the_array(tmp_path):
-    x, cov = _cohort(40, 50, 17, effect=np.linspace(-1, 1, 50))
+    x, cov = planted_cohort(40, 50, 17, effect=np.linspace(-1, 1, 50))
     write_shard(x, tmp_path / "VBM.npy", "float32")
     save_tsv(cov.assign(modality="VBM", modality_index=0, shard="VBM.npy", row=np.arange(40)),
              tmp_path / "index.tsv")
@@ -420,7 +281,7 @@ def test_bootstrap_from_a_store_equals_the_array(tmp_path):
 
 
 def test_near_perfect_fits_are_recomputed_from_residuals():
-    x, cov = _cohort(80, 6, 19)
+    x, cov = planted_cohort(80, 6, 19)
     rng = np.random.default_rng(0)
     x[:, 2] = 3.0 + 0.5 * (cov["diagnosis"] == "SCZ") + 1e-4 * rng.standard_normal(80)
     x32 = x.astype(np.float32)
@@ -431,6 +292,6 @@ def test_near_perfect_fits_are_recomputed_from_residuals():
 
 
 def test_blocks_of_many_rows_give_the_same_map():
-    x, cov = _cohort(2600, 70, 20, effect=np.linspace(-0.3, 0.3, 70))
+    x, cov = planted_cohort(2600, 70, 20, effect=np.linspace(-0.3, 0.3, 70))
     x = x.astype(np.float32)
     np.testing.assert_allclose(cohens_d(x, cov), cohens_d(x, cov, block_rows=500), atol=1e-5)

@@ -2,7 +2,8 @@
 at the pretrained model's output, a stopped fine-tune resumes bitwise, synthesis from a
 fine-tune uses its conditions, and the parse-time plan names every mistake in one line.
 
-Models are nano widths with patch 16 on 512-voxel toy stores (see tests/unit/test_train.py)."""
+Models are nano widths with patch 16 on 512-voxel toy stores (see
+tests/unit/training/test_loop.py)."""
 
 from dataclasses import replace
 from pathlib import Path
@@ -32,10 +33,11 @@ from genbrain.pretrain import loss_table
 from genbrain.space import standard_space
 from genbrain.store import ImageStore, write_shard
 from genbrain.synthesize import SamplingConfig, condition_labels, sample_table
-from genbrain.train import load_for_sampling, read_checkpoint, train
+from genbrain.training.checkpoints import load_for_sampling, read_checkpoint
 from genbrain.training.data import VoxelDataset
+from genbrain.training.loop import train
 from genbrain.training.surgery import build_model, implied_surgeries, operate
-from tests.unit.test_train import V, config, make_store, one_line
+from tests.unit.training.test_loop import V, config, make_store, one_line
 
 PATTERN = np.where((np.arange(V) % 128) < 40, 1.0, -0.5)  # the planted effect map
 # the toy models' modality table: T1w = 0, FLAIR = 1

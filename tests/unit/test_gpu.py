@@ -18,9 +18,11 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 from genbrain.synthesize import SamplingConfig, sample_table
-from genbrain.train import TrainConfig, load_for_sampling, train
+from genbrain.training.checkpoints import load_for_sampling
+from genbrain.training.config import TrainConfig
+from genbrain.training.loop import train
 from tests.unit.test_synthesize import REG, covariates
-from tests.unit.test_train import GradRecorder, _free_port, config, make_store, state
+from tests.unit.training.test_loop import GradRecorder, _free_port, config, make_store, state
 
 pytestmark = pytest.mark.gpu
 
@@ -72,13 +74,13 @@ def test_bf16_compiled_training_resumes_on_cuda_to_float_rounding(brain_store, w
     assert np.isfinite(whole.losses).all() and len(whole.losses) == 6
     train(small(steps=3), brain_store, tmp_path / "cut")  # stops at step 3 ...
     resumed = train(small(), brain_store, tmp_path / "cut")  # ... and goes on to 6
-    # losses and weights: equal to float rounding, as genbrain/train.py documents for CUDA.
+    # losses and weights: equal to float rounding, as genbrain/training/loop.py documents for CUDA.
     # Bitwise is out of reach: cuDNN's attention backward accumulates with atomic adds even in
     # deterministic mode (it warns), and AdamW amplifies a rounding difference in a gradient
     # into up to a few % of one step's update (lr). Measured on an H200, 2026-12-04, three
     # runs: losses equal or 6e-8 apart; weights 1.1e-6 to 2.2e-5 apart (lr 1e-3, 3 steps). A
     # resume that lost state (optimizer moments, RNG, data order) would move many weights by a
-    # sizeable fraction of lr: the CPU tests (test_train.py) check resume bitwise.
+    # sizeable fraction of lr: the CPU tests (training/test_loop.py) check resume bitwise.
     assert resumed.step == 6
     np.testing.assert_allclose(resumed.losses, whole.losses[3:], rtol=1e-5)
     lr = small().lr

@@ -19,7 +19,7 @@ from genbrain.pretrain import (
 from genbrain.space import standard_space
 from genbrain.store import ImageStore, merge_indices, write_shard
 from genbrain.synthesize import SamplingConfig
-from genbrain.train import loss_history
+from genbrain.training.checkpoints import loss_history
 
 SETTINGS = {"preset": "nano/256", "steps": 2, "global_batch": 2, "lr": 1e-3,
             "checkpoint_every": 1, "log_every": 1, "sampling_weights": "model",
@@ -79,7 +79,7 @@ def test_centroid3d_pretrains_with_the_standard_space_token_centroids(cohort, tm
     # `pos_embed: centroid3d` from the config runs end to end: the job computes each token's
     # voxel centroid on the brain mask, the checkpoint keeps them, sampling rebuilds the model.
     from genbrain.model.dit import token_centroids
-    from genbrain.train import load_for_sampling
+    from genbrain.training.checkpoints import load_for_sampling
 
     out = tmp_path / "checkpoint.pt"
     pretrain(cohort / "index.tsv", cohort / "split.tsv",

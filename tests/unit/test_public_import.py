@@ -47,7 +47,9 @@ from genbrain.model.public import (
     read_public_checkpoint,
 )
 from genbrain.store import write_shard
-from genbrain.train import TrainConfig, load_for_sampling, train
+from genbrain.training.checkpoints import load_for_sampling
+from genbrain.training.config import TrainConfig
+from genbrain.training.loop import train
 
 # the repository's benchmarks/ folder (a site-packages package is also named "benchmarks")
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))

@@ -280,7 +280,7 @@ def test_smoothing_on_the_mask_box_equals_the_whole_grid_filter(fwhm_mm):
 def test_native_resampling_of_the_mask_box_equals_every_voxel():
     from scipy import ndimage as ndi
 
-    from genbrain.simulate.cohort import NativeGrid, _mask_box, native_grid, native_pose, to_native
+    from genbrain.simulate.cohort import NativeGrid, mask_box, native_grid, native_pose, to_native
 
     space = standard_space()
     vol = space.to_volume(np.random.default_rng(6).random(space.n_voxels).astype(np.float32))
@@ -290,7 +290,7 @@ def test_native_resampling_of_the_mask_box_equals_every_voxel():
     to_std = np.linalg.inv(space.affine) @ np.linalg.inv(pose)
     vox = to_std[:3, :3] @ (affine[:3, :3] @ ijk + affine[:3, 3:4]) + to_std[:3, 3:4]
     full = ndi.map_coordinates(vol, vox, order=1, mode="constant", cval=0.0).reshape(shape)
-    resample = NativeGrid(shape, affine).resampler(pose, _mask_box(0)[0])
+    resample = NativeGrid(shape, affine).resampler(pose, mask_box(0)[0])
     assert 0.2 < len(resample.inside) / full.size < 0.8  # most of the field of view is skipped
     np.testing.assert_array_equal(resample(vol), full)
     np.testing.assert_array_equal(to_native(vol, pose, shape, affine), full)

@@ -25,8 +25,9 @@ from genbrain.synthesize import (
     sample_table,
     synthesize_shard,
 )
-from genbrain.train import load_for_sampling, train
-from tests.unit.test_train import config, make_store, one_line
+from genbrain.training.checkpoints import load_for_sampling
+from genbrain.training.loop import train
+from tests.unit.training.test_loop import config, make_store, one_line
 
 
 @pytest.fixture(scope="module")

@@ -13,7 +13,7 @@ from genbrain.io import read_tsv
 from genbrain.space import standard_space
 from genbrain.store import ImageStore
 from genbrain.tables import score_names
-from genbrain.train import loss_history
+from genbrain.training.checkpoints import loss_history
 
 # The demo's fine-tunes' learned patients-minus-controls VBM effect vs the planted map: r 0.105
 # (scz/siteA) and 0.204 (scz/siteB) on 2026-12-01 after 120 steps; at this budget the model

@@ -10,7 +10,7 @@ import pytest
 import yaml
 
 from genbrain.model.dit import POS_EMBEDS, PRESETS
-from genbrain.train import TrainConfig
+from genbrain.training.config import TrainConfig
 from tests.workflow.helpers import ROOT
 
 SCHEMA = yaml.safe_load((ROOT / "workflow" / "schemas" / "config.schema.yaml").read_text())
@@ -107,9 +107,9 @@ def test_readme_states_the_schema_default(key):
 
 
 def test_training_defaults_are_the_codes():
-    # pretrain.train is genbrain.train.TrainConfig: one default per key, in both. A key the
-    # schema leaves unset is None in the code (the preset's patch size, the GPU's whole share,
-    # every modality), but for `seed`: the workflow passes the top-level seed.
+    # pretrain.train is genbrain.training.config.TrainConfig: one default per key, in both. A
+    # key the schema leaves unset is None in the code (the preset's patch size, the GPU's whole
+    # share, every modality), but for `seed`: the workflow passes the top-level seed.
     train = SCHEMA["$defs"]["train"]["properties"]
     fields = {f.name: f.default for f in dataclasses.fields(TrainConfig)}
     assert set(train) <= set(fields)

@@ -15,7 +15,7 @@ import yaml
 from genbrain.io import read_tsv
 from genbrain.space import standard_space
 from genbrain.store import ImageStore
-from genbrain.train import loss_history
+from genbrain.training.checkpoints import loss_history
 from tests.workflow.helpers import BIN, ROOT, rule_blocks
 
 SLURM_PROFILE = ROOT / "profiles" / "slurm" / "config.yaml"

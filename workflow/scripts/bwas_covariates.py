@@ -7,7 +7,7 @@ from _smk import run
 
 
 def main(smk):
-    from genbrain.bwas import BwasSite, synthetic_covariates
+    from genbrain.bwas.plan import BwasSite, synthetic_covariates
     from genbrain.io import read_tsv, save_tsv
 
     job = BwasSite.from_dict(smk.params.job)

@@ -7,7 +7,8 @@ from _smk import run
 
 
 def main(smk):
-    from genbrain.bwas import BwasSite, site_figures
+    from genbrain.bwas.analysis import site_figures
+    from genbrain.bwas.plan import BwasSite
 
     site_figures(BwasSite.from_dict(smk.params.job), smk.input, smk.output)
 

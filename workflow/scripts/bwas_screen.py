@@ -7,7 +7,8 @@ from _smk import run
 
 
 def main(smk):
-    from genbrain.bwas import BwasSite, screen_sites
+    from genbrain.bwas.analysis import screen_sites
+    from genbrain.bwas.plan import BwasSite
     from genbrain.io import save_tsv
     from genbrain.modalities import registry_from_config
 

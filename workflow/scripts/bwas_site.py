@@ -7,7 +7,8 @@ from _smk import run
 
 
 def main(smk):
-    from genbrain.bwas import BwasSite, site_analysis, write_site_analysis
+    from genbrain.bwas.analysis import site_analysis, write_site_analysis
+    from genbrain.bwas.plan import BwasSite
     from genbrain.modalities import registry_from_config
 
     job = BwasSite.from_dict(smk.params.job)

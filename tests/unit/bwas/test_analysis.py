@@ -1,5 +1,6 @@
-"""The BWAS stage (genbrain.bwas): planning, the synthetic covariates, one site's analysis on
-full-size stores with a planted effect, its files, and the fidelity rows they feed."""
+"""The BWAS stage (genbrain.bwas.plan, genbrain.bwas.analysis): planning, the synthetic
+covariates, one site's analysis on full-size stores with a planted effect, its files, and the
+fidelity rows they feed."""
 
 from types import SimpleNamespace
 
@@ -7,18 +8,16 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from genbrain.bwas import (
-    BwasSite,
+from genbrain.bwas.analysis import (
     heldout_agreement,
-    plan_bwas,
     read_d_maps,
     screen_sites,
     site_analysis,
     site_figures,
     site_screen,
-    synthetic_covariates,
     write_site_analysis,
 )
+from genbrain.bwas.plan import BwasSite, plan_bwas, synthetic_covariates
 from genbrain.errors import GenbrainInputError
 from genbrain.fidelity import fidelity_table
 from genbrain.finetune import FinetuneJob

@@ -156,7 +156,7 @@ def truth_recovery(maps: Mapping[str, np.ndarray], truth: np.ndarray,
     return pd.DataFrame(rows, columns=["map", "r_truth"])
 
 
-def _draw_disjoint(diagnosis: np.ndarray, n: int, repeats: int,
+def draw_disjoint(diagnosis: np.ndarray, n: int, repeats: int,
                    rng: np.random.Generator) -> list[np.ndarray]:
     """``repeats`` disjoint subsamples of ``n`` members (without replacement), each with the
     pool's patient fraction (at least one of each group)."""
@@ -188,7 +188,7 @@ def agreement_curve(pool: Cohort, reference_map: np.ndarray, mask: np.ndarray,
             log.warning("%s: size %d is larger than the pool (%d); skipped", pool.label, n,
                         len(pool))
             continue
-        for r, members in enumerate(_draw_disjoint(dx, n, n_repeats, rng)):
+        for r, members in enumerate(draw_disjoint(dx, n, n_repeats, rng)):
             d = cohens_d(pool.subset(members), control=control, mask=mask)
             rows.append((n, r, overlap_scores(d, reference_map, mask)[metric]))
     return pd.DataFrame(rows, columns=["n", "repeat", metric])

@@ -31,8 +31,7 @@ covariates are checked against.
 Where things are: the run's settings in :mod:`genbrain.training.config`, items and their order
 in :mod:`genbrain.training.data`, surgery and trainability in
 :mod:`genbrain.training.surgery`, checkpoint reading and loading in
-:mod:`genbrain.training.checkpoints`; this module holds the loop. The names other modules use
-are re-exported here.
+:mod:`genbrain.training.checkpoints`; this module holds the loop.
 
 A checkpoint (``out_dir/checkpoint.pt``; written atomically by rank 0 every ``checkpoint_every``
 steps and at the end) holds ``model``, ``ema`` (state dicts), ``optimizer``, ``step``,
@@ -85,45 +84,30 @@ from genbrain.model.dit import DiT
 from genbrain.store import ImageStore
 from genbrain.training.checkpoints import (
     check_resume,
-    load_for_sampling,
-    loss_history,
-    model_conditions,
     read_checkpoint,
 )
 from genbrain.training.config import (
     CHECKPOINT,
-    FINETUNE_MODES,
-    RESUMABLE_CHANGES,
     STREAM_ITEM,
-    TRAIN_PRECISIONS,
-    WEIGHTS,
     TrainConfig,
     plain,
     seed_of,
 )
 from genbrain.training.data import ItemOrder, MicroBatchSampler, VoxelDataset, collated
 from genbrain.training.surgery import (
-    ARCHITECTURE,
-    SURGERIES,
     Surgery,
     build_model,
     implied_surgeries,
-    inherit_architecture,
     operate,
     parse_surgeries,
     set_templates,
     trainable,
 )
 
-__all__ = ["ARCHITECTURE", "CHECKPOINT", "FINETUNE_MODES", "RESUMABLE_CHANGES", "SURGERIES",
-           "TRAIN_PRECISIONS", "WEIGHTS", "ItemOrder", "MicroBatchSampler", "TrainConfig",
-           "TrainResult", "TrainingDiverged", "VoxelDataset", "check_resume",
-           "inherit_architecture", "load_for_sampling", "loss_history", "model_conditions",
-           "read_checkpoint", "train"]
+__all__ = ["TrainResult", "TrainingDiverged", "hms", "train"]
 
 log = logging.getLogger(__name__)
 
-_seed = seed_of  # the names earlier code imported
 StoreLike = ImageStore | str | os.PathLike
 
 
@@ -198,7 +182,8 @@ def _matmul_precision(device: torch.device) -> Iterator[None]:
         torch.set_float32_matmul_precision(old)
 
 
-def _hms(seconds: float) -> str:
+def hms(seconds: float) -> str:
+    """A duration in seconds as ``h:mm:ss`` for progress lines (``?`` when not finite)."""
     if not math.isfinite(seconds):
         return "?"
     s = round(seconds)
@@ -440,7 +425,7 @@ def _train(config: TrainConfig, stores: StoreLike | Sequence[StoreLike], out_dir
             now = time.perf_counter()
             rate = (step - step_last) / max(now - t_last, 1e-9)
             log.info("step %d/%d  loss %.4f  %.2f steps/s  ETA %s", step, config.steps,
-                     float(np.mean(window)), rate, _hms((config.steps - step) / rate))
+                     float(np.mean(window)), rate, hms((config.steps - step) / rate))
             t_last, step_last, window = now, step, []
         if step % config.checkpoint_every == 0 or step == config.steps:
             if rank == 0:

@@ -18,7 +18,7 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 import pandas as pd
 
-from genbrain.figures import _pyplot, _save
+from genbrain.figures import pyplot, save_figure
 from genbrain.io import save_nifti
 from genbrain.space import StandardSpace, standard_space, template_t1
 from genbrain.stats.overlap import METRIC_LABELS, METRICS
@@ -53,7 +53,7 @@ def d_map_figure(maps: Mapping[str, np.ndarray], out_png: str | os.PathLike, tit
     :func:`symmetric_limit`) -> PNG; returns the colour limit used."""
     from nilearn import plotting
 
-    plt = _pyplot()
+    plt = pyplot()
     space = space or standard_space()
     vmax = vmax or symmetric_limit(list(maps.values()))
     bg = space.image(np.asarray(template_t1(), np.float32))
@@ -74,20 +74,20 @@ def d_map_figure(maps: Mapping[str, np.ndarray], out_png: str | os.PathLike, tit
         gc.unfreeze()
     if title:
         fig.suptitle(title, fontsize=9)
-    _save(fig, out_png)
+    save_figure(fig, out_png)
     return vmax
 
 
 def gain_figure(table: pd.DataFrame, out_png: str | os.PathLike, title: str = "",
                 curve: pd.DataFrame | None = None, effective: Mapping | None = None) -> None:
-    """From a site's score table (:func:`genbrain.stats.bwas.site_score_table`): left, the
+    """From a site's score table (:func:`genbrain.bwas.compare.site_score_table`): left, the
     relative gain (%) of synthetic over real per metric with its 95% CI (the paper's bars);
     middle, real and synthetic scores with bootstrap 95% CIs and each map's chance level as a
     tick, so a Dice near chance is seen as such. With ``curve`` (n, repeat, r: real cohorts
     of n against the reference) and ``effective`` (``r_real``, ``r_synthetic``,
     ``n_effective_interp``, ``n_real``), a third panel reads the effective sample size off
     the curve."""
-    plt = _pyplot()
+    plt = pyplot()
     t = table.set_index("metric").reindex([m for m in METRICS if m in set(table["metric"])])
     labels = [METRIC_LABELS[m] for m in t.index]
     x = np.arange(len(t))
@@ -139,4 +139,4 @@ def gain_figure(table: pd.DataFrame, out_png: str | os.PathLike, title: str = ""
     if title:
         fig.suptitle(title, fontsize=9)
     fig.tight_layout()
-    _save(fig, out_png)
+    save_figure(fig, out_png)

@@ -25,17 +25,12 @@ from genbrain.errors import GenbrainInputError
 from genbrain.io import save_tsv
 from genbrain.model.diffusion import GaussianDiffusion
 from genbrain.store import write_shard
-from genbrain.train import (
-    ItemOrder,
-    MicroBatchSampler,
-    TrainConfig,
-    TrainingDiverged,
-    load_for_sampling,
-    loss_history,
-    train,
-)
+from genbrain.training.checkpoints import load_for_sampling, loss_history
+from genbrain.training.config import TrainConfig
+from genbrain.training.data import ItemOrder, MicroBatchSampler
+from genbrain.training.loop import TrainingDiverged, train
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 V = 512
 
 
@@ -107,7 +102,7 @@ class GradRecorder:
 def test_loss_goes_down_and_progress_is_logged(tmp_path, caplog):
     index = make_store(tmp_path / "s", n=8)
     cfg = config(steps=60, global_batch=8, label_dropout=0.1, log_every=30)
-    with caplog.at_level("INFO", logger="genbrain.train"):
+    with caplog.at_level("INFO", logger="genbrain.training.loop"):
         result = train(cfg, index, tmp_path / "run")
     assert result.step == 60 and len(result.losses) == 60
     assert np.mean(result.losses[-10:]) < 0.5 * np.mean(result.losses[:10])
@@ -147,7 +142,8 @@ KILLED_RUN = """
 import json, os, signal, sys
 import torch
 torch.set_num_threads(1)
-from genbrain.train import TrainConfig, train
+from genbrain.training.config import TrainConfig
+from genbrain.training.loop import train
 def die(step, path):
     if step == 6:
         os.kill(os.getpid(), signal.SIGKILL)
@@ -356,7 +352,7 @@ def test_score_head_learns_a_standardised_score(tmp_path):
 
 def test_batched_fetch_equals_item_by_item_fetch(tmp_path):
     from genbrain.store import ImageStore
-    from genbrain.train import VoxelDataset
+    from genbrain.training.data import VoxelDataset
 
     stores = [ImageStore(make_store(tmp_path / "a", 5, seed=0)),
               ImageStore(make_store(tmp_path / "b", 4, seed=1, index=1))]

@@ -1,223 +1,34 @@
-"""The BWAS stage (paper Fig. 5): per site, does a synthetic cohort from the site's
-disease-conditioned fine-tune give a Cohen's d map closer to a large reference than the
-site's own data?
+"""One site's BWAS analysis and the pre-fine-tuning screen, on the site's real store and its
+synthetic cohort's store.
 
-An analysis (config ``bwas.analyses.<name>``) names a per-site fine-tuning task conditioned
-on diagnosis (``finetune.tasks.<task>`` with ``per_site: true``) and the modality to map.
-For every site of it (:class:`BwasSite`):
-
-- the **reference cohort** is every other site of the cohort pooled (the paper's "all
-  remaining sites"), its d map fitted with site dummies; for VBM-like maps the analysis mask
-  is the reference's mean grey matter > ``gm_threshold`` (0.2, in the modality's raw units);
-- the **synthetic cohort** mirrors the reference cohort's covariates (each reference member's
-  age, sex and diagnosis, one synthetic image each; ``max_synthetic`` caps its size by a
-  seeded draw stratified by diagnosis), drawn by the site's fine-tune through the same
-  synthesis jobs, memorisation audit and privacy gate as every synthetic cohort;
 - :func:`site_analysis` scores the real and synthetic maps against the reference
-  (:func:`genbrain.stats.bwas.site_scores`: scores, bootstrap CIs, chance levels, the spatial
+  (:func:`genbrain.bwas.compare.site_scores`: scores, bootstrap CIs, chance levels, the spatial
   null), the recovery of the simulated truth, and the synthetic cohort's effective sample size;
-- :func:`site_screen` is the pre-fine-tuning screen (:func:`genbrain.stats.bwas.concordance_screen`
-  against the reference map): whether the site's own signal is reliable and population-
-  consistent enough to expect a gain.
-
-:func:`plan_bwas` runs at DAG build time (no torch): mistakes in the config are one line
-naming the key before any job runs.
+  :func:`write_site_analysis` writes it, :func:`read_d_maps` reads its maps back and
+  :func:`site_figures` draws them;
+- :func:`site_screen` is the pre-fine-tuning screen
+  (:func:`genbrain.bwas.compare.concordance_screen` against the reference map): whether the
+  site's own signal is reliable and population-consistent enough to expect a gain;
+  :func:`screen_sites` screens every site of an analysis.
 """
 
 from __future__ import annotations
 
 import logging
 import math
-import zlib
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
+from genbrain.bwas.plan import BwasSite
 from genbrain.errors import GenbrainInputError
 
 log = logging.getLogger(__name__)
 
-MASKS = ("gm", "brain")
 #: the maps a site analysis compares (names in its tables and NIfTI files)
 MAPS = ("reference", "real", "synthetic")
-
-
-@dataclass(frozen=True)
-class BwasSite:
-    """One site of a BWAS analysis.
-
-    ``site``/``label``: the site's name in the participants table (every table's ``site``
-    column) and its path label (paths only);
-    ``model``: the fine-tune (``<task>/<label>``) that draws the synthetic cohort ``synth``;
-    ``reference_sites``: the pooled other sites; ``n_synthetic``: the synthetic cohort's size
-    (the reference's, or ``max_synthetic`` when smaller)."""
-
-    analysis: str
-    cohort: str
-    site: str
-    label: str
-    modality: str
-    model: str
-    reference_sites: tuple[str, ...]
-    control: str
-    mask: str
-    gm_threshold: float
-    n_real: int
-    n_reference: int
-    n_synthetic: int
-
-    @property
-    def name(self) -> str:
-        return f"{self.analysis}/{self.label}"
-
-    @property
-    def synth(self) -> str:
-        """The synthetic cohort's name (``results/synthetic/<synth>``)."""
-        return f"bwas-{self.analysis}-{self.label}"
-
-    @property
-    def out_dir(self) -> str:
-        return f"results/bwas/{self.analysis}/site-{self.label}"
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: Mapping) -> BwasSite:
-        d = dict(d)
-        d["reference_sites"] = tuple(d["reference_sites"])
-        return cls(**d)
-
-
-def plan_bwas(config: Mapping, cohorts: Mapping, finetunes: Mapping
-              ) -> tuple[dict[str, BwasSite], dict[str, list[BwasSite]]]:
-    """Every site of every ``bwas.analyses`` entry, checked against the cohorts
-    (:class:`genbrain.workflow.Cohort`) and the planned fine-tunes
-    (:class:`genbrain.finetune.FinetuneJob` by model name) at parse time -> (the fine-tuned
-    sites keyed ``<analysis>/<site label>``, and per analysis every site of its cohort for
-    the pre-fine-tuning screen: those without a fine-tune have ``model`` "" and no synthetic
-    cohort)."""
-    from genbrain.stats.cohens_d import design_matrix, diagnosis_codes
-
-    section = config.get("bwas") or {}
-    out: dict[str, BwasSite] = {}
-    screens: dict[str, list[BwasSite]] = {}
-    sizes = (section.get("agreement") or {}).get("sizes") or ()
-    for name, spec in (section.get("analyses") or {}).items():
-        key = f"bwas.analyses.{name}"
-        task = spec["finetune"]
-        jobs = {j.unit: j for j in finetunes.values() if j.task == task}
-        if not jobs:
-            tasks = sorted({j.task for j in finetunes.values()})
-            raise GenbrainInputError(f"config: '{key}.finetune' is '{task}', not a fine-tuning "
-                                     f"task; expected one of {tasks}")
-        first = next(iter(jobs.values()))
-        cohort = cohorts[first.cohort]
-        if any(len(j.sites) != 1 or j.unit != cohort.site_label(j.sites[0])
-               for j in jobs.values()):
-            raise GenbrainInputError(f"config: '{key}': fine-tuning task '{task}' is not per "
-                                     "site; BWAS compares single-site fine-tunes (set "
-                                     f"'finetune.tasks.{task}.per_site: true')")
-        if not first.diagnosis_levels:
-            raise GenbrainInputError(f"config: '{key}': fine-tuning task '{task}' is not "
-                                     "conditioned on diagnosis (add 'diagnosis' to its "
-                                     "conditions)")
-        levels = list(first.diagnosis_levels)
-        if len(levels) != 2:
-            raise GenbrainInputError(f"config: '{key}': cohort '{cohort.name}' has diagnosis "
-                                     f"levels {levels}; a Cohen's d map needs exactly two")
-        # the control level as the d maps will code it (one-line error if it is unclear)
-        codes = diagnosis_codes(levels, spec.get("control"), f"config: '{key}'")
-        control = levels[int(np.flatnonzero(codes == 0)[0])]
-        if first.split != "all":
-            raise GenbrainInputError(f"config: '{key}': fine-tuning task '{task}' trains on "
-                                     f"its '{first.split}' split; BWAS compares the site's "
-                                     "whole cohort with its fine-tune (use split: all)")
-        modality = spec["modality"]
-        if modality not in first.modalities:
-            raise GenbrainInputError(f"config: '{key}.modality' is '{modality}'; fine-tune "
-                                     f"task '{task}' trains on {list(first.modalities)}")
-        wanted = spec.get("sites") or [j.sites[0] for j in jobs.values()]
-        table = cohort.table
-        for site in wanted:
-            if site not in cohort.sites:
-                raise GenbrainInputError(f"config: '{key}.sites' lists '{site}', not a site of "
-                                         f"cohort '{cohort.name}'; expected some of "
-                                         f"{cohort.sites}")
-            label = cohort.site_label(site)
-            if label not in jobs:
-                raise GenbrainInputError(f"config: '{key}.sites' lists '{site}', which "
-                                         f"fine-tuning task '{task}' has no fine-tune for; "
-                                         f"it has {sorted(jobs)}")
-            others = tuple(s for s in cohort.sites if s != site)
-            if not others:
-                raise GenbrainInputError(f"config: '{key}': cohort '{cohort.name}' has one "
-                                         "site; the reference cohort is the other sites")
-            ref = table[table["site"].isin(others)]
-            # both designs at parse time: a singular one (e.g. a site of one sex) is one line
-            # now rather than a failed job after its fine-tune and synthesis
-            own = design_matrix(table[table["site"] == site], control=control,
-                                label=f"config: '{key}': site '{site}'")
-            # an agreement subsample is fitted with the site's design (no site dummies)
-            small = [int(n) for n in sizes if int(n) <= own.p]
-            if small:
-                raise GenbrainInputError(
-                    f"config: 'bwas.agreement.sizes' has {small[0]}; each agreement subsample's "
-                    f"d map fits {own.p} design columns ({', '.join(own.names)}), so every size "
-                    f"must exceed {own.p}")
-            design_matrix(ref, site=True, control=control,
-                          label=f"config: '{key}': the reference cohort of site '{site}'")
-            cap = spec.get("max_synthetic")
-            n_syn = len(ref) if cap is None else min(int(cap), len(ref))
-            job = BwasSite(name, cohort.name, site, label, modality, f"{task}/{label}",
-                           others, str(control), spec.get("mask", "gm"),
-                           float(section.get("gm_threshold", 0.2)),
-                           int((table["site"] == site).sum()), len(ref), n_syn)
-            out[job.name] = job
-        if len(cohort.sites) > 1:
-            fine_tuned = {j.site: j for j in out.values() if j.analysis == name}
-            screens[name] = [fine_tuned.get(site) or BwasSite(
-                name, cohort.name, site, cohort.site_label(site), modality, "",
-                tuple(s for s in cohort.sites if s != site), str(control),
-                spec.get("mask", "gm"), float(section.get("gm_threshold", 0.2)),
-                int((table["site"] == site).sum()), int((table["site"] != site).sum()), 0)
-                for site in cohort.sites]
-    return out, screens
-
-
-def synthetic_covariates(job: BwasSite, participants: pd.DataFrame, seed: int
-                         ) -> pd.DataFrame:
-    """The covariate table of a site's synthetic cohort: one row per reference member (age,
-    sex, diagnosis; ``reference_participant_id`` names whom it mirrors), modality
-    ``job.modality``. When the cap ``job.n_synthetic`` is below the reference's size, a seeded
-    draw without replacement within each diagnosis level keeps the reference's patient
-    fraction (largest remainders)."""
-    ref = participants[participants["site"].isin(job.reference_sites)].reset_index(drop=True)
-    if len(ref) != job.n_reference:
-        raise GenbrainInputError(f"{job.name}: the reference sites hold {len(ref)} "
-                                 f"participants; the plan was made for {job.n_reference} "
-                                 "(was the participants table edited? rerun the workflow)")
-    keep = np.arange(len(ref))
-    if job.n_synthetic < len(ref):
-        rng = np.random.default_rng([int(seed), zlib.crc32(job.synth.encode())])
-        groups = {lv: np.flatnonzero(ref["diagnosis"].astype(str) == lv)
-                  for lv in sorted(ref["diagnosis"].astype(str).unique())}
-        share = {lv: job.n_synthetic * len(g) / len(ref) for lv, g in groups.items()}
-        take = {lv: math.floor(s) for lv, s in share.items()}
-        for lv in sorted(share, key=lambda lv: share[lv] - take[lv],
-                         reverse=True)[: job.n_synthetic - sum(take.values())]:
-            take[lv] += 1
-        keep = np.sort(np.concatenate([rng.choice(g, take[lv], replace=False)
-                                       for lv, g in groups.items()]))
-    sel = ref.iloc[keep]
-    return pd.DataFrame({"synthetic_id": np.arange(len(sel)),
-                         "age": sel["age"].to_numpy(), "sex": sel["sex"].to_numpy(),
-                         "diagnosis": sel["diagnosis"].astype(str).to_numpy(),
-                         "modality": job.modality,
-                         "reference_participant_id": sel["participant_id"].to_numpy()})
 
 
 def _real_cohorts(job: BwasSite, index: str | Path):
@@ -270,7 +81,7 @@ def heldout_agreement(pool, mask: np.ndarray, sizes: Sequence[int], *, control: 
     (without replacement, the pool's patient fraction); each subsample's d map is scored
     (Pearson r in ``mask``) against the map of the rest of the pool (site dummies). The rest
     is N - n, slightly smaller than the full reference: sizes are kept below N / 3."""
-    from genbrain.stats.bwas import _draw_disjoint
+    from genbrain.bwas.compare import draw_disjoint
     from genbrain.stats.cohens_d import cohens_d, design_matrix
     from genbrain.stats.overlap import overlap_scores
 
@@ -282,7 +93,7 @@ def heldout_agreement(pool, mask: np.ndarray, sizes: Sequence[int], *, control: 
             log.info("%s: agreement size %d is over a third of the pool (%d); skipped",
                      pool.label, n, len(pool))
             continue
-        for r, members in enumerate(_draw_disjoint(dx, n, n_repeats, rng)):
+        for r, members in enumerate(draw_disjoint(dx, n, n_repeats, rng)):
             rest = np.setdiff1d(np.arange(len(pool)), members)
             # named in a fit's error: the subsample, not the reference it is drawn from
             sub = f"agreement subsample of {n} (repeat {r}; bwas.agreement.sizes)"
@@ -305,8 +116,8 @@ def site_analysis(job: BwasSite, real_index: str | Path, synthetic_index: str | 
     per map its n and r with the reference and with ``truth`` (V,) when known, "agreement":
     :func:`heldout_agreement`, "effective_n": one row, "d": {map: (V,) d, NaN off-mask},
     "mask": (V,) bool}."""
+    from genbrain.bwas.compare import effective_sample_size, site_scores
     from genbrain.space import standard_space
-    from genbrain.stats.bwas import effective_sample_size, site_scores
     from genbrain.stats.overlap import overlap_scores
     from genbrain.stats.similarity import Cohort
     from genbrain.store import ImageStore
@@ -362,9 +173,9 @@ def write_site_analysis(result: Mapping, output) -> None:
     """Write :func:`site_analysis`'s result to the rule's outputs (``scores``, ``maps``,
     ``agreement``, ``effective``: TSV; ``d_maps``: a folder of ``d_<map>.nii.gz`` and the
     analysis ``mask.nii.gz``), each atomically."""
+    from genbrain.bwas.figures import write_d_map
     from genbrain.io import atomic_dir, save_nifti, save_tsv
     from genbrain.space import standard_space
-    from genbrain.stats.bwas_figures import write_d_map
 
     save_tsv(result["scores"], output.scores)
     save_tsv(result["maps"], output.maps)
@@ -399,8 +210,8 @@ def site_figures(job: BwasSite, inputs, outputs) -> None:
     """A site's figures from its tables and d maps: ``outputs.maps`` the reference, real and
     synthetic maps (one colour scale), ``outputs.gain`` the relative gains with CIs and
     chance levels beside the effective-n curve."""
+    from genbrain.bwas.figures import d_map_figure, gain_figure
     from genbrain.io import read_tsv
-    from genbrain.stats.bwas_figures import d_map_figure, gain_figure
 
     maps = read_tsv(inputs.maps).set_index("map")
     eff = read_tsv(inputs.effective).iloc[0].to_dict()
@@ -431,8 +242,8 @@ def site_screen(job: BwasSite, real_index: str | Path, *, n_splits: int = 10,
                 seed: int = 0, registry=None) -> pd.DataFrame:
     """The pre-fine-tuning screen of a site (real data only): the split-half reliability of
     its d map and that map's agreement with the reference cohort's (the other sites pooled;
-    :func:`genbrain.stats.bwas.concordance_screen`) -> one row with a verdict."""
-    from genbrain.stats.bwas import concordance_screen
+    :func:`genbrain.bwas.compare.concordance_screen`) -> one row with a verdict."""
+    from genbrain.bwas.compare import concordance_screen
 
     real, ref = _real_cohorts(job, real_index)
     mask = analysis_mask_of(job, ref, registry)
@@ -449,7 +260,7 @@ def screen_sites(jobs: Sequence[BwasSite], real_index: str | Path, *, n_splits: 
     ``fine_tuned`` (whether the site has a fine-tune and a synthetic cohort). A site whose own
     d map cannot be fitted (one diagnosis level, one sex...) gets verdict ``not screened``
     and the reason, instead of stopping the others."""
-    from genbrain.stats.bwas import SCREEN_COLUMNS
+    from genbrain.bwas.compare import SCREEN_COLUMNS
 
     rows = []
     for job in jobs:
@@ -472,7 +283,5 @@ def screen_sites(jobs: Sequence[BwasSite], real_index: str | Path, *, n_splits: 
     return pd.concat(rows, ignore_index=True)
 
 
-__all__ = ["MAPS", "MASKS", "BwasSite", "analysis_mask_of", "heldout_agreement", "plan_bwas",
-           "read_d_maps", "reference_map", "screen_sites", "site_analysis", "site_figures",
-           "site_screen",
-           "synthetic_covariates", "write_site_analysis"]
+__all__ = ["MAPS", "analysis_mask_of", "heldout_agreement", "read_d_maps", "reference_map",
+           "screen_sites", "site_analysis", "site_figures", "site_screen", "write_site_analysis"]
