@@ -226,22 +226,23 @@ def truth_maps(maps: dict[tuple[str, str], np.ndarray], out_png: str | os.PathLi
 def finetune_checks_figure(loss: pd.DataFrame, checks: pd.DataFrame,
                            maps: dict[tuple[str, str, str], dict[str, np.ndarray]],
                            out_png: str | os.PathLike, title: str = "") -> None:
-    """One fine-tune at a glance: its loss curve, then per (modality, label head, contrast) the
-    model's learned effect beside the training set's own effect map (and the simulated truth
-    when known), each on the axial slice where the reference map is largest and its own symmetric
-    blue-red scale (99th percentile of |value|), with the r of the checks table."""
+    """One fine-tune at a glance: its loss curve, then per (modality, label, contrast) the
+    model's one-step learned effect and its effect on paired samples (when checked) beside the
+    training set's own effect map (and the simulated truth when known), each on the axial slice
+    where the reference map is largest and its own symmetric blue-red scale (99th percentile of
+    |value|), with the r (and the samples' gain) of the checks table. A column per kind of map;
+    age and sex have only the paired-sample check."""
     from genbrain.space import standard_space
 
     plt = pyplot()
     space = standard_space()
-    panels = [(key, kind) for key, m in maps.items() for kind in ("model", "site", "truth")
-              if kind in m]
-    n_rows = 1 + len(maps)
-    fig = plt.figure(figsize=(7.5, 2.6 * n_rows))
+    kinds = [k for k in ("model", "sample", "site", "truth") if any(k in m for m in maps.values())]
+    n_rows, n_cols = 1 + len(maps), max(len(kinds), 1)
+    fig = plt.figure(figsize=(2.5 * n_cols, 2.6 * n_rows))
     _loss_axes(fig.add_subplot(n_rows, 1, 1), loss, "fine-tuning step", title)
     value = {(r.check, r.modality, r.contrast): r.value for r in checks.itertuples()}
-    names = {"model": "model's learned effect", "site": "training set's own map",
-             "truth": "simulated truth"}
+    names = {"model": "one-step effect", "sample": "paired samples",
+             "site": "training set's own map", "truth": "simulated truth"}
     for r, key in enumerate(maps):
         m, head, contrast = key
         # a head of several contrasts (3 diagnosis levels) is named by each contrast
@@ -250,9 +251,10 @@ def finetune_checks_figure(loss: pd.DataFrame, checks: pd.DataFrame,
         ref = maps[key].get("truth", maps[key]["site"])
         vol_ref = space.to_volume(np.nan_to_num(ref))
         z = int(np.argmax(np.abs(vol_ref).sum(axis=(0, 1))))
-        kinds = [k for (k2, k) in panels if k2 == key]
         for c, kind in enumerate(kinds):
-            a = fig.add_subplot(n_rows, 3, 3 * (r + 1) + c + 1)
+            if kind not in maps[key]:
+                continue
+            a = fig.add_subplot(n_rows, n_cols, n_cols * (r + 1) + c + 1)
             vec = np.nan_to_num(maps[key][kind])
             vol = space.to_volume(vec)
             scale = float(np.percentile(np.abs(vec), 99)) or 1.0
@@ -265,11 +267,15 @@ def finetune_checks_figure(loss: pd.DataFrame, checks: pd.DataFrame,
                 shown = np.where(space.mask[:, :, z], vol[:, :, z], np.nan).T
                 a.imshow(shown, origin="lower", cmap="RdBu_r", vmin=-scale, vmax=scale)
             label = names[kind]
-            if kind == "model":
-                r_site = value.get((f"{head}_effect_vs_site", m, contrast), float("nan"))
-                r_truth = value.get((f"{head}_effect_vs_truth", m, contrast))
+            if kind in ("model", "sample"):
+                what = "effect" if kind == "model" else "sample"
+                r_site = value.get((f"{head}_{what}_vs_site", m, contrast), float("nan"))
+                r_truth = value.get((f"{head}_{what}_vs_truth", m, contrast))
+                gain = value.get((f"{head}_sample_gain", m, contrast)) if kind == "sample" \
+                    else None
                 label += f"\nr site {r_site:.2f}" + (
-                    "" if r_truth is None else f", r truth {r_truth:.2f}")
+                    "" if r_truth is None else f", r truth {r_truth:.2f}") + (
+                    "" if gain is None else f", gain {gain:.2f}")
             elif kind == "site" and (f"{head}_site_vs_truth", m, contrast) in value:
                 label += f"\nr truth {value[(f'{head}_site_vs_truth', m, contrast)]:.2f}"
             a.set_title(f"{shown_as}: {label}", fontsize=7)

@@ -30,7 +30,7 @@ import shutil
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
@@ -46,6 +46,10 @@ from genbrain.io import (
 )
 from genbrain.tables import score_names
 
+if TYPE_CHECKING:  # torch stays out of the plan, which runs at DAG build time
+    from genbrain.modalities import ModalityRegistry
+    from genbrain.synthesize import SamplingConfig
+
 log = logging.getLogger(__name__)
 
 SPLITS = ("all", "train")
@@ -58,6 +62,11 @@ TRAIN_KEYS = ("steps", "global_batch", "micro_batch", "lr", "weight_decay", "ema
 MIN_PER_LEVEL = 2
 #: a label head -> the simulated effect whose true map it is checked against
 HEAD_EFFECTS = {"disease": "diagnosis", "score": "score"}
+#: every label the paired-sample check switches -> its simulated effect
+LABEL_EFFECTS = {**HEAD_EFFECTS, "age": "age", "sex": "sex"}
+#: the paired-sample check's age contrast (years, older first): inside the paper's and the
+#: demo's pretraining ages (UK Biobank 45-82), which every fine-tune's age range spans
+AGE_CONTRAST = (75.0, 50.0)
 
 
 @dataclass(frozen=True)
@@ -392,16 +401,20 @@ def _x0(model, diffusion, x: Any, t: int, noise: Any, labels: Mapping[str, Any],
 def finetune_checks(checkpoint: str | os.PathLike, index: str | os.PathLike,
                     training: str | os.PathLike,
                     truth: Mapping[str, Mapping[str, np.ndarray]] | None = None,
-                    *, n_images: int = 16, t: int = 500, seed: int = 0
+                    *, n_images: int = 16, t: int = 500, seed: int = 0, paired_samples: int = 0,
+                    sampling: SamplingConfig | None = None,
+                    registry: ModalityRegistry | None = None,
+                    reference: Mapping[str, np.ndarray] | None = None
                     ) -> tuple[pd.DataFrame, dict[tuple[str, str, str], dict[str, np.ndarray]]]:
-    """Faithfulness checks of one fine-tune -> (a tidy table (check, modality, contrast, value,
-    detail), the effect maps ``{(modality, head, contrast): {"model", "site"[, "truth"]: (V,)}}``
-    behind them).
+    """Faithfulness checks of one fine-tune -> (a tidy table (check, method, modality, contrast,
+    value, detail), the effect maps ``{(modality, label, contrast): {"model", "sample", "site"[,
+    "truth"]: (V,)}}`` behind them). ``method`` says how a row was measured: ``training`` (the
+    loss), ``one-step`` (the clean-image estimate below) or ``paired-sample``.
 
     - ``loss_start`` / ``loss_end``: mean loss of the first / last 10% of steps;
-    - label heads (disease, score): the direction of the learned effect. The model's clean-image
-      estimate at timestep ``t`` of up to ``n_images`` training images per modality, from fixed
-      noise, with the label switched between two values, averaged; one ``contrast`` per
+    - label heads (disease, score), one-step: the direction of the learned effect. The model's
+      clean-image estimate at timestep ``t`` of up to ``n_images`` training images per modality,
+      from fixed noise, with the label switched between two values, averaged; one ``contrast`` per
       non-control diagnosis level (``SCZ minus CN``: each level against the first, the
       control) and ``<score> +1 SD minus -1 SD``: ``effect_vs_site`` is its Pearson r with the
       training set's own standardised mean difference map of the same contrast,
@@ -410,7 +423,15 @@ def finetune_checks(checkpoint: str | os.PathLike, index: str | os.PathLike,
       simulated; each head is compared with its own effect's map). A zero-initialised head that
       learned nothing gives no effect (r undefined);
     - image-conditioned models: ``x0_vs_target``, the mean Pearson r of the clean-image estimate
-      given the sources with the real target image.
+      given the sources with the real target image;
+    - paired-sample (``paired_samples`` > 0 pairs per label and modality; :func:`_paired_checks`):
+      the label's effect on what synthesis actually draws, which the one-step estimate can
+      overstate (issue 28). Full samples of :func:`genbrain.synthesize.sample_table` with
+      ``sampling`` (the synthesis stage's sampler, steps, guidance and seed; None =
+      :class:`~genbrain.synthesize.SamplingConfig` with ``seed``), ``registry`` mapping modality
+      names to the model's indices and normalisations as synthesis does (None = the default
+      registry); ``reference``: modality -> (V,) the raw image the ``truth`` maps are changes
+      of (:func:`genbrain.simulate.cohort.reference_subject`), which puts them in store units.
     """
     import torch
 
@@ -478,20 +499,212 @@ def finetune_checks(checkpoint: str | os.PathLike, index: str | os.PathLike,
             r = np.mean([_pearson(e, y) for e, y in zip(est, real)])
             rows.append(("x0_vs_target", m_name, "", float(r),
                          f"mean r of the clean-image estimate at t={t} with the target"))
-    return pd.DataFrame(rows, columns=["check", "modality", "contrast", "value", "detail"]), maps
+    table = pd.DataFrame(rows, columns=["check", "modality", "contrast", "value", "detail"])
+    table.insert(1, "method", np.where(table["check"].str.startswith("loss_"), "training",
+                                       "one-step"))
+    if paired_samples > 0:
+        paired = _paired_checks(model, norms, config, checkpoint, store, data, truth,
+                                paired_samples, sampling, registry, reference, seed, maps)
+        table = pd.concat([table, paired], ignore_index=True)
+    return table, maps
+
+
+def _paired_checks(model, norms, config, checkpoint, store, data,
+                   truth: Mapping[str, Mapping[str, np.ndarray]] | None, n_pairs: int,
+                   sampling: SamplingConfig | None, registry: ModalityRegistry | None,
+                   reference: Mapping[str, np.ndarray] | None, seed: int,
+                   maps: dict[tuple[str, str, str], dict[str, np.ndarray]]) -> pd.DataFrame:
+    """The paired-sample rows of :func:`finetune_checks` (method ``paired-sample``); their maps
+    go into ``maps`` under ``"sample"``.
+
+    Per target modality, ``n_pairs`` training images are drawn (seeded by ``seed``) and their
+    participants' covariates (age, sex, diagnosis, score) are the pairs' base rows. Per label
+    contrast, the base rows are sampled twice, differing only in that label: each diagnosis
+    level against the first (the control), the score at its training mean +1 SD against -1 SD,
+    age :data:`AGE_CONTRAST` (75 against 50 years), sex M against F. Both copies have the same
+    ``synthetic_id`` and go through :func:`~genbrain.synthesize.sample_table` in the same batch
+    layout, so the two members of a pair start from the same initial noise
+    (:func:`~genbrain.synthesize.row_noise`) and, were the sampler stochastic, would draw the
+    same per-step noise too (each batch's generator starts from the same state); DDIM with eta 0
+    is deterministic. The mean paired difference (V,), in the store's normalised units, is the
+    label's effect on the sample path: a model that ignores the label gives exactly 0.
+
+    Rows per (label, modality, contrast): ``<label>_sample_sd``, the spatial SD of the mean
+    difference (0 = the label does not reach the samples); ``<label>_sample_vs_site``, its
+    Pearson r with the training set's own map (:func:`_group_smd`, as the one-step check). With
+    the planted truth: ``<label>_sample_vs_truth``, its r with the planted map (in store units
+    where they are known: a per-image z-score removes the global part of T1w's age and sex
+    changes), for age and sex, which the one-step check lacks, ``<label>_site_vs_truth``; and
+    where the planted effect of the contrast can be put in store units
+    (:func:`_planted_in_store_units`): ``<label>_sample_gain``, the least-squares slope (with
+    intercept) of the mean difference on it (1 = the full effect, 0 = none), beside
+    ``<label>_site_gain``, the same slope of the training images' own covariate-adjusted effect
+    (:func:`_site_effects`: what the data show a model, below 1 where individual anatomy blurs
+    the effect), and per modality ``truth_to_store_scale``, the slope of the planted maps in
+    store units on the raw ones (1 / std for a fixed normalisation)."""
+    from genbrain.modalities import DEFAULT_REGISTRY
+    from genbrain.synthesize import SamplingConfig, sample_table, source_images
+    from genbrain.train import load_for_sampling
+
+    sampling = sampling or SamplingConfig(seed=seed)
+    registry = registry or DEFAULT_REGISTRY
+    if sampling.weights and sampling.weights != config.sampling_weights:
+        model, norms, config = load_for_sampling(checkpoint, sampling.weights)
+    t = data.table
+    levels = list(config.diagnosis_levels or [])
+    score = config.score_column
+    # (label, contrast, column, high, low, the contrast in units of the label's truth map)
+    contrasts = [("disease", f"{levels[k]} minus {levels[0]}", "diagnosis", levels[k],
+                  levels[0], 1.0) for k in range(1, len(levels))]
+    if score:
+        mu, sd = norms["score"]["mean"], norms["score"]["std"]
+        contrasts.append(("score", f"{score} +1 SD minus -1 SD", score, mu + sd, mu - sd,
+                          2 * sd))
+    if config.demographics:
+        old, young = AGE_CONTRAST
+        contrasts += [("age", f"age {old:g} minus {young:g} years", "age", old, young,
+                       old - young),
+                      ("sex", "sex M minus F", "sex", "M", "F", 1.0)]
+    rows = []
+    for m_name in config.modalities or []:
+        items = np.flatnonzero(t["modality"].to_numpy() == m_name)
+        rng = np.random.default_rng([seed, len(items), n_pairs])
+        drawn = rng.choice(items, n_pairs, replace=len(items) < n_pairs)
+        base = pd.DataFrame({"synthetic_id": np.arange(n_pairs), "modality": m_name,
+                             "participant_id": t["participant_id"].to_numpy()[drawn]})
+        base["age"] = (t["age"].to_numpy(np.float64)[drawn] if config.demographics
+                       else norms["age"]["mean"])  # without demographics: fed as null anyway
+        base["sex"] = t["sex"].to_numpy()[drawn] if config.demographics else "F"
+        for col in ("diagnosis", score):
+            if col and col in t.columns:
+                base[col] = t[col].to_numpy()[drawn]
+        src = (source_images(store, base, list(config.sources), f"paired samples {m_name}")
+               if config.sources else None)
+        true = {label: (truth or {}).get(LABEL_EFFECTS[label], {}).get(m_name)
+                for label, *_ in contrasts}
+        planted = {what: true[label] * scale for label, what, *_, scale in contrasts
+                   if true[label] is not None}  # raw units per contrast
+        ref = (reference or {}).get(m_name)
+        in_store, how = {}, ""
+        for what, raw in planted.items():
+            in_store[what], how = _planted_in_store_units(raw, registry, m_name, ref)
+        known = {w: v for w, v in in_store.items() if v is not None}
+        if known:
+            rows.append(("truth_to_store_scale", m_name, "",
+                         _slope(np.concatenate(list(known.values())),
+                                np.concatenate([planted[w] for w in known])), how))
+            own = _site_effects(store, data, items, contrasts)  # what ->(V,) store units
+        elif planted:
+            log.warning("%s: %s", m_name, how)
+        for label, what, column, hi, lo, _ in contrasts:
+            source = f"paired samples {label} {m_name}"
+            a = sample_table(model, norms, config, base.assign(**{column: hi}), sampling,
+                             registry, source, sources=src)
+            b = sample_table(model, norms, config, base.assign(**{column: lo}), sampling,
+                             registry, source, sources=src)
+            effect = (a.astype(np.float64) - b).mean(axis=0)  # (V,) store units
+            level = levels.index(hi) if label == "disease" else 1.0
+            site = _group_smd(store, data, items, label, config, level)
+            sd_note = (f"{what}: spatial SD of the mean difference of {n_pairs} pairs of "
+                       "samples from identical noise (0 = the label does not reach samples)")
+            rows.append((f"{label}_sample_sd", m_name, what, float(effect.std()), sd_note))
+            rows.append((f"{label}_sample_vs_site", m_name, what, _pearson(effect, site),
+                         f"r with the training set's own {what} standardised mean difference"))
+            maps.setdefault((m_name, label, what), {}).update(sample=effect, site=site)
+            if what not in planted:
+                continue
+            # the planted map in store units where known (a z-score reshapes T1w's), else raw
+            p = in_store[what]
+            true_map = true[label] if p is None else p
+            rows.append((f"{label}_sample_vs_truth", m_name, what, _pearson(effect, true_map),
+                         f"r with the simulated true {what} map"))
+            if label in ("age", "sex"):  # the one-step check has the heads' yardstick
+                rows.append((f"{label}_site_vs_truth", m_name, what, _pearson(site, true_map),
+                             "r of the training set's own map with the truth (the yardstick)"))
+                maps[(m_name, label, what)]["truth"] = true_map
+            if p is None:
+                continue
+            rows.append((f"{label}_sample_gain", m_name, what, _slope(effect, p),
+                         ("least-squares slope of the samples' effect on the planted effect "
+                          "(store units; 1 = the full effect)")))
+            rows.append((f"{label}_site_gain", m_name, what, _slope(own[what], p),
+                         ("the same slope of the training set's own covariate-adjusted effect "
+                          "(what its data show: the yardstick)")))
+    out = pd.DataFrame(rows, columns=["check", "modality", "contrast", "value", "detail"])
+    out.insert(1, "method", "paired-sample")
+    return out
+
+
+def _slope(y: np.ndarray, x: np.ndarray) -> float:
+    """The least-squares slope (with intercept) of ``y`` on ``x``, both (V,)."""
+    x = x - x.mean()
+    den = float((x * x).sum())
+    return float(((y - y.mean()) * x).sum() / den) if den > 0 else float("nan")
+
+
+def _site_effects(store, data, items: np.ndarray, contrasts: Sequence[tuple],
+                  chunk: int = 32) -> dict[str, np.ndarray]:
+    """The training images' own effect of every contrast, in store units: per voxel OLS
+    ``x ~ 1 + <each label>`` over ``items`` (diagnosis and sex as dummies of the contrast's
+    level, age and score as numbers), each coefficient times its contrast (years, SDs).
+    Streams the images ``chunk`` at a time: memory (labels + 1) x V."""
+    t = data.table.iloc[items]
+    columns, scales = [np.ones(len(items))], []
+    for _, what, column, hi, lo, scale in contrasts:
+        if column in ("diagnosis", "sex"):  # a dummy's coefficient is the contrast itself
+            columns.append((t[column].astype(str) == str(hi)).to_numpy(np.float64))
+            scales.append((what, 1.0))
+        else:
+            columns.append(t[column].to_numpy(np.float64))
+            scales.append((what, float(hi) - float(lo)))
+    pinv = np.linalg.pinv(np.stack(columns, axis=1))  # (p, n)
+    beta = np.zeros((len(columns), store.n_voxels))  # (p, V)
+    for start in range(0, len(items), chunk):
+        y = store.batch(data._row[items[start:start + chunk]]).astype(np.float64)  # (c, V)
+        beta += pinv[:, start:start + chunk] @ y
+    return {what: beta[j + 1] * scale for j, (what, scale) in enumerate(scales)}
+
+
+def _planted_in_store_units(raw: np.ndarray, registry, modality: str,
+                            reference: np.ndarray | None) -> tuple[np.ndarray | None, str]:
+    """A planted change ``raw`` (V,) of ``modality``, in raw units, as the change it makes in
+    the store's normalised units -> ((V,) or None, how).
+
+    With the raw ``reference`` image the change is of, exactly: ``normalise(reference + raw) -
+    normalise(reference)`` with the modality's registry normalisation (its clamp included). For
+    a per-image z-score (T1w, FLAIR) that is the change divided by the image's SD, less its
+    mean and the image's own share: real images' SDs differ from the noise-free reference's by
+    their noise and bias fields, a few per cent in the simulator. Without a reference, a
+    ``fixed`` normalisation is linear, ``raw / std``; a z-scored modality has no fixed scale (the
+    store keeps no image's SD), so None."""
+    try:
+        mod = registry[modality]
+    except GenbrainInputError:
+        return None, f"'{modality}' is not in the registry: its normalisation is unknown"
+    if reference is not None:
+        ref = np.asarray(reference, np.float64)
+        how = f"{mod.norm} normalisation of the planted change at the reference subject"
+        return mod.normalise(ref + raw).astype(np.float64) - mod.normalise(ref), how
+    if mod.norm == "fixed":
+        return raw / mod.std, f"fixed normalisation: planted change / std {mod.std:g}"
+    return None, (f"per-image {mod.norm} normalisation and no reference image: the planted map "
+                  "cannot be put in store units, no gain")
 
 
 def _group_smd(store, data, items: np.ndarray, head: str, config, level: float) -> np.ndarray:
     """(V,) the training images' own effect map: standardised mean difference between the
-    label's groups (diagnosis level index ``level`` vs the first, the controls; score above vs
-    below its mean)."""
+    label's groups (diagnosis level index ``level`` vs the first, the controls; sex M vs F;
+    score or age above vs at or below its training mean)."""
     x = store.batch(data._row[items]).astype(np.float64)  # (n, V)
     if head == "disease":
         lv = list(config.diagnosis_levels)
         diag = data.table["diagnosis"].to_numpy()[items]
         hi, lo = diag == lv[int(level)], diag == lv[0]
+    elif head == "sex":
+        sex = data._labels["sex"][items]
+        hi, lo = sex == 0, sex == 1  # M = 0, F = 1 (genbrain.conditions)
     else:
-        z = data._labels["score"][items]
+        z = data._labels[head][items]  # score or age, standardised
         hi, lo = z > 0, z <= 0
     if hi.sum() < 2 or lo.sum() < 2:
         return np.full(x.shape[1], np.nan)

@@ -54,8 +54,11 @@ rule finetune_model:
 
 rule finetune_checks:
     """What a fine-tune learned: its loss, and for each label head the direction of the
-    learned effect against the training set's own effect map and, on simulated cohorts, the
-    planted truth; for image-conditioned tasks the clean-image estimate against the target.
+    learned effect (one-step clean-image estimate) against the training set's own effect map
+    and, on simulated cohorts, the planted truth; for each label and age and sex, its effect on
+    pairs of full samples drawn as synthesis draws them from identical noise
+    (finetune.checks.paired_samples); for image-conditioned tasks the clean-image estimate
+    against the target.
     """
     input:
         checkpoint="results/finetune/{task}/{unit}/checkpoint.pt",
@@ -91,5 +94,7 @@ rule finetune_checks:
     params:
         job=get_finetune_job,
         seed=config["seed"],
+        paired_samples=config["finetune"]["checks"]["paired_samples"],
+        sampling=get_sampling,
     script:
         "../workflow/scripts/finetune_checks.py"

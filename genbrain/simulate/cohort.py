@@ -454,6 +454,20 @@ def to_native(volume: np.ndarray, pose: np.ndarray, shape: tuple[int, int, int],
     return NativeGrid(shape, affine).resampler(pose)(volume)
 
 
+#: the covariates around which the ground truth is the change
+TRUTH_BASE = {"age": 60.0, "sex": "F", "diagnosis": "CN", "score": 0.0}
+
+
+def reference_subject(spec: Mapping, modalities: Sequence[str]) -> dict[str, np.ndarray]:
+    """The noise-free, undeformed, site-free subject at :data:`TRUTH_BASE` whose changes
+    :func:`ground_truth` maps: ``{modality: (V,)}`` in raw units. A planted change put through
+    a modality's normalisation at this image is the change in the units of an image store
+    (:func:`genbrain.finetune.finetune_checks`)."""
+    gen = Generator(spec["kind"], float(spec.get("disease_effect", 0.10)),
+                    float(spec.get("lesion_effect", 0.25)))
+    return gen.subject(TRUTH_BASE, None, None, modalities)
+
+
 def ground_truth(cohort: str, spec: Mapping, modalities: Sequence[str]) -> dict[str, np.ndarray]:
     """Noise-free effect maps ``{f"{modality}_{effect}": (V,)}`` in raw units.
 
@@ -462,7 +476,7 @@ def ground_truth(cohort: str, spec: Mapping, modalities: Sequence[str]) -> dict[
     """
     gen = Generator(spec["kind"], float(spec.get("disease_effect", 0.10)),
                     float(spec.get("lesion_effect", 0.25)))
-    base = {"age": 60.0, "sex": "F", "diagnosis": "CN", "score": 0.0}
+    base = dict(TRUTH_BASE)
     ref = gen.subject(base, None, None, modalities)
     changes = {"age": {"age": 61.0}, "sex": {"sex": "M"}}
     if spec["kind"] == "disorder":

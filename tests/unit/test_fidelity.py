@@ -291,3 +291,53 @@ def test_fine_tune_direction_rows_come_from_each_fine_tunes_checks(tmp_path):
     empty = fidelity_table(tmp_path / "none")
     assert empty.loc[empty["claim_id"] == FINETUNE_DIRECTION.id, "verdict"].item() == \
         "not measured"
+
+
+def test_paired_sample_rows_come_from_each_fine_tunes_checks(tmp_path):
+    import pandas as pd
+
+    from genbrain.fidelity import FINETUNE_PAIRED, fidelity_table
+    from genbrain.finetune import write_checks
+
+    def checks(rows):
+        return pd.DataFrame(rows, columns=["check", "method", "modality", "contrast", "value",
+                                           "detail"]).assign(detail="")
+
+    tables = {
+        "scz/siteA": checks([
+            ("loss_start", "training", "", "", 0.5, ""),
+            ("disease_effect_vs_truth", "one-step", "VBM", "SCZ minus CN", 0.19, ""),
+            ("disease_site_vs_truth", "one-step", "VBM", "SCZ minus CN", 0.34, ""),
+            ("disease_sample_vs_site", "paired-sample", "VBM", "SCZ minus CN", 0.2, ""),
+            ("disease_sample_vs_truth", "paired-sample", "VBM", "SCZ minus CN", 0.14, ""),
+            ("disease_sample_gain", "paired-sample", "VBM", "SCZ minus CN", 0.04, ""),
+            ("disease_site_gain", "paired-sample", "VBM", "SCZ minus CN", 0.78, ""),
+            ("age_sample_vs_truth", "paired-sample", "VBM", "age 75 minus 50 years", 0.57, ""),
+            ("age_site_vs_truth", "paired-sample", "VBM", "age 75 minus 50 years", 0.6, ""),
+            ("age_sample_gain", "paired-sample", "VBM", "age 75 minus 50 years", 0.72, "")]),
+        # checks written before the paired-sample check: no rows, no crash
+        "scz/siteB": checks([("disease_effect_vs_truth", "one-step", "VBM", "SCZ minus CN",
+                              0.2, "")])}
+    for name, table in tables.items():
+        out = tmp_path / "finetune" / name
+        out.mkdir(parents=True)
+        task, unit = name.split("/")
+        write_checks(table, {"task": task, "unit": unit}, out / "checks.tsv")
+    rows = fidelity_table(tmp_path)
+    rows = rows[rows["claim_id"] == FINETUNE_PAIRED.id].set_index("subject")
+    assert sorted(rows.index) == ["scz/siteA VBM SCZ minus CN",
+                                  "scz/siteA VBM age 75 minus 50 years"]
+    disease, age = rows.loc["scz/siteA VBM SCZ minus CN"], rows.loc[
+        "scz/siteA VBM age 75 minus 50 years"]
+    assert (disease["measured"], disease["verdict"]) == (0.04, "not met")
+    assert (age["measured"], age["verdict"]) == (0.72, "met")
+    assert disease["goal"] == ">= 0.50" and "not in the paper" in disease["paper"]
+    assert "r with the truth 0.14 (the training set's own map: 0.34)" in disease["note"]
+    assert "own data: gain 0.78" in disease["note"] and "own data" not in age["note"]
+    assert "one-step check's r with the truth 0.19" in disease["note"]
+    assert "one-step" not in age["note"] and "own map: 0.60" in age["note"]
+    # no paired-sample rows anywhere: the claim is not measured, naming why
+    (tmp_path / "finetune" / "scz" / "siteA" / "checks.tsv").unlink()
+    rows = fidelity_table(tmp_path)
+    row = rows[rows["claim_id"] == FINETUNE_PAIRED.id]
+    assert row["verdict"].item() == "not measured" and "paired_samples" in row["note"].item()

@@ -281,6 +281,153 @@ def test_synthesis_from_a_fine_tune_uses_its_diagnosis(tmp_path, pretrained):
 
 
 # --------------------------------------------------------------------------------------------
+# The paired-sample check (issue 28 item 1)
+# --------------------------------------------------------------------------------------------
+
+PAIRED = SamplingConfig(steps=3, guidance=1.2, batch_size=2, seed=5)  # 3 pairs: 2 batches
+# the toy stores' values as a fixed normalisation with std 1: a planted map is in store units
+REG_FIXED = ModalityRegistry([replace(DEFAULT_REGISTRY["T1w"], index=0, norm="fixed", mean=0.0,
+                                      std=1.0, clamp=None),
+                              replace(DEFAULT_REGISTRY["FLAIR"], index=1)])
+
+
+def without_labels(ckpt: Path, out: Path) -> Path:
+    """A copy of a checkpoint whose age, sex and disease embedders output zeros in both weight
+    sets: its samples cannot depend on those labels."""
+    record = torch.load(ckpt, map_location="cpu", weights_only=True)
+    for weights in ("model", "ema"):
+        for name, value in record[weights].items():
+            if name.startswith(("disease_embedder.", "sex_embedder.", "age_embedder.mlp.2.")):
+                value.zero_()
+    torch.save(record, out)
+    return out
+
+
+def test_paired_samples_cancel_the_noise_exactly(tmp_path, pretrained):
+    """Pairs start from identical noise: with labels the model ignores, every paired difference
+    is exactly zero (so nothing but the label can make one); with labels it uses, they are not.
+    The rows sit beside the one-step ones, told apart by their method."""
+    store = effect_store(tmp_path / "s", diagnosis=True)
+    ckpt, training = tune(tmp_path, store, pretrained, diagnosis_levels=("CN", "SCZ"),
+                          train={**job().train, "steps": 2})
+    truth = {"diagnosis": {"T1w": PATTERN}, "age": {"T1w": np.cos(np.arange(V) / 9.0)},
+             "sex": {"T1w": -PATTERN}}
+    reference = {"T1w": 1.0 + 0.2 * np.sin(np.arange(V) / 7.0)}  # T1w z-scored per image
+    blind = without_labels(ckpt, tmp_path / "blind.pt")
+    checks, maps = finetune_checks(blind, store, training, truth, paired_samples=3,
+                                   sampling=PAIRED, registry=REG, reference=reference)
+    paired = checks[checks["method"] == "paired-sample"].set_index(["check", "contrast"])
+    sd = paired.loc[paired.index.get_level_values(0).str.endswith("_sample_sd"), "value"]
+    assert sorted(sd.index) == [("age_sample_sd", "age 75 minus 50 years"),
+                                ("disease_sample_sd", "SCZ minus CN"),
+                                ("sex_sample_sd", "sex M minus F")]
+    assert (sd == 0.0).all()  # exactly: the same noise, the same computation
+    for key, m in maps.items():
+        if "sample" in m:
+            assert not m["sample"].any(), key
+    gains = paired.loc[paired.index.get_level_values(0).str.endswith("_sample_gain"), "value"]
+    assert len(gains) == 3 and (gains == 0.0).all()
+    # the same check on the model that uses its labels: every label moves the samples
+    checks, _ = finetune_checks(ckpt, store, training, truth, paired_samples=3,
+                                sampling=PAIRED, registry=REG)
+    sd = checks[checks["check"].str.endswith("_sample_sd")]["value"]
+    assert len(sd) == 3 and (sd > 0).all()
+
+
+def test_paired_sample_rows_maps_figure_and_record(tmp_path, pretrained):
+    """A fine-tune that learned its planted map carries it into paired samples; the rows (one
+    per label, modality, contrast and check), the maps, the figure's extra column and the
+    fidelity record's rows all come from one call."""
+    store = effect_store(tmp_path / "s", diagnosis=True)
+    index = pd.read_csv(store, sep="\t")
+    index["sex"] = ["M", "M", "F", "F"] * 4  # not confounded with the diagnosis (CN, SCZ, ...)
+    save_tsv(index, store)
+    ckpt, training = tune(tmp_path, store, pretrained, diagnosis_levels=("CN", "SCZ"))
+    checks, maps = finetune_checks(ckpt, store, training, {"diagnosis": {"T1w": PATTERN}},
+                                   paired_samples=4, sampling=PAIRED, registry=REG_FIXED)
+    assert list(checks.columns) == ["check", "method", "modality", "contrast", "value", "detail"]
+    assert set(checks["method"]) == {"training", "one-step", "paired-sample"}
+    assert not checks.duplicated(["check", "modality", "contrast"]).any()
+    one_step = checks[checks["method"] == "one-step"]
+    assert set(one_step["check"]) == {"disease_effect_sd", "disease_effect_vs_site",
+                                      "disease_effect_vs_truth", "disease_site_vs_truth"}
+    paired = checks[checks["method"] == "paired-sample"]
+    # the diagnosis has a planted map here, age and sex none: no truth rows for them
+    assert sorted(zip(paired["check"], paired["contrast"])) == [
+        ("age_sample_sd", "age 75 minus 50 years"),
+        ("age_sample_vs_site", "age 75 minus 50 years"),
+        ("disease_sample_gain", "SCZ minus CN"), ("disease_sample_sd", "SCZ minus CN"),
+        ("disease_sample_vs_site", "SCZ minus CN"), ("disease_sample_vs_truth", "SCZ minus CN"),
+        ("disease_site_gain", "SCZ minus CN"),
+        ("sex_sample_sd", "sex M minus F"), ("sex_sample_vs_site", "sex M minus F"),
+        ("truth_to_store_scale", "")]
+    value = {c: v for c, v in zip(paired["check"], paired["value"])}
+    assert value["disease_sample_vs_truth"] > 0.5 and value["disease_sample_vs_site"] > 0.5
+    # the toy patients' images carry 0.8 x the planted map: the site's data show ~0.8 of it,
+    # and the samples of a model that learned it carry a good part
+    assert value["truth_to_store_scale"] == 1.0
+    assert value["disease_site_gain"] == pytest.approx(0.8, abs=0.15)  # + sampling noise
+    assert 0.3 < value["disease_sample_gain"] < 1.2
+    assert set(maps[("T1w", "disease", "SCZ minus CN")]) == {"model", "sample", "site", "truth"}
+    assert set(maps[("T1w", "age", "age 75 minus 50 years")]) == {"sample", "site"}
+    rng = np.random.default_rng(0)
+    full = {key: {kind: rng.standard_normal(standard_space().n_voxels) for kind in m}
+            for key, m in maps.items()}  # the figure draws standard-space maps
+    finetune_checks_figure(loss_table(ckpt), checks, full, tmp_path / "checks.png")
+    assert (tmp_path / "checks.png").stat().st_size > 10_000
+    write_checks(checks, {"task": "dx", "unit": "all"},
+                 tmp_path / "results" / "finetune" / "dx" / "all" / "checks.tsv")
+    record = fidelity_table(tmp_path / "results")
+    rows = record[record["claim_id"] == "finetune.paired_sample_gain"]
+    assert rows["subject"].tolist() == ["dx/all T1w SCZ minus CN"]
+    assert rows["measured"].item() == pytest.approx(value["disease_sample_gain"])
+
+
+def test_the_planted_change_in_store_units():
+    """(x - mean) / std: a planted raw change is change / std in the store, with or without the
+    image it changes; a per-image z-score divides it by that image's SD, which only the
+    reference image can tell (without one there is no gain, rather than a wrong one)."""
+    from genbrain.finetune import _planted_in_store_units
+
+    rng = np.random.default_rng(0)
+    reference = 0.5 + 0.1 * np.sin(np.arange(4000) / 30.0)  # inside VBM's clamp [0, 1]
+    change = 1e-3 * rng.standard_normal(4000)
+    vbm = DEFAULT_REGISTRY["VBM"]
+    exact, how = _planted_in_store_units(change, DEFAULT_REGISTRY, "VBM", None)
+    np.testing.assert_allclose(exact, change / vbm.std)
+    assert "fixed" in how
+    at_ref, _ = _planted_in_store_units(change, DEFAULT_REGISTRY, "VBM", reference)
+    np.testing.assert_allclose(at_ref, change / vbm.std, atol=1e-6)
+    z, _ = _planted_in_store_units(change, DEFAULT_REGISTRY, "T1w", reference)
+    slope = np.polyfit(change, z, 1)[0]
+    assert slope == pytest.approx(1 / reference.std(), rel=0.02)
+    none, how = _planted_in_store_units(change, DEFAULT_REGISTRY, "T1w", None)
+    assert none is None and "no reference image" in how
+
+
+def test_the_paired_sample_setting_is_in_the_schema_and_both_configs():
+    from genbrain.config import load_yaml, validate_config
+    from tests.conftest import ROOT
+
+    schema = ROOT / "workflow" / "schemas" / "config.schema.yaml"
+    demo = load_yaml(ROOT / "config" / "demo.yaml")
+    paper = load_yaml(ROOT / "config" / "config.yaml")
+    assert paper["finetune"]["checks"]["paired_samples"] == 32
+    assert 0 < demo["finetune"]["checks"]["paired_samples"] <= 8  # ~30 s per label on 2 cores
+    assert validate_config(demo, schema)["finetune"]["checks"]["paired_samples"] == \
+        demo["finetune"]["checks"]["paired_samples"]
+    del demo["finetune"]["checks"]
+    assert validate_config(demo, schema)["finetune"]["checks"]["paired_samples"] == 8
+    for bad in (-1, 2.5):
+        demo["finetune"]["checks"] = {"paired_samples": bad}
+        with pytest.raises(GenbrainInputError, match="paired_samples"):
+            validate_config(demo, schema)
+    demo["finetune"]["checks"] = {"pairs": 8}
+    with pytest.raises(GenbrainInputError, match="pairs"):
+        validate_config(demo, schema)
+
+
+# --------------------------------------------------------------------------------------------
 # The plan (parse time, no torch)
 # --------------------------------------------------------------------------------------------
 

@@ -1,4 +1,5 @@
-"""What a fine-tune learned: loss and the direction of its learned effects (table, figure)."""
+"""What a fine-tune learned: loss, and its labels' effects one-step and on paired samples
+(table, figure)."""
 
 import sys
 
@@ -11,18 +12,27 @@ def main(smk):
 
     from genbrain.figures import finetune_checks_figure
     from genbrain.finetune import finetune_checks, write_checks
+    from genbrain.modalities import registry_from_config
     from genbrain.pretrain import loss_table
+    from genbrain.simulate.cohort import reference_subject
     from genbrain.simulate.write import read_truth
+    from genbrain.synthesize import SamplingConfig
 
     torch.set_num_threads(smk.threads)
     job = smk.params.job
-    truth = None
-    if smk.input.truth:  # effect -> modality -> the planted map
+    truth = reference = None
+    if smk.input.truth:  # effect -> modality -> the planted map, and the image it changes
         truth = {}
         for (m, effect), v in read_truth(smk.input.truth[0], job["modalities"]).items():
             truth.setdefault(effect, {})[m] = v
+        reference = reference_subject(smk.config["cohorts"][job["cohort"]]["simulate"],
+                                      job["modalities"])
     checks, maps = finetune_checks(smk.input.checkpoint, smk.input.index, smk.input.training,
-                                   truth, seed=smk.params.seed)
+                                   truth, seed=smk.params.seed,
+                                   paired_samples=smk.params.paired_samples,
+                                   sampling=SamplingConfig(**smk.params.sampling),
+                                   registry=registry_from_config(smk.config),
+                                   reference=reference)
     write_checks(checks, job, smk.output.table)
     finetune_checks_figure(loss_table(smk.input.checkpoint), checks, maps, smk.output.png,
                            title=f"fine-tune {job['task']}/{job['unit']}: "
