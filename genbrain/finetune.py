@@ -544,7 +544,7 @@ def _paired_checks(model, norms, config, checkpoint, store, data,
     store units on the raw ones (1 / std for a fixed normalisation)."""
     from genbrain.modalities import DEFAULT_REGISTRY
     from genbrain.synthesize import SamplingConfig, sample_table, source_images
-    from genbrain.train import load_for_sampling
+    from genbrain.training.checkpoints import load_for_sampling
 
     sampling = sampling or SamplingConfig(seed=seed)
     registry = registry or DEFAULT_REGISTRY
