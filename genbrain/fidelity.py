@@ -448,7 +448,12 @@ def _bwas_sites(results: Path, name: str) -> list[Path]:
 
 
 def _bwas_subject(path: Path) -> str:
-    return f"{path.parent.parent.name} {path.parent.name.removeprefix('site-')}"
+    """``<analysis> <site>``, and ``fwhm <mm>`` for a smoothed analysis (``bwas.smoothing_fwhm``:
+    ``site-siteA_fwhm-8`` -> ``scz siteA fwhm 8``), so each kernel's rows stand apart."""
+    from genbrain.bwas.plan import split_path_label
+
+    label, fwhm = split_path_label(path.parent.name.removeprefix("site-"))
+    return f"{path.parent.parent.name} {label}" + (f" fwhm {fwhm:g}" if fwhm else "")
 
 
 def _bwas_gain(claim: Claim, metric: str) -> Collector:

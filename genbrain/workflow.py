@@ -281,7 +281,7 @@ def synthetic_cohorts(config: Mapping, cohorts: Mapping[str, Cohort], pretrain: 
       :func:`planned_conditions` predicts the model will see);
     - every BWAS site's synthetic cohort (``bwas``: :class:`genbrain.bwas.plan.BwasSite` by
       name): the reference cohort's covariates, drawn by the site's fine-tune, one image per
-      row;
+      row; once per site, however many smoothing kernels its analysis has;
     - every diagnosis training site's synthetic pool (``diagnosis``:
       :class:`genbrain.diagnosis.plan.DiagnosisSite` by name, those with a fine-tune): its training
       split's covariates cycled to the pool's size, one image per row."""
@@ -340,7 +340,11 @@ def synthetic_cohorts(config: Mapping, cohorts: Mapping[str, Cohort], pretrain: 
         out[name] = SyntheticCohort(name, len(table), shard_size, real,
                                     tuple(sorted(table["modality"].unique())), int(spec["k"]),
                                     model)
+    drawn = set()
     for job in (bwas or {}).values():
+        if job.synth in drawn:  # another smoothing kernel of the site: the same cohort
+            continue
+        drawn.add(job.synth)
         if job.synth in out:
             raise GenbrainInputError(f"config: synthetic cohort name '{job.synth}' is taken by "
                                      f"BWAS analysis {job.name}; rename the other cohort")

@@ -1,4 +1,6 @@
 # Config validation, cohort tables and every input function; no rules here.
+import dataclasses
+import re
 import sys
 from pathlib import Path
 
@@ -49,6 +51,18 @@ except GenbrainInputError as err:
 USER_SYNTHETIC_PATTERN = "|".join(config["synthesize"]["cohorts"]) or "(?!)"
 # the BWAS sites' synthetic cohorts (bwas-<analysis>-<site label>)
 BWAS_SYNTHETIC_PATTERN = "|".join(job.synth for job in BWAS.values()) or "(?!)"
+# the BWAS smoothing kernels' path suffixes ("" unsmoothed, _fwhm-8): the {smooth} wildcard,
+# one group per suffix so that the empty one is an alternative too
+BWAS_SMOOTH_PATTERN = (
+    "|".join(
+        f"(?:{re.escape(suffix)})"
+        for suffix in sorted(
+            {job.suffix for job in BWAS.values()}
+            | {job.suffix for jobs in BWAS_SCREENS.values() for job in jobs}
+        )
+    )
+    or "(?!)"
+)
 # the diagnosis training sites' synthetic pools (dx-<analysis>-<site label>)
 DX_SYNTHETIC_PATTERN = (
     "|".join(job.synth for job in DIAGNOSIS.values() if job.model) or "(?!)"
@@ -61,6 +75,7 @@ DX_COHORTS = sorted({job.cohort for job in DIAGNOSIS.values()})
 wildcard_constraints:
     cohort="|".join(COHORTS),
     site="[A-Za-z0-9]+",
+    smooth=BWAS_SMOOTH_PATTERN,
     chunk=r"\d+",
     shard=r"\d+",
     synth="|".join(SYNTHETIC) or "none",
@@ -389,13 +404,16 @@ def get_fidelity_inputs(wildcards):
 
 
 def _bwas(wildcards):
-    """The BWAS site of the ``{analysis}``/``{site}`` wildcards."""
-    return BWAS[f"{wildcards.analysis}/{wildcards.site}"]
+    """The BWAS site of the ``{analysis}``/``{site}``/``{smooth}`` wildcards (one per
+    smoothing kernel)."""
+    return BWAS[f"{wildcards.analysis}/{wildcards.site}{wildcards.smooth}"]
 
 
 def _bwas_of_synth(wildcards):
-    """The BWAS site whose synthetic cohort is ``{synth}``."""
-    return next(job for job in BWAS.values() if job.synth == wildcards.synth)
+    """The BWAS site whose synthetic cohort is ``{synth}``, unsmoothed: its kernels share
+    the cohort, whose jobs must not depend on them."""
+    job = next(job for job in BWAS.values() if job.synth == wildcards.synth)
+    return dataclasses.replace(job, smoothing_fwhm=0.0)
 
 
 def get_bwas_job(wildcards):
@@ -419,8 +437,13 @@ def get_screen_store(wildcards):
 
 
 def get_screen_jobs(wildcards):
-    """Every site of a BWAS analysis's cohort, as plain dicts, for its screen."""
-    return [job.to_dict() for job in BWAS_SCREENS[wildcards.analysis]]
+    """Every site of a BWAS analysis's cohort at the ``{smooth}`` kernel, as plain dicts,
+    for its screen."""
+    return [
+        job.to_dict()
+        for job in BWAS_SCREENS[wildcards.analysis]
+        if job.suffix == wildcards.smooth
+    ]
 
 
 def get_bwas_inputs(wildcards):
@@ -438,12 +461,19 @@ def get_bwas_inputs(wildcards):
 
 
 def get_bwas_outputs():
-    """Every BWAS site's tables, maps and figures."""
-    out = [f"results/bwas/{analysis}/screen.tsv" for analysis in BWAS_SCREENS]
+    """Every BWAS site's tables, maps and figures, and every analysis's screens, at every
+    smoothing kernel."""
+    out = sorted(
+        {
+            f"results/bwas/{job.analysis}/screen{job.suffix}.tsv"
+            for jobs in BWAS_SCREENS.values()
+            for job in jobs
+        }
+    )
     for job in BWAS.values():
         out += [
             f"{job.out_dir}/scores.tsv",
-            f"results/figures/bwas/{job.analysis}/site-{job.label}_maps.png",
+            f"results/figures/bwas/{job.analysis}/site-{job.path_label}_maps.png",
         ]
     return out
 

@@ -12,7 +12,11 @@ For every site of it (:class:`genbrain.bwas.plan.BwasSite`):
 - the **synthetic cohort** mirrors the reference cohort's covariates (each reference member's
   age, sex and diagnosis, one synthetic image each; ``max_synthetic`` caps its size by a
   seeded draw stratified by diagnosis), drawn by the site's fine-tune through the same
-  synthesis jobs, memorisation audit and privacy gate as every synthetic cohort.
+  synthesis jobs, memorisation audit and privacy gate as every synthetic cohort;
+- with ``bwas.smoothing_fwhm``, every subject's map, real and synthetic alike, is smoothed
+  inside the brain mask before the d maps (:mod:`genbrain.stats.smoothing`); each kernel of
+  a list is its own analysis of the site (``site-<label>_fwhm-<mm>``) on the same synthetic
+  cohort.
 
 Modules:
 
@@ -25,5 +29,6 @@ Modules:
 - :mod:`genbrain.bwas.figures`: the stage's figures and d maps as NIfTI.
 
 The voxelwise statistics it builds on are layers, not part of the stage: Cohen's d maps
-(:mod:`genbrain.stats.cohens_d`) and map overlap scores (:mod:`genbrain.stats.overlap`).
+(:mod:`genbrain.stats.cohens_d`), map overlap scores (:mod:`genbrain.stats.overlap`) and
+smoothing inside the brain mask (:mod:`genbrain.stats.smoothing`).
 """

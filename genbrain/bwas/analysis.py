@@ -10,6 +10,16 @@ synthetic cohort's store.
   (:func:`genbrain.bwas.compare.concordance_screen` against the reference map): whether the
   site's own signal is reliable and population-consistent enough to expect a gain;
   :func:`screen_sites` screens every site of an analysis.
+
+Smoothing (``bwas.smoothing_fwhm``, :attr:`BwasSite.smoothing_fwhm`): with a kernel, every
+subject's map, real and synthetic alike, is smoothed inside the brain mask
+(:func:`genbrain.stats.smoothing.smooth_cohort`: normalised Gaussian smoothing, the zeros
+outside the brain do not leak in) before any d map is fitted: the site's, the reference's,
+the synthetic cohort's, every bootstrap resample's (resamples of the smoothed maps), every
+agreement subsample's and the screen's split halves. The spatial null needs nothing more: its
+surrogates take each d map's own smoothness. What smoothing leaves alone: the analysis mask
+(the unsmoothed reference's mean grey matter, so that every kernel scores the same voxels)
+and the simulated truth (see :func:`site_analysis`).
 """
 
 from __future__ import annotations
@@ -31,8 +41,9 @@ log = logging.getLogger(__name__)
 MAPS = ("reference", "real", "synthetic")
 
 
-def _real_cohorts(job: BwasSite, index: str | Path):
-    """(site cohort, reference cohort) of the job's modality from the real store."""
+def _real_cohorts(job: BwasSite, index: str | Path, smoothed=None):
+    """(site cohort, reference cohort) of the job's modality from the real store; their maps
+    as stored, or taken from ``smoothed`` (:func:`smoothed_store`) when given."""
     from genbrain.stats.similarity import Cohort
     from genbrain.store import ImageStore
 
@@ -44,8 +55,29 @@ def _real_cohorts(job: BwasSite, index: str | Path):
         if len(sel) != n:
             raise GenbrainInputError(f"{index}: {len(sel)} {job.modality} images of the {what} "
                                      f"cohort of {job.name}; the participants table has {n}")
+    if smoothed is not None:  # members by their position in the store's table
+        if len(smoothed) != len(table):
+            raise GenbrainInputError(f"{index}: {len(table)} {job.modality} images; the "
+                                     f"smoothed maps hold {len(smoothed)}")
+        return (smoothed.subset(site.index.to_numpy(), label=f"{job.name} real"),
+                smoothed.subset(ref.index.to_numpy(), label=f"{job.name} reference"))
     return (Cohort.from_store(store, site, label=f"{job.name} real"),
             Cohort.from_store(store, ref, label=f"{job.name} reference"))
+
+
+def smoothed_store(job: BwasSite, index: str | Path):
+    """Every ``job.modality`` map of a real store, smoothed with the job's kernel
+    (:func:`genbrain.stats.smoothing.smooth_cohort`; in memory, 4 V bytes a map), in the
+    store's order: the screen smooths each map once for all of its sites."""
+    from genbrain.stats.similarity import Cohort
+    from genbrain.stats.smoothing import smooth_cohort
+    from genbrain.store import ImageStore
+
+    store = ImageStore(index, modalities=[job.modality])
+    log.info("%s: smoothing %d %s maps (FWHM %g mm)", job.name, len(store), job.modality,
+             job.smoothing_fwhm)
+    return smooth_cohort(Cohort.from_store(store, label=f"{job.name} {index}"),
+                         job.smoothing_fwhm)
 
 
 def analysis_mask_of(job: BwasSite, reference, registry=None) -> np.ndarray:
@@ -115,11 +147,20 @@ def site_analysis(job: BwasSite, real_index: str | Path, synthetic_index: str | 
     synthetic against the reference with bootstrap CIs, the difference, chance levels), "maps":
     per map its n and r with the reference and with ``truth`` (V,) when known, "agreement":
     :func:`heldout_agreement`, "effective_n": one row, "d": {map: (V,) d, NaN off-mask},
-    "mask": (V,) bool}."""
+    "mask": (V,) bool}.
+
+    With ``job.smoothing_fwhm`` > 0 the real, reference and synthetic maps are all smoothed
+    with that kernel before any statistic (module docstring), and ``truth`` is compared as
+    given, unsmoothed: the planted map is the population effect the analysis is after, and
+    smoothing is part of the analysis, so its r with the truth counts both what smoothing
+    buys (less voxel noise) and what it costs (blurred edges, spill into neighbouring
+    tissue). Smoothing the truth as well would score recovery of a blurred target the
+    smoothed maps match by construction, and would favour any kernel."""
     from genbrain.bwas.compare import effective_sample_size, site_scores
     from genbrain.space import standard_space
     from genbrain.stats.overlap import overlap_scores
     from genbrain.stats.similarity import Cohort
+    from genbrain.stats.smoothing import smooth_cohort
     from genbrain.store import ImageStore
 
     real, ref = _real_cohorts(job, real_index)
@@ -127,12 +168,16 @@ def site_analysis(job: BwasSite, real_index: str | Path, synthetic_index: str | 
     log.info("%s: analysis mask %d of %d voxels (%s); real n %d, reference n %d (%d sites)",
              job.name, int(mask.sum()), len(mask), job.mask, len(real), len(ref),
              len(job.reference_sites))
-    d_ref = reference_map(job, ref, mask)
     sstore = ImageStore(synthetic_index, modalities=[job.modality])
     if len(sstore.table) != job.n_synthetic:
         raise GenbrainInputError(f"{synthetic_index}: {len(sstore.table)} {job.modality} images; "
                                  f"the synthetic cohort of {job.name} has {job.n_synthetic}")
     synth = Cohort.from_store(sstore, label=f"{job.name} synthetic")
+    if job.smoothing_fwhm:
+        log.info("%s: smoothing the real, reference and synthetic maps (FWHM %g mm, %d maps)",
+                 job.name, job.smoothing_fwhm, len(real) + len(ref) + len(synth))
+        real, ref, synth = (smooth_cohort(c, job.smoothing_fwhm) for c in (real, ref, synth))
+    d_ref = reference_map(job, ref, mask)
     log.info("%s: scoring the real (n %d) and synthetic (n %d) maps, %d bootstrap resamples "
              "each", job.name, len(real), len(synth), n_boot)
     scores, d = site_scores(job.site, real, synth, d_ref, mask,
@@ -226,27 +271,35 @@ def site_figures(job: BwasSite, inputs, outputs) -> None:
             text += f", {row['r_truth']:.2f} with the truth"
         return text
 
+    smoothed = (f", maps smoothed at FWHM {job.smoothing_fwhm:g} mm" if job.smoothing_fwhm
+                else "")
     d_map_figure({caption(m): d[m] for m in MAPS}, outputs.maps,
                  title=f"BWAS {job.analysis}, site {job.site}: Cohen's d of {job.modality} "
-                       f"({job.mask} mask), patients minus controls")
+                       f"({job.mask} mask{smoothed}), patients minus controls")
     n_eff = eff.get("n_effective_interp", math.nan)
     gain_figure(read_tsv(inputs.scores), outputs.gain, curve=read_tsv(inputs.agreement),
                 effective=eff,
-                title=f"BWAS {job.analysis}, site {job.site}: synthetic (n "
+                title=f"BWAS {job.analysis}, site {job.site}{smoothed}: synthetic (n "
                       f"{int(eff['n_synthetic'])}) vs real (n {int(eff['n_real'])}) against "
                       f"the reference; effective n "
                       f"{f'{n_eff:.0f}' if math.isfinite(n_eff) else 'off the curve'}")
 
 
 def site_screen(job: BwasSite, real_index: str | Path, *, n_splits: int = 10,
-                seed: int = 0, registry=None) -> pd.DataFrame:
+                seed: int = 0, registry=None, smoothed=None) -> pd.DataFrame:
     """The pre-fine-tuning screen of a site (real data only): the split-half reliability of
     its d map and that map's agreement with the reference cohort's (the other sites pooled;
-    :func:`genbrain.bwas.compare.concordance_screen`) -> one row with a verdict."""
+    :func:`genbrain.bwas.compare.concordance_screen`) -> one row with a verdict. With a
+    smoothing kernel, on the store's maps smoothed with it (``smoothed``:
+    :func:`smoothed_store`, made here when not given)."""
     from genbrain.bwas.compare import concordance_screen
 
     real, ref = _real_cohorts(job, real_index)
     mask = analysis_mask_of(job, ref, registry)
+    if job.smoothing_fwhm:
+        real, ref = _real_cohorts(job, real_index,
+                                  smoothed if smoothed is not None
+                                  else smoothed_store(job, real_index))
     d_ref = reference_map(job, ref, mask)
     out = concordance_screen(job.site, real, d_ref, mask, n_splits=n_splits, seed=seed,
                              control=job.control)
@@ -259,14 +312,21 @@ def screen_sites(jobs: Sequence[BwasSite], real_index: str | Path, *, n_splits: 
     """:func:`site_screen` of every site of an analysis's cohort -> one row per site, with
     ``fine_tuned`` (whether the site has a fine-tune and a synthetic cohort). A site whose own
     d map cannot be fitted (one diagnosis level, one sex...) gets verdict ``not screened``
-    and the reason, instead of stopping the others."""
+    and the reason, instead of stopping the others. The sites share one modality and one
+    smoothing kernel: with a kernel, the store's maps are smoothed once for all of them."""
     from genbrain.bwas.compare import SCREEN_COLUMNS
 
+    kernels = {(job.modality, job.smoothing_fwhm) for job in jobs}
+    if len(kernels) > 1:
+        raise GenbrainInputError(f"a BWAS screen covers one modality at one smoothing kernel; "
+                                 f"got {sorted(kernels)}")
+    smoothed = (smoothed_store(jobs[0], real_index) if jobs and jobs[0].smoothing_fwhm
+                else None)
     rows = []
     for job in jobs:
         try:
             row = site_screen(job, real_index, n_splits=n_splits, seed=seed,
-                              registry=registry)
+                              registry=registry, smoothed=smoothed)
         except GenbrainInputError as err:
             log.warning("%s: not screened: %s", job.name, err)
             row = pd.DataFrame([{"analysis": job.analysis, "site": job.site, "n": job.n_real,
@@ -284,4 +344,5 @@ def screen_sites(jobs: Sequence[BwasSite], real_index: str | Path, *, n_splits: 
 
 
 __all__ = ["MAPS", "analysis_mask_of", "heldout_agreement", "read_d_maps", "reference_map",
-           "screen_sites", "site_analysis", "site_figures", "site_screen", "write_site_analysis"]
+           "screen_sites", "site_analysis", "site_figures", "site_screen", "smoothed_store",
+           "write_site_analysis"]

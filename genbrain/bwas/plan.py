@@ -1,9 +1,11 @@
 """Planning of the BWAS stage at DAG build time (no torch): mistakes in the config are one
 line naming the key before any job runs.
 
-- :class:`BwasSite`: one site of an analysis (its fine-tune, reference sites, sizes).
-- :func:`plan_bwas`: every site of every ``bwas.analyses`` entry, checked against the cohorts
-  and the planned fine-tunes.
+- :class:`BwasSite`: one site of an analysis (its fine-tune, reference sites, sizes) at one
+  smoothing kernel.
+- :func:`plan_bwas`: every site of every ``bwas.analyses`` entry at every
+  ``bwas.smoothing_fwhm``, checked against the cohorts and the planned fine-tunes.
+- :func:`smoothing_kernels`: the FWHMs of ``bwas.smoothing_fwhm`` (a number or a list).
 - :func:`synthetic_covariates`: the covariate table of a site's synthetic cohort, mirroring
   its reference cohort.
 """
@@ -21,6 +23,40 @@ import pandas as pd
 from genbrain.errors import GenbrainInputError
 
 MASKS = ("gm", "brain")
+SUFFIX = "_fwhm-"  # a smoothed site's paths: site-<label>_fwhm-<mm>
+
+
+def fwhm_suffix(fwhm: float) -> str:
+    """The path suffix of a smoothing kernel: "" for 0 (today's paths), ``_fwhm-8`` for 8 mm,
+    ``_fwhm-7p5`` for 7.5 mm (no dot in a path label)."""
+    return f"{SUFFIX}{float(fwhm):g}".replace(".", "p") if fwhm else ""
+
+
+def split_path_label(text: str) -> tuple[str, float]:
+    """(site label, FWHM in mm) of a ``{site}{smooth}`` path label: ``siteA_fwhm-7p5`` ->
+    ("siteA", 7.5), ``siteA`` -> ("siteA", 0.0)."""
+    label, _, fwhm = text.partition(SUFFIX)
+    return label, float(fwhm.replace("p", ".")) if fwhm else 0.0
+
+
+def smoothing_kernels(section: Mapping) -> tuple[float, ...]:
+    """The FWHMs (mm) of ``bwas.smoothing_fwhm``, a number or a list of them, in the order
+    given; refused (one line) when one is negative or two give the same kernel."""
+    from genbrain.stats.smoothing import check_fwhm
+
+    value = section.get("smoothing_fwhm", 0)
+    values = list(value) if isinstance(value, (list, tuple)) else [value]
+    if not values:
+        raise GenbrainInputError("config: 'bwas.smoothing_fwhm' is an empty list; expected a "
+                                 "number of mm (0 = no smoothing) or a list of them")
+    kernels = tuple(check_fwhm(v, "config: 'bwas.smoothing_fwhm'") for v in values)
+    seen = {}
+    for v, k in zip(values, kernels):
+        if fwhm_suffix(k) in seen:
+            raise GenbrainInputError(f"config: 'bwas.smoothing_fwhm' lists "
+                                     f"{seen[fwhm_suffix(k)]} and {v}: the same kernel twice")
+        seen[fwhm_suffix(k)] = v
+    return kernels
 
 
 @dataclass(frozen=True)
@@ -31,7 +67,13 @@ class BwasSite:
     column) and its path label (paths only);
     ``model``: the fine-tune (``<task>/<label>``) that draws the synthetic cohort ``synth``;
     ``reference_sites``: the pooled other sites; ``n_synthetic``: the synthetic cohort's size
-    (the reference's, or ``max_synthetic`` when smaller)."""
+    (the reference's, or ``max_synthetic`` when smaller); ``smoothing_fwhm``: the Gaussian
+    kernel (mm) every subject's map is smoothed with before the d maps (0: none).
+
+    Each kernel of ``bwas.smoothing_fwhm`` is its own ``BwasSite`` with its own outputs
+    (``out_dir`` ends in ``suffix``, ``_fwhm-8`` for 8 mm, nothing for 0), sharing the
+    site's one synthetic cohort (``synth``): a kernel recomputes the statistics, it never
+    draws images again."""
 
     analysis: str
     cohort: str
@@ -46,10 +88,22 @@ class BwasSite:
     n_real: int
     n_reference: int
     n_synthetic: int
+    smoothing_fwhm: float = 0.0
+
+    @property
+    def suffix(self) -> str:
+        """The kernel's path suffix: "" unsmoothed, ``_fwhm-8`` for 8 mm, ``_fwhm-7p5`` for
+        7.5 mm."""
+        return fwhm_suffix(self.smoothing_fwhm)
+
+    @property
+    def path_label(self) -> str:
+        """The ``{site}{smooth}`` part of the site's paths (``siteA_fwhm-8``)."""
+        return f"{self.label}{self.suffix}"
 
     @property
     def name(self) -> str:
-        return f"{self.analysis}/{self.label}"
+        return f"{self.analysis}/{self.path_label}"
 
     @property
     def synth(self) -> str:
@@ -58,10 +112,15 @@ class BwasSite:
 
     @property
     def out_dir(self) -> str:
-        return f"results/bwas/{self.analysis}/site-{self.label}"
+        return f"results/bwas/{self.analysis}/site-{self.path_label}"
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        """A plain dict (rule params); without ``smoothing_fwhm`` when it is 0, so that an
+        unsmoothed site's params, hence its jobs, are those of runs made before the option."""
+        d = asdict(self)
+        if not self.smoothing_fwhm:
+            del d["smoothing_fwhm"]
+        return d
 
     @classmethod
     def from_dict(cls, d: Mapping) -> BwasSite:
@@ -72,18 +131,20 @@ class BwasSite:
 
 def plan_bwas(config: Mapping, cohorts: Mapping, finetunes: Mapping
               ) -> tuple[dict[str, BwasSite], dict[str, list[BwasSite]]]:
-    """Every site of every ``bwas.analyses`` entry, checked against the cohorts
-    (:class:`genbrain.workflow.Cohort`) and the planned fine-tunes
-    (:class:`genbrain.finetune.FinetuneJob` by model name) at parse time -> (the fine-tuned
-    sites keyed ``<analysis>/<site label>``, and per analysis every site of its cohort for
-    the pre-fine-tuning screen: those without a fine-tune have ``model`` "" and no synthetic
-    cohort)."""
+    """Every site of every ``bwas.analyses`` entry at every kernel of
+    ``bwas.smoothing_fwhm``, checked against the cohorts (:class:`genbrain.workflow.Cohort`)
+    and the planned fine-tunes (:class:`genbrain.finetune.FinetuneJob` by model name) at
+    parse time -> (the fine-tuned sites keyed by :attr:`BwasSite.name`,
+    ``<analysis>/<site label><suffix>``, and per analysis every site of its cohort at every
+    kernel for the pre-fine-tuning screens: those without a fine-tune have ``model`` "" and
+    no synthetic cohort)."""
     from genbrain.stats.cohens_d import design_matrix, diagnosis_codes
 
     section = config.get("bwas") or {}
     out: dict[str, BwasSite] = {}
     screens: dict[str, list[BwasSite]] = {}
     sizes = (section.get("agreement") or {}).get("sizes") or ()
+    kernels = smoothing_kernels(section)
     for name, spec in (section.get("analyses") or {}).items():
         key = f"bwas.analyses.{name}"
         task = spec["finetune"]
@@ -150,19 +211,21 @@ def plan_bwas(config: Mapping, cohorts: Mapping, finetunes: Mapping
                           label=f"config: '{key}': the reference cohort of site '{site}'")
             cap = spec.get("max_synthetic")
             n_syn = len(ref) if cap is None else min(int(cap), len(ref))
-            job = BwasSite(name, cohort.name, site, label, modality, f"{task}/{label}",
-                           others, str(control), spec.get("mask", "gm"),
-                           float(section.get("gm_threshold", 0.2)),
-                           int((table["site"] == site).sum()), len(ref), n_syn)
-            out[job.name] = job
+            for fwhm in kernels:
+                job = BwasSite(name, cohort.name, site, label, modality, f"{task}/{label}",
+                               others, str(control), spec.get("mask", "gm"),
+                               float(section.get("gm_threshold", 0.2)),
+                               int((table["site"] == site).sum()), len(ref), n_syn, fwhm)
+                out[job.name] = job
         if len(cohort.sites) > 1:
-            fine_tuned = {j.site: j for j in out.values() if j.analysis == name}
-            screens[name] = [fine_tuned.get(site) or BwasSite(
+            fine_tuned = {(j.site, j.smoothing_fwhm): j for j in out.values()
+                          if j.analysis == name}
+            screens[name] = [fine_tuned.get((site, fwhm)) or BwasSite(
                 name, cohort.name, site, cohort.site_label(site), modality, "",
                 tuple(s for s in cohort.sites if s != site), str(control),
                 spec.get("mask", "gm"), float(section.get("gm_threshold", 0.2)),
-                int((table["site"] == site).sum()), int((table["site"] != site).sum()), 0)
-                for site in cohort.sites]
+                int((table["site"] == site).sum()), int((table["site"] != site).sum()), 0,
+                fwhm) for fwhm in kernels for site in cohort.sites]
     return out, screens
 
 
@@ -198,4 +261,5 @@ def synthetic_covariates(job: BwasSite, participants: pd.DataFrame, seed: int
                          "reference_participant_id": sel["participant_id"].to_numpy()})
 
 
-__all__ = ["MASKS", "BwasSite", "plan_bwas", "synthetic_covariates"]
+__all__ = ["MASKS", "SUFFIX", "BwasSite", "fwhm_suffix", "plan_bwas", "smoothing_kernels",
+           "split_path_label", "synthetic_covariates"]

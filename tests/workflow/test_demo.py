@@ -315,6 +315,17 @@ def test_demo_bwas_scores_each_sites_real_and_synthetic_maps_against_the_other_s
         assert set(rows["claim_id"]) == {"bwas.gain_r", "bwas.gain_dice", "bwas.truth_gain",
                                          "bwas.effective_n"}
         assert (rows["verdict"] != "not measured").all(), rows
+        # bwas.smoothing_fwhm: each kernel's analysis of the same synthetic cohort, its rows
+        for fwhm in cfg["bwas"].get("smoothing_fwhm", [0]):
+            if not fwhm:
+                continue
+            smooth = read_tsv(res / "bwas" / "scz" / f"site-{site}_fwhm-{fwhm:g}" / "maps.tsv")
+            assert smooth["n"].tolist() == maps["n"].tolist()
+            assert np.isfinite(smooth["r_truth"]).all()
+            rows = fidelity[fidelity["subject"] == f"scz {site} fwhm {fwhm:g}"]
+            assert set(rows["claim_id"]) == {"bwas.gain_r", "bwas.gain_dice",
+                                             "bwas.truth_gain", "bwas.effective_n"}, rows
+            assert (res / "bwas" / "scz" / f"screen_fwhm-{fwhm:g}.tsv").exists()
     # every site is screened before fine-tuning; the discordant one is turned down
     sites = cfg["cohorts"]["scz"]["simulate"]["sites"]
     assert sorted(screen.index) == sorted(sites)

@@ -150,6 +150,38 @@ def test_bwas_runs_every_fine_tuned_site_and_a_new_site_adds_only_its_jobs(tmp_p
         assert f"sczbwas/{other}" not in res.stdout and f"sczbwas-{other}" not in res.stdout
 
 
+def test_bwas_smoothing_kernels_recompute_the_statistics_and_sample_once(tmp_path):
+    """bwas.smoothing_fwhm [0, 8]: per site a comparison and figures per kernel, one screen
+    per kernel, but one synthetic cohort per site (its covariates, synthesis and gate)."""
+    data = tmp_path / "data"
+    data.mkdir()
+    _fake_dataset(data, n_per_site=(12, 10))
+    cfg_path = _paper_config_for(data, tmp_path, finetune=True)
+    plain = _jobs(snakemake("-n", "--configfile", str(cfg_path), "-d",
+                            str(tmp_path / "work")).stdout)
+    cfg = yaml.safe_load(cfg_path.read_text())
+    cfg["bwas"]["smoothing_fwhm"] = [0, 8]
+    cfg_path.write_text(yaml.safe_dump(cfg))
+    res = snakemake("-n", "--configfile", str(cfg_path), "-d", str(tmp_path / "work"))
+    assert res.returncode == 0, res.stderr
+    jobs = _jobs(res.stdout)
+    for rule in ("bwas_site", "bwas_figures"):
+        assert jobs[rule] == "4", (rule, jobs)
+    assert jobs["bwas_screen"] == "2"
+    for rule in ("bwas_covariates", "synthesize_shard", "privacy_gate", "finetune_model"):
+        assert jobs[rule] == plain[rule], (rule, jobs, plain)
+    for path in ("results/bwas/sczbwas/site-siteX/scores.tsv",
+                 "results/bwas/sczbwas/site-siteX_fwhm-8/scores.tsv",
+                 "results/figures/bwas/sczbwas/site-siteY_fwhm-8_maps.png",
+                 "results/bwas/sczbwas/screen.tsv", "results/bwas/sczbwas/screen_fwhm-8.tsv"):
+        assert path in res.stdout, path
+    assert "bwas-sczbwas-siteX_fwhm" not in res.stdout
+    # a kernel that is not configured is not a target
+    res = snakemake("-n", "--configfile", str(cfg_path), "-d", str(tmp_path / "work"),
+                    "results/bwas/sczbwas/site-siteX_fwhm-6/scores.tsv")
+    assert res.returncode != 0
+
+
 def test_bwas_mistakes_stop_the_dag_with_one_line(tmp_path):
     data = tmp_path / "data"
     data.mkdir()

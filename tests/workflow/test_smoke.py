@@ -104,8 +104,10 @@ def test_each_stage_wrote_what_it_promises(smoke):
             assert (res / "finetune" / task / site / "checkpoint.pt").exists(), (task, site)
     for name, spec in cfg["bwas"]["analyses"].items():
         for site in cfg["finetune"]["tasks"][spec["finetune"]]["sites"]:
-            scores = read_tsv(res / "bwas" / name / f"site-{site}" / "scores.tsv")
-            assert len(scores) and np.isfinite(scores.select_dtypes("number")).any().any()
+            for fwhm in cfg["bwas"].get("smoothing_fwhm", [0]):  # each kernel's own folder
+                label = f"{site}_fwhm-{fwhm:g}" if fwhm else site
+                scores = read_tsv(res / "bwas" / name / f"site-{label}" / "scores.tsv")
+                assert len(scores) and np.isfinite(scores.select_dtypes("number")).any().any()
     for name in cfg["diagnosis"]["analyses"]:
         summary = read_tsv(res / "diagnosis" / name / "summary.tsv")
         assert len(summary) > 0, name

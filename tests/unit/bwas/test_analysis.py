@@ -2,6 +2,7 @@
 covariates, one site's analysis on full-size stores with a planted effect, its files, and the
 fidelity rows they feed."""
 
+import dataclasses
 from types import SimpleNamespace
 
 import numpy as np
@@ -17,7 +18,13 @@ from genbrain.bwas.analysis import (
     site_screen,
     write_site_analysis,
 )
-from genbrain.bwas.plan import BwasSite, plan_bwas, synthetic_covariates
+from genbrain.bwas.plan import (
+    BwasSite,
+    fwhm_suffix,
+    plan_bwas,
+    split_path_label,
+    synthetic_covariates,
+)
 from genbrain.errors import GenbrainInputError
 from genbrain.fidelity import fidelity_table
 from genbrain.finetune import FinetuneJob
@@ -101,14 +108,14 @@ def test_synthetic_covariates_mirror_the_reference_and_keep_its_patient_fraction
         synthetic_covariates(_job(n_reference=100), table, 1)
 
 
-def _plan(sizes):
+def _plan(sizes, **bwas):
     """plan_bwas of one analysis of a per-site, diagnosis-conditioned task on SITES."""
     cohort = SimpleNamespace(name="scz", sites=list(SITES), table=_participants(n_per_site=12),
                              site_label=site_label)
     jobs = {f"scz/{s}": FinetuneJob("scz", s, "scz", (s,), ("VBM",), ("CN", "SCZ"), None, (),
                                     True, "all", "pretrain") for s in SITES}
     config = {"bwas": {"agreement": {"sizes": sizes, "repeats": 1},
-                       "analyses": {"scz": {"finetune": "scz", "modality": "VBM"}}}}
+                       "analyses": {"scz": {"finetune": "scz", "modality": "VBM"}}, **bwas}}
     return plan_bwas(config, {"scz": cohort}, jobs)
 
 
@@ -136,6 +143,37 @@ def test_job_round_trips_through_a_plain_dict():
     job = _job()
     assert BwasSite.from_dict(job.to_dict()) == job
     assert job.synth == "bwas-scz-S1" and job.out_dir == "results/bwas/scz/site-S1"
+    # unsmoothed, the dict (a rule's params) is what it was before the option existed
+    assert "smoothing_fwhm" not in job.to_dict()
+    smoothed = _job(smoothing_fwhm=7.5)
+    assert BwasSite.from_dict(smoothed.to_dict()) == smoothed
+    assert smoothed.out_dir == "results/bwas/scz/site-S1_fwhm-7p5"
+    assert smoothed.name == "scz/S1_fwhm-7p5" and smoothed.synth == job.synth
+
+
+def test_each_smoothing_kernel_is_a_site_of_its_own_on_the_one_synthetic_cohort():
+    plain, plain_screens = _plan([5])
+    assert plain == _plan([5], smoothing_fwhm=0)[0]
+    jobs, screens = _plan([5], smoothing_fwhm=[0, 8.0])
+    assert sorted(jobs) == sorted([f"scz/{s}" for s in SITES]
+                                  + [f"scz/{s}_fwhm-8" for s in SITES])
+    for s in SITES:
+        assert jobs[f"scz/{s}"] == plain[f"scz/{s}"]  # the unsmoothed sites are untouched
+        smoothed = jobs[f"scz/{s}_fwhm-8"]
+        assert smoothed == dataclasses.replace(plain[f"scz/{s}"], smoothing_fwhm=8.0)
+        assert smoothed.out_dir == f"results/bwas/scz/site-{s}_fwhm-8"
+    assert len({j.synth for j in jobs.values()}) == len(SITES)  # sampled once per site
+    assert [(j.site, j.smoothing_fwhm) for j in screens["scz"]] == [
+        (s, f) for f in (0.0, 8.0) for s in SITES]
+    assert screens["scz"][:len(SITES)] == plain_screens["scz"]
+    assert fwhm_suffix(0) == "" and fwhm_suffix(7.06) == "_fwhm-7p06"
+    assert split_path_label("SiteS1_fwhm-7p06") == ("SiteS1", 7.06)
+    assert split_path_label("SiteS1") == ("SiteS1", 0.0)
+    for value, message in (([8, 8.0], "lists 8 and 8.0: the same kernel twice"),
+                           ([0, -2], "is -2; expected a number of mm >= 0"),
+                           ([], "is an empty list")):
+        with pytest.raises(GenbrainInputError, match=message):
+            _plan([5], smoothing_fwhm=value)
 
 
 @pytest.fixture(scope="module")
@@ -178,6 +216,65 @@ def test_site_analysis_scores_the_larger_synthetic_cohort_closer_to_the_referenc
     assert (curve["n_reference"] == 120 - curve["n"]).all()
     assert eff["n_effective_model"] > eff["n_real_model"] and eff["gain_model"] > 1
     assert np.isnan(res["d"]["real"]).sum() == 0
+
+
+@pytest.fixture(scope="module")
+def smoothed_run(site_run):
+    """site_run's stores analysed at 8 mm FWHM (the same synthetic cohort)."""
+    job = dataclasses.replace(site_run.job, smoothing_fwhm=8.0)
+    result = site_analysis(job, site_run.real_index, site_run.syn_index, truth=site_run.truth,
+                           n_boot=20, n_null=2, sizes=(10, 20), n_repeats=1, seed=7)
+    return SimpleNamespace(job=job, result=result)
+
+
+def test_smoothing_brings_every_map_closer_to_the_planted_truth(site_run, smoothed_run):
+    """Why the field smooths VBM maps: the planted effect is regional and the noise is voxel
+    by voxel, so averaging neighbours raises each noisy map's r with the truth (unsmoothed,
+    the population effect) and the maps' agreement with each other."""
+    plain = site_run.result["maps"].set_index("map")
+    smooth = smoothed_run.result["maps"].set_index("map")
+    for m in ("real", "synthetic", "reference"):  # at least half of what r misses of 1
+        assert 1 - smooth.loc[m, "r_truth"] < 0.5 * (1 - plain.loc[m, "r_truth"]), m
+    assert smooth.loc["real", "r_truth"] > 0.8 > plain.loc["real", "r_truth"]
+    assert smooth.loc["real", "r_reference"] > plain.loc["real", "r_reference"] + 0.1
+    assert list(smooth["n"]) == list(plain["n"])
+    # the same voxels are scored: the mask is the unsmoothed reference's mean grey matter
+    assert np.array_equal(smoothed_run.result["mask"], site_run.result["mask"])
+    scores = smoothed_run.result["scores"].set_index("metric")
+    assert scores.loc["r", "real"] == pytest.approx(smooth.loc["real", "r_reference"])
+    assert (scores["n_boot"] == 20).all()
+    # the d maps themselves are smoother: neighbouring voxels agree more
+    space = standard_space()
+    for m in ("real", "synthetic"):
+        vols = [space.to_volume(np.nan_to_num(r["d"][m])) for r in (site_run.result,
+                                                                     smoothed_run.result)]
+        lag1 = [np.corrcoef(v[1:][space.mask[1:] & space.mask[:-1]],
+                            v[:-1][space.mask[1:] & space.mask[:-1]])[0, 1] for v in vols]
+        assert lag1[1] > 0.95 and lag1[1] > lag1[0] + 0.1, (m, lag1)
+
+
+def test_a_smoothed_site_writes_its_own_files_and_fidelity_rows(site_run, smoothed_run,
+                                                                 tmp_path):
+    for run in (site_run, smoothed_run):
+        out_dir = tmp_path / run.job.out_dir
+        output = SimpleNamespace(scores=out_dir / "scores.tsv", maps=out_dir / "maps.tsv",
+                                 agreement=out_dir / "agreement.tsv",
+                                 effective=out_dir / "effective_n.tsv",
+                                 d_maps=out_dir / "d_maps")
+        write_site_analysis(run.result, output)
+    figs = SimpleNamespace(maps=tmp_path / "maps.png", gain=tmp_path / "gain.png")
+    site_figures(smoothed_run.job, output, figs)
+    assert figs.maps.stat().st_size > 10_000
+    table = fidelity_table(tmp_path / "results")
+    rows = table[table["claim_id"].str.startswith("bwas.")]
+    for claim in ("bwas.gain_r", "bwas.gain_dice", "bwas.truth_gain", "bwas.effective_n"):
+        assert rows.loc[rows["claim_id"] == claim, "subject"].tolist() == [
+            "scz S1", "scz S1 fwhm 8"], claim
+    truth = rows[rows["claim_id"] == "bwas.truth_gain"].set_index("subject")
+    maps = smoothed_run.result["maps"].set_index("map")
+    assert truth.loc["scz S1 fwhm 8", "measured"] == pytest.approx(
+        maps.loc["synthetic", "r_truth"] - maps.loc["real", "r_truth"])
+    assert truth.loc["scz S1 fwhm 8", "source"].endswith("site-S1_fwhm-8/maps.tsv")
 
 
 def test_site_analysis_is_reproducible_with_its_seed(site_run):
@@ -229,6 +326,18 @@ def test_screen_of_a_site_with_the_population_effect(site_run):
     screen = site_screen(site_run.job, site_run.real_index, seed=0).iloc[0]
     assert screen["site"] == "S1" and screen["n"] == 40
     assert screen["r_prior"] > 0.2 and screen["verdict"] == "benefit"
+    # smoothed, the site's map is more reliable and closer to the (smoothed) reference's
+    job = dataclasses.replace(site_run.job, smoothing_fwhm=8.0)
+    smoothed = screen_sites([job], site_run.real_index, n_splits=4, seed=0).iloc[0]
+    plain = site_screen(site_run.job, site_run.real_index, n_splits=4, seed=0).iloc[0]
+    assert smoothed["reliability"] > plain["reliability"] + 0.1
+    assert smoothed["r_prior"] > plain["r_prior"] + 0.1
+    # the screen smooths the store once for all its sites; one site alone smooths it itself
+    alone = site_screen(job, site_run.real_index, n_splits=4, seed=0).iloc[0]
+    assert alone.drop(["fine_tuned", "n_reference"], errors="ignore").equals(
+        smoothed.drop(["fine_tuned", "n_reference"]))
+    with pytest.raises(GenbrainInputError, match="one modality at one smoothing kernel"):
+        screen_sites([site_run.job, job], site_run.real_index)
 
 
 def test_site_analysis_refuses_a_synthetic_store_of_the_wrong_size(site_run):
