@@ -42,7 +42,8 @@ from scipy import stats as sstats
 
 from genbrain.errors import GenbrainInputError
 from genbrain.stats.cohens_d import as_cohort, bootstrap_overlaps, cohens_d, design_matrix
-from genbrain.stats.overlap import METRICS, chance_levels, overlap_scores, pearson, spatial_null
+from genbrain.stats.correlation import pearson
+from genbrain.stats.overlap import METRICS, chance_levels, overlap_scores, spatial_null
 from genbrain.stats.similarity import Cohort
 
 log = logging.getLogger(__name__)

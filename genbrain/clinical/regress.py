@@ -68,6 +68,7 @@ from torch import Tensor, nn
 from genbrain.errors import GenbrainInputError
 from genbrain.io import atomic_path
 from genbrain.space import StandardSpace, standard_space
+from genbrain.stats.correlation import pearson
 from genbrain.store import ImageStore
 from genbrain.training.config import dataclass_from_dict, plain, seed_of
 from genbrain.training.data import ItemOrder
@@ -393,15 +394,6 @@ def _build_model(config: RegressConfig) -> ScoreRegressor:
 # --------------------------------------------------------------------------------------------
 # Fit and predict
 # --------------------------------------------------------------------------------------------
-
-
-def pearson(a: np.ndarray, b: np.ndarray) -> float:
-    """Pearson r of two (n,) arrays; NaN when either is constant (e.g. a model that predicts
-    one value for everyone)."""
-    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
-    a, b = a - a.mean(), b - b.mean()
-    den = math.sqrt(float((a * a).sum() * (b * b).sum()))
-    return float((a * b).sum() / den) if den > 0 else float("nan")
 
 
 @torch.no_grad()

@@ -24,7 +24,6 @@ from genbrain.clinical.regress import (
     fit,
     match_pairs,
     n_synthetic,
-    pearson,
     predict,
     ratio_grid,
     score_split,
@@ -36,6 +35,7 @@ from genbrain.clinical.regress import (
 from genbrain.errors import GenbrainInputError
 from genbrain.io import save_tsv
 from genbrain.space import StandardSpace
+from genbrain.stats.correlation import pearson
 from genbrain.store import ImageStore, write_shard
 
 SHAPE = (16, 16, 16)
