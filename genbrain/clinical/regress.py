@@ -551,15 +551,6 @@ def _short(value: Any) -> str:
 # --------------------------------------------------------------------------------------------
 
 
-def ratio_grid(stop: float = 3.0, step: float = 0.1) -> list[float]:
-    """Ratios 0, step, ..., stop (inclusive; rounded to 10 decimals so 0.3 is 0.3)."""
-    if not (step > 0 and stop >= 0):
-        raise GenbrainInputError(f"regression sweep: ratio grid needs step > 0 and stop >= 0, "
-                                 f"got step {step}, stop {stop}")
-    n = math.floor(stop / step + 1e-9)
-    return [round(k * step, 10) for k in range(n + 1)]
-
-
 def n_synthetic(ratio: float, n_train: int) -> int:
     """round(ratio * n_train), halves up (0.5 * 3 -> 2), robust to 0.1-step float error."""
     return math.floor(ratio * n_train + 0.5 + 1e-9)

@@ -13,8 +13,9 @@ The protocol (every choice below is what :func:`run_sweep` does):
 - **Augmentation**: at ratio r the training set is the real training split plus the first
   ``round(r * n_train)`` rows of a seeded permutation of the site's synthetic pool, so pools
   are nested across ratios (ratio 0.2's rows contain ratio 0.1's) and a difference between
-  ratios is more data, not other data. Ratios come from the config (:func:`ratio_grid`; paper
-  0.0..3.0 by 0.1) and must include 0 (the real-only baseline).
+  ratios is more data, not other data. Ratios come from the config
+  (:func:`genbrain.stats.resampling.ratio_grid`; paper 0.0..3.0 by 0.1) and must include 0
+  (the real-only baseline).
 - **Models**: :data:`N_CONFIGS` = 20 LightGBM configurations drawn once, with a seed, from the
   paper's grid :data:`GRID` (:func:`draw_configs`); ``subsample`` is LightGBM's bagging
   fraction with bagging every iteration (it has no effect otherwise). Fixed settings:
@@ -34,7 +35,8 @@ The protocol (every choice below is what :func:`run_sweep` does):
   per (training, test) site pair, and the *same* resamples for every ratio and method, so the
   augmented-minus-real-only difference is paired: its CI is the percentile interval of the
   resampled differences and its p-value the bootstrap t-test
-  ``2 * t.sf(|d| / sd(d_b), B - 1)`` (the paper's test).
+  ``2 * t.sf(|d| / sd(d_b), B - 1)`` (the paper's test,
+  :func:`genbrain.stats.resampling.bootstrap_t_p`).
 - **Methods**: ``real`` (ratio 0), ``augmented`` (each ratio > 0), ``harmonized`` (the real
   model on ComBat-harmonised target features, :mod:`genbrain.diagnosis.harmonize`) and
   ``harmonized+augmented`` (the chosen-ratio model on the same features); cross-site only
@@ -56,6 +58,7 @@ from scipy import sparse
 from scipy import stats as sstats
 
 from genbrain.errors import GenbrainInputError
+from genbrain.stats.resampling import bootstrap_t_p, ratio_grid
 
 GRID: dict[str, tuple] = {
     "n_estimators": (25, 50, 100, 200, 300),
@@ -100,15 +103,6 @@ class SweepSpec:
     n_jobs: int = 1
     fixed: Mapping = field(default_factory=lambda: dict(FIXED))
     harmonize: bool = True
-
-
-def ratio_grid(start: float = 0.0, stop: float = 3.0, step: float = 0.1) -> tuple[float, ...]:
-    """Ratios start, start + step, ..., stop (inclusive), rounded to 6 decimals."""
-    if step <= 0 or stop < start or start < 0:
-        raise GenbrainInputError(f"ratio grid: expected 0 <= start <= stop and step > 0, got "
-                                 f"start {start}, stop {stop}, step {step}")
-    n = int(np.floor((stop - start) / step + 1e-9)) + 1
-    return tuple(round(start + i * step, 6) for i in range(n))
 
 
 def spec_from_config(cfg: Mapping, levels: Sequence[str], n_jobs: int = 1,
@@ -313,18 +307,6 @@ def _interval(values: np.ndarray) -> tuple[float, float]:
     return float(lo), float(hi)
 
 
-def bootstrap_p(diff: float, resampled: np.ndarray) -> float:
-    """Two-sided bootstrap t-test of a difference: t = diff / sd(resampled differences),
-    p = 2 * t.sf(|t|, B - 1); 1.0 when the resampled differences do not vary."""
-    v = resampled[np.isfinite(resampled)]
-    if len(v) < 2:
-        return float("nan")
-    sd = float(np.std(v, ddof=1))
-    if sd == 0:
-        return 1.0 if diff == 0 else 0.0
-    return float(2 * sstats.t.sf(abs(diff) / sd, len(v) - 1))
-
-
 def synthetic_rows(pool: pd.DataFrame, n_train: int, ratio: float, seed: int,
                    site: str) -> pd.DataFrame:
     """The synthetic rows added at ``ratio``: the first ``round(ratio * n_train)`` rows of a
@@ -521,7 +503,7 @@ def _emit(rows: list, ctx: dict, t: str, r: float, method: str, proba: np.ndarra
             d = v - float(ref["point"][m][0])
             db = boot[m] - ref["boot"][m]
             lo_d, hi_d = _interval(db)
-            row.update(diff=d, diff_low=lo_d, diff_high=hi_d, p=bootstrap_p(d, db))
+            row.update(diff=d, diff_low=lo_d, diff_high=hi_d, p=bootstrap_t_p(d, db))
         rows.append(row)
 
 

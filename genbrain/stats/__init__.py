@@ -2,6 +2,8 @@
 
 - :mod:`genbrain.stats.correlation`: :func:`~genbrain.stats.correlation.pearson`, the one
   Pearson r of the package (NaN for a constant input).
+- :mod:`genbrain.stats.resampling`: the bootstrap p-values (counting and t) and the
+  augmentation sweeps' :func:`~genbrain.stats.resampling.ratio_grid`.
 - :mod:`genbrain.stats.rows`: :class:`ImageRows`, (members x voxel range) blocks of an array
   or an image store (k-sample averages included), without holding a cohort in memory.
 - :mod:`genbrain.stats.similarity`: age/sex t-maps, cosine similarity with a reference cohort

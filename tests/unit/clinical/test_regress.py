@@ -25,7 +25,6 @@ from genbrain.clinical.regress import (
     match_pairs,
     n_synthetic,
     predict,
-    ratio_grid,
     score_split,
     split_images,
     summarise_sweep,
@@ -234,8 +233,6 @@ def test_split_is_3_1_1_seeded_stratified_and_order_free():
 
 
 def test_synthetic_rows_are_nested_across_ratios_and_seeded():
-    grid = ratio_grid(3.0, 0.1)
-    assert len(grid) == 31 and grid[3] == 0.3 and grid[-1] == 3.0
     assert [n_synthetic(r, 663) for r in (0.0, 0.1, 2.8)] == [0, 66, 1856]
     small, big = synthetic_rows(200, 60, 0.5, seed=1), synthetic_rows(200, 60, 1.5, seed=1)
     assert len(small) == 30 and len(big) == 90 and (big[:30] == small).all()

@@ -88,9 +88,9 @@ def test_twenty_configurations_are_drawn_once_from_the_grid():
     assert p["deterministic"] and p["force_col_wise"] and p["bagging_freq"] == 1
 
 
-def test_ratio_grid():
-    grid = cl.ratio_grid(0.0, 3.0, 0.1)
-    assert len(grid) == 31 and grid[0] == 0.0 and grid[-1] == 3.0 and grid[7] == 0.7
+def test_spec_from_config_ratios():
+    assert cl.spec_from_config({"ratios": {"start": 0, "stop": 1, "step": 0.25}},
+                               ("CN", "SCZ")).ratios == (0.0, 0.25, 0.5, 0.75, 1.0)
     assert cl.spec_from_config({"ratios": [0, 0.5, 1]}, ("CN", "SCZ")).ratios == (0.0, 0.5, 1.0)
     with pytest.raises(GenbrainInputError, match="classify.n_trees"):
         cl.spec_from_config({"n_trees": 3}, ("CN", "SCZ"))
@@ -130,11 +130,6 @@ def test_metrics_match_sklearn_and_bootstrap_weights():
     m3 = cl.metric_values(y3, p3)
     assert m3["auroc"][0] == pytest.approx(roc_auc_score(y3, p3, multi_class="ovr"))
     assert m3["f1"][0] == pytest.approx(f1_score(y3, p3.argmax(1), average="macro"))
-
-
-def test_bootstrap_p():
-    assert cl.bootstrap_p(0.0, np.array([-0.1, 0.1, 0.0, 0.05])) == pytest.approx(1.0)
-    assert cl.bootstrap_p(0.5, np.full(100, 0.5) + np.linspace(-0.01, 0.01, 100)) < 1e-6
 
 
 def test_separable_signal_is_learned_and_shuffled_labels_are_not():
