@@ -11,7 +11,6 @@ line naming the key before any job runs.
 from __future__ import annotations
 
 import math
-import zlib
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 
@@ -19,6 +18,7 @@ import numpy as np
 import pandas as pd
 
 from genbrain.errors import GenbrainInputError
+from genbrain.seeds import name_seed
 
 MASKS = ("gm", "brain")
 
@@ -180,7 +180,7 @@ def synthetic_covariates(job: BwasSite, participants: pd.DataFrame, seed: int
                                  "(was the participants table edited? rerun the workflow)")
     keep = np.arange(len(ref))
     if job.n_synthetic < len(ref):
-        rng = np.random.default_rng([int(seed), zlib.crc32(job.synth.encode())])
+        rng = np.random.default_rng([int(seed), name_seed(job.synth)])
         groups = {lv: np.flatnonzero(ref["diagnosis"].astype(str) == lv)
                   for lv in sorted(ref["diagnosis"].astype(str).unique())}
         share = {lv: job.n_synthetic * len(g) / len(ref) for lv, g in groups.items()}

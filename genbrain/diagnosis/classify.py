@@ -48,7 +48,6 @@ value, its CI, and the difference from ``real`` with CI and p (:data:`RESULT_COL
 
 from __future__ import annotations
 
-import zlib
 from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 
@@ -58,6 +57,7 @@ from scipy import sparse
 from scipy import stats as sstats
 
 from genbrain.errors import GenbrainInputError
+from genbrain.seeds import name_seed
 from genbrain.stats.resampling import bootstrap_t_p, ratio_grid
 
 GRID: dict[str, tuple] = {
@@ -78,10 +78,6 @@ RESULT_COLUMNS = (
     "ci_high", "diff", "diff_low", "diff_high", "p", "n_eval", "n_train", "n_synthetic",
     "config", "val_accuracy", "chosen",
 )
-
-
-def _crc(text: str) -> int:
-    return zlib.crc32(str(text).encode())
 
 
 @dataclass(frozen=True)
@@ -173,7 +169,7 @@ def split_sites(table: pd.DataFrame, levels: Sequence[str], seed: int,
             raise GenbrainInputError(f"{source}: site '{site}' lacks diagnosis level(s) {miss}; "
                                      f"the {len(levels)}-class task needs every level at "
                                      f"every site")
-        rng = np.random.default_rng([seed, _crc(site)])
+        rng = np.random.default_rng([seed, name_seed(site)])
         for k, level in enumerate(levels):
             rows = out.index[at.to_numpy()][codes == k]
             ids = out.loc[rows, "participant_id"].astype(str).to_numpy()
@@ -316,7 +312,7 @@ def synthetic_rows(pool: pd.DataFrame, n_train: int, ratio: float, seed: int,
         raise GenbrainInputError(f"synthetic pool of site '{site}': ratio {ratio} needs {need} "
                                  f"rows ({ratio} x {n_train} training subjects), the pool has "
                                  f"{len(pool)}")
-    order = np.random.default_rng([seed, _crc(site), 1]).permutation(len(pool))
+    order = np.random.default_rng([seed, name_seed(site), 1]).permutation(len(pool))
     return pool.iloc[order[:need]]
 
 
@@ -421,7 +417,7 @@ def run_sweep(features: pd.DataFrame, feature_columns: Sequence[str], spec: Swee
         ratios = sorted(r for r in spec.ratios if r == 0.0 or pool is not None)
         evals = {s: te, **{t: (table["site"].astype(str) == t).to_numpy()
                            for t in sites if t != s}}
-        counts = {t: bootstrap_counts(int(m.sum()), spec.n_boot, [spec.seed, _crc(s), _crc(t)])
+        counts = {t: bootstrap_counts(int(m.sum()), spec.n_boot, [spec.seed, name_seed(s), name_seed(t)])
                   for t, m in evals.items()}
         per_ratio: dict[float, tuple] = {}
         n_train = int(tr.sum())

@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import logging
 import math
-import zlib
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 
@@ -35,6 +34,7 @@ import numpy as np
 import pandas as pd
 
 from genbrain.errors import GenbrainInputError
+from genbrain.seeds import name_seed
 
 log = logging.getLogger(__name__)
 
@@ -171,7 +171,7 @@ def pool_covariates(job: DiagnosisSite, split: pd.DataFrame, participants: pd.Da
         raise GenbrainInputError(f"{job.name}: the training split holds {len(members)} "
                                  f"participants of site '{job.site}'; the plan was made for "
                                  f"{job.n_train} (was the participants table edited? rerun)")
-    rng = np.random.default_rng([int(seed), zlib.crc32(job.synth.encode())])
+    rng = np.random.default_rng([int(seed), name_seed(job.synth)])
     cycles = math.ceil(job.n_pool / len(members))
     order = np.concatenate([rng.permutation(len(members)) for _ in range(cycles)])[:job.n_pool]
     sel = members.iloc[order]
