@@ -67,10 +67,11 @@ from torch import Tensor, nn
 
 from genbrain.errors import GenbrainInputError
 from genbrain.io import atomic_path
+from genbrain.seeds import seed_of
 from genbrain.space import StandardSpace, standard_space
 from genbrain.stats.correlation import pearson
 from genbrain.store import ImageStore
-from genbrain.training.config import dataclass_from_dict, plain, seed_of
+from genbrain.training.config import dataclass_from_dict, plain
 from genbrain.training.data import ItemOrder
 from genbrain.training.loop import hms
 
