@@ -1,22 +1,36 @@
-"""Who is used for what: the pretraining hold-out and the evaluation cohorts drawn from it.
+"""Who is used for what: every participant splitter of the pipeline, each seeded so two runs
+use the same people, and none depending on the order of the table's rows.
 
-The paper pretrains on UK Biobank images and evaluates the pretrained model on held-out
-subjects: small cohorts (N = 100) of real hold-out subjects, five of them without overlap, and
-synthetic cohorts with the same ages and sexes, are compared with a large reference cohort
-taken from the pretraining data. Every draw here is seeded, so two runs use the same people.
+- :func:`holdout_split` (``train`` / ``holdout``, :data:`HOLDOUT_SPLITS`): the pretraining
+  hold-out, a fraction of every site, unstratified. The paper pretrains on UK Biobank images
+  and evaluates the pretrained model on held-out subjects: :func:`evaluation_cohorts` draws
+  small cohorts (N = 100) of hold-out subjects, five of them without overlap, which are
+  compared with synthetic cohorts of the same ages and sexes
+  (:func:`similarity_covariates`) and with a large reference cohort from the pretraining data.
+- :func:`split_sites` (``train`` / ``validation`` / ``test``, :data:`SITE_SPLITS`): a 3:1:1
+  split within every site *and diagnosis level*, so each part keeps the site's class balance
+  and holds every level: the fine-tunes conditioned on diagnosis and the cross-site diagnosis
+  classifiers share it.
+
+They are different draws for different questions, not one splitter with options: the
+hold-out keeps no validation part and needs no labels; the site split needs a diagnosis per
+participant and refuses a site that lacks a level.
 """
 
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 
 import numpy as np
 import pandas as pd
 
 from genbrain.errors import GenbrainInputError
 from genbrain.io import read_tsv
+from genbrain.seeds import name_seed
 
-SPLITS = ("train", "holdout")
+HOLDOUT_SPLITS = ("train", "holdout")
+SITE_SPLITS = ("train", "validation", "test")
 
 
 def holdout_split(participants: pd.DataFrame, fraction: float, seed: int) -> pd.DataFrame:
@@ -43,6 +57,70 @@ def holdout_split(participants: pd.DataFrame, fraction: float, seed: int) -> pd.
     return table.reset_index(drop=True)
 
 
+def level_codes(diagnosis: pd.Series | Sequence, levels: Sequence[str],
+                source: str = "features") -> np.ndarray:
+    """(n,) integer codes of ``diagnosis`` in ``levels`` order (control first: 0); a
+    one-line error naming ``source`` for a diagnosis outside ``levels``."""
+    d = pd.Series(diagnosis).astype(str).to_numpy()
+    code = {lv: i for i, lv in enumerate(levels)}
+    bad = [x for x in d if x not in code]
+    if bad:
+        raise GenbrainInputError(f"{source}: diagnosis '{bad[0]}' is not one of the task's "
+                                 f"levels {list(levels)}")
+    return np.array([code[x] for x in d], dtype=np.int64)
+
+
+def split_sites(table: pd.DataFrame, levels: Sequence[str], seed: int,
+                fractions: tuple[int, int, int] = (3, 1, 1),
+                source: str = "features") -> pd.DataFrame:
+    """``table`` (participant_id, site, diagnosis, ...) with a ``split`` column added
+    (:data:`SITE_SPLITS`): per site and diagnosis level, a seeded ``fractions`` (3:1:1) split.
+
+    Within a level of n participants: ``round(n/5)`` to validation and to test (at least one
+    each, and at least one left to train), the rest to train. Sites are taken in sorted order
+    and ids sorted before the permutation, drawn from ``default_rng([seed,
+    name_seed(site)])``: the split depends neither on row order nor on the other sites.
+    One-line errors naming ``source``: a missing column, a diagnosis outside ``levels``, a site
+    with one class, a level missing from a site, a level with fewer subjects than the three
+    parts need."""
+    for c in ("participant_id", "site", "diagnosis"):
+        if c not in table.columns:
+            raise GenbrainInputError(f"{source}: missing column '{c}'")
+    out = table.copy()
+    out["split"] = ""
+    total = sum(fractions)
+    for site in sorted(out["site"].astype(str).unique()):
+        at = out["site"].astype(str) == site
+        codes = level_codes(out.loc[at, "diagnosis"], levels, f"{source}, site '{site}'")
+        present = sorted(set(codes))
+        if len(present) == 1:
+            raise GenbrainInputError(f"{source}: site '{site}' has one class only "
+                                     f"('{levels[present[0]]}'); a classifier needs "
+                                     f"{list(levels)}")
+        if len(present) < len(levels):
+            miss = [lv for i, lv in enumerate(levels) if i not in present]
+            raise GenbrainInputError(f"{source}: site '{site}' lacks diagnosis level(s) {miss}; "
+                                     f"the {len(levels)}-class task needs every level at "
+                                     f"every site")
+        rng = np.random.default_rng([seed, name_seed(site)])
+        for k, level in enumerate(levels):
+            rows = out.index[at.to_numpy()][codes == k]
+            ids = out.loc[rows, "participant_id"].astype(str).to_numpy()
+            if len(rows) < len(fractions):
+                raise GenbrainInputError(
+                    f"{source}: site '{site}' has {len(rows)} '{level}' subject(s); the "
+                    f"{':'.join(map(str, fractions))} split needs at least {len(fractions)} "
+                    "per level (one in each split)")
+            order = rows[np.argsort(ids, kind="stable")][rng.permutation(len(rows))]
+            n_val = max(1, round(len(rows) * fractions[1] / total))
+            n_test = max(1, round(len(rows) * fractions[2] / total))
+            n_val = min(n_val, len(rows) - 2)
+            n_test = min(n_test, len(rows) - 1 - n_val)
+            out.loc[order[:n_val], "split"] = "validation"
+            out.loc[order[n_val:n_val + n_test], "split"] = "test"
+            out.loc[order[n_val + n_test:], "split"] = "train"
+    return out
+
 
 def split_ids(split: str | os.PathLike | pd.DataFrame, which: str) -> set[str]:
     """participant_ids whose ``split`` is ``which`` (``train`` or ``holdout``) in a split table
@@ -56,6 +134,7 @@ def split_ids(split: str | os.PathLike | pd.DataFrame, which: str) -> set[str]:
     if not ids:
         raise GenbrainInputError(f"{source}: no participants with split '{which}'")
     return ids
+
 
 def evaluation_cohorts(split: pd.DataFrame, cohort_size: int, n_cohorts: int,
                        seed: int) -> pd.DataFrame:

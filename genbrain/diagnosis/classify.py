@@ -3,10 +3,11 @@ within and across sites, against ComBat harmonisation (the paper's Fig. 6a-b, DE
 
 The protocol (every choice below is what :func:`run_sweep` does):
 
-- **Splits** (:func:`split_sites`): per site and per diagnosis level, a seeded 3:1:1
-  train/validation/test split (``round(n/5)`` to validation and to test, the rest to train;
-  at least one subject of every level in every split), so each split keeps the site's class
-  balance. Sites and ids are sorted first: the split does not depend on row order.
+- **Splits** (:func:`genbrain.splits.split_sites`): per site and per diagnosis level, a
+  seeded 3:1:1 train/validation/test split (``round(n/5)`` to validation and to test, the rest
+  to train; at least one subject of every level in every split), so each split keeps the
+  site's class balance. Sites and ids are sorted first: the split does not depend on row
+  order.
 - **Features**: the 32 volumes (or any columns given), z-scored with the mean and sd of the
   training site's *real training split*; synthetic rows, validation, test and other sites are
   scaled with the same statistics.
@@ -58,6 +59,7 @@ from scipy import stats as sstats
 
 from genbrain.errors import GenbrainInputError
 from genbrain.seeds import name_seed
+from genbrain.splits import SITE_SPLITS, level_codes, split_sites
 from genbrain.stats.resampling import bootstrap_t_p, ratio_grid
 
 GRID: dict[str, tuple] = {
@@ -72,7 +74,6 @@ N_CONFIGS = 20
 FIXED: dict = {"min_child_samples": 10}
 METRICS = ("accuracy", "balanced_accuracy", "auroc", "f1")
 METHODS = ("real", "augmented", "harmonized", "harmonized+augmented")
-SPLITS = ("train", "validation", "test")
 RESULT_COLUMNS = (
     "train_site", "test_site", "setting", "ratio", "method", "metric", "value", "ci_low",
     "ci_high", "diff", "diff_low", "diff_high", "p", "n_eval", "n_train", "n_synthetic",
@@ -130,63 +131,6 @@ def draw_configs(n: int = N_CONFIGS, seed: int = 0) -> list[dict]:
         out.append({k: (v[int(rng.integers(len(v)))]) for k, v in GRID.items()})
     return [{k: (float(v) if isinstance(v, float) else int(v)) for k, v in c.items()}
             for c in out]
-
-
-def encode_labels(diagnosis: pd.Series | Sequence, levels: Sequence[str],
-                  source: str = "features") -> np.ndarray:
-    """(n,) integer codes of ``diagnosis`` in ``levels`` order; one-line error on others."""
-    d = pd.Series(diagnosis).astype(str).to_numpy()
-    code = {lv: i for i, lv in enumerate(levels)}
-    bad = [x for x in d if x not in code]
-    if bad:
-        raise GenbrainInputError(f"{source}: diagnosis '{bad[0]}' is not one of the task's "
-                                 f"levels {list(levels)}")
-    return np.array([code[x] for x in d], dtype=np.int64)
-
-
-def split_sites(table: pd.DataFrame, levels: Sequence[str], seed: int,
-                fractions: tuple[int, int, int] = (3, 1, 1),
-                source: str = "features") -> pd.DataFrame:
-    """Add a ``split`` column (train / validation / test): per site and diagnosis level a
-    seeded 3:1:1 split (module docstring). One-line errors: a site with one class, a level of
-    the task missing from a site, a level with fewer subjects than the three splits need."""
-    for c in ("participant_id", "site", "diagnosis"):
-        if c not in table.columns:
-            raise GenbrainInputError(f"{source}: missing column '{c}'")
-    out = table.copy()
-    out["split"] = ""
-    total = sum(fractions)
-    for site in sorted(out["site"].astype(str).unique()):
-        at = out["site"].astype(str) == site
-        codes = encode_labels(out.loc[at, "diagnosis"], levels, f"{source}, site '{site}'")
-        present = sorted(set(codes))
-        if len(present) == 1:
-            raise GenbrainInputError(f"{source}: site '{site}' has one class only "
-                                     f"('{levels[present[0]]}'); a classifier needs "
-                                     f"{list(levels)}")
-        if len(present) < len(levels):
-            miss = [lv for i, lv in enumerate(levels) if i not in present]
-            raise GenbrainInputError(f"{source}: site '{site}' lacks diagnosis level(s) {miss}; "
-                                     f"the {len(levels)}-class task needs every level at "
-                                     f"every site")
-        rng = np.random.default_rng([seed, name_seed(site)])
-        for k, level in enumerate(levels):
-            rows = out.index[at.to_numpy()][codes == k]
-            ids = out.loc[rows, "participant_id"].astype(str).to_numpy()
-            if len(rows) < len(fractions):
-                raise GenbrainInputError(
-                    f"{source}: site '{site}' has {len(rows)} '{level}' subject(s); the "
-                    f"{':'.join(map(str, fractions))} split needs at least {len(fractions)} "
-                    "per level (one in each split)")
-            order = rows[np.argsort(ids, kind="stable")][rng.permutation(len(rows))]
-            n_val = max(1, round(len(rows) * fractions[1] / total))
-            n_test = max(1, round(len(rows) * fractions[2] / total))
-            n_val = min(n_val, len(rows) - 2)
-            n_test = min(n_test, len(rows) - 1 - n_val)
-            out.loc[order[:n_val], "split"] = "validation"
-            out.loc[order[n_val:n_val + n_test], "split"] = "test"
-            out.loc[order[n_val + n_test:], "split"] = "train"
-    return out
 
 
 def select_config(scores: pd.DataFrame) -> int:
@@ -364,7 +308,7 @@ def run_sweep(features: pd.DataFrame, feature_columns: Sequence[str], spec: Swee
     one). Results do not depend on which other training sites run in the same call.
     ``splits``: each row's train / validation / test assignment, when the split is shared with
     another stage (the workflow's fine-tunes train on the cohort's training split); default
-    :func:`split_sites` with ``spec.seed``.
+    :func:`genbrain.splits.split_sites` with ``spec.seed``.
     """
     feats = list(feature_columns)
     levels, k = tuple(spec.levels), len(spec.levels)
@@ -380,12 +324,12 @@ def run_sweep(features: pd.DataFrame, feature_columns: Sequence[str], spec: Swee
             raise GenbrainInputError(f"split: {len(splits)} assignments for {len(features)} "
                                      "feature rows; expected one per row")
         table = features.reset_index(drop=True).assign(split=splits)
-        bad = ~table["split"].isin(SPLITS)
+        bad = ~table["split"].isin(SITE_SPLITS)
         if bad.any():
             r = int(np.argmax(bad.to_numpy()))
             raise GenbrainInputError(f"split: row {r + 1} is '{table['split'].iloc[r]}'; "
-                                     f"expected one of {list(SPLITS)}")
-    codes = encode_labels(table["diagnosis"], levels)
+                                     f"expected one of {list(SITE_SPLITS)}")
+    codes = level_codes(table["diagnosis"], levels)
     sites = sorted(table["site"].astype(str).unique())
     wanted = sites if train_sites is None else [s for s in sites if s in set(train_sites)]
     unknown = sorted(set(train_sites or ()) - set(sites))
@@ -397,11 +341,11 @@ def run_sweep(features: pd.DataFrame, feature_columns: Sequence[str], spec: Swee
     x_all = table[feats].to_numpy(np.float64)
     for s in wanted:
         at = (table["site"].astype(str) == s).to_numpy()
-        tr, va, te = (at & (table["split"] == p).to_numpy() for p in SPLITS)
-        empty = [p for p, m in zip(SPLITS, (tr, va, te)) if not m.any()]
+        tr, va, te = (at & (table["split"] == p).to_numpy() for p in SITE_SPLITS)
+        empty = [p for p, m in zip(SITE_SPLITS, (tr, va, te)) if not m.any()]
         if empty:
             raise GenbrainInputError(f"split: site '{s}' has no '{empty[0]}' participants; "
-                                     f"a training site needs all of {list(SPLITS)}")
+                                     f"a training site needs all of {list(SITE_SPLITS)}")
         mean, sd = x_all[tr].mean(axis=0), x_all[tr].std(axis=0, ddof=1)
         sd = np.where(sd > 0, sd, 1.0)
 
@@ -412,7 +356,7 @@ def run_sweep(features: pd.DataFrame, feature_columns: Sequence[str], spec: Swee
         if synthetic is not None and s in synthetic:
             pool = synthetic[s]
             _check_features(pool, feats, f"synthetic pool of site '{s}'")
-            pool_codes = encode_labels(pool["diagnosis"], levels, f"synthetic pool of site '{s}'")
+            pool_codes = level_codes(pool["diagnosis"], levels, f"synthetic pool of site '{s}'")
             pool = pool.assign(_code=pool_codes)
         ratios = sorted(r for r in spec.ratios if r == 0.0 or pool is not None)
         evals = {s: te, **{t: (table["site"].astype(str) == t).to_numpy()

@@ -35,6 +35,7 @@ import pandas as pd
 
 from genbrain.errors import GenbrainInputError
 from genbrain.seeds import name_seed
+from genbrain.splits import split_sites
 
 log = logging.getLogger(__name__)
 
@@ -104,8 +105,6 @@ def plan_diagnosis(config: Mapping, cohorts: Mapping, finetunes: Mapping
     (:class:`genbrain.finetune.FinetuneJob` by model name) -> {``<analysis>/<label>``: site}.
     The cohort's split is made here too, so a site whose classes cannot be split 3:1:1 stops
     the workflow at parse time."""
-    from genbrain.diagnosis.classify import split_sites
-
     section = config.get("diagnosis") or {}
     out: dict[str, DiagnosisSite] = {}
     for name, spec in (section.get("analyses") or {}).items():
