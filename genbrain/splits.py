@@ -11,10 +11,19 @@ use the same people, and none depending on the order of the table's rows.
   split within every site *and diagnosis level*, so each part keeps the site's class balance
   and holds every level: the fine-tunes conditioned on diagnosis and the cross-site diagnosis
   classifiers share it.
+- :func:`score_split` (``train`` / ``val`` / ``test``, :data:`SCORE_SPLITS`): a 3:1:1 split
+  of all participants stratified by a clinical score (the clinical regressor's, Fig. 6c-f):
+  ``quantile`` (default): participants sorted by score (random tie-break) form consecutive
+  blocks of five, and each block's members get a random permutation of (train x3, val, test),
+  so every part covers the score range even when n is small (a plain random 3:1:1 split of
+  the 72 demo subjects can leave the validation set without a severe case); ``random``: a
+  plain seeded shuffle, 60% / 20% / the rest.
 
 They are different draws for different questions, not one splitter with options: the
-hold-out keeps no validation part and needs no labels; the site split needs a diagnosis per
-participant and refuses a site that lacks a level.
+hold-out keeps no validation part and needs no labels; the site split stratifies by a
+category within each site and refuses a site that lacks a level; the score split stratifies
+by a continuous score across sites. Their labels differ accordingly (``validation`` for the
+site split, which the diagnosis tables carry, ``val`` for the score split).
 """
 
 from __future__ import annotations
@@ -27,10 +36,15 @@ import pandas as pd
 
 from genbrain.errors import GenbrainInputError
 from genbrain.io import read_tsv
-from genbrain.seeds import name_seed
+from genbrain.seeds import name_seed, seed_of
+from genbrain.tables import check_scores
 
 HOLDOUT_SPLITS = ("train", "holdout")
 SITE_SPLITS = ("train", "validation", "test")
+SCORE_SPLITS = ("train", "val", "test")
+SCORE_STRATIFY = ("quantile", "random")
+SCORE_MIN_SPLIT = 3  # smallest validation/test part: r of 2 points is always +-1
+SCORE_SPLIT_STREAM = 14  # seed_of key (the trainer's streams are 1..3, the regressor's 11..13)
 
 
 def holdout_split(participants: pd.DataFrame, fraction: float, seed: int) -> pd.DataFrame:
@@ -120,6 +134,50 @@ def split_sites(table: pd.DataFrame, levels: Sequence[str], seed: int,
             out.loc[order[n_val:n_val + n_test], "split"] = "test"
             out.loc[order[n_val + n_test:], "split"] = "train"
     return out
+
+
+def score_split(table: pd.DataFrame, score_column: str, seed: int, *, score_max: float,
+                stratify: str = "quantile", source: str = "participants table") -> pd.DataFrame:
+    """Seeded 3:1:1 split of the participants of ``table`` (one or more rows each),
+    stratified by ``score_column`` (module docstring).
+
+    Returns (participant_id, <score_column>, split) with split in :data:`SCORE_SPLITS`, one row
+    per participant sorted by participant_id; the draw (``seed_of(seed,
+    SCORE_SPLIT_STREAM)``) depends on (seed, the participants and their scores), not on row
+    order. ``stratify``: one of :data:`SCORE_STRATIFY`. One-line errors: bad scores (see
+    :func:`genbrain.tables.check_scores`), fewer than 5 x :data:`SCORE_MIN_SPLIT`
+    participants.
+    """
+    if stratify not in SCORE_STRATIFY:
+        raise GenbrainInputError(f"regression split: 'stratify' is {stratify!r}; expected one "
+                                 f"of {', '.join(SCORE_STRATIFY)}")
+    if "participant_id" not in table.columns:
+        raise GenbrainInputError(f"{source}: missing column 'participant_id'")
+    check_scores(table, score_column, score_max, source)
+    people = (table.drop_duplicates("participant_id")[["participant_id", score_column]]
+              .sort_values("participant_id").reset_index(drop=True))
+    n = len(people)
+    if n < 5 * SCORE_MIN_SPLIT:
+        raise GenbrainInputError(
+            f"{source}: {n} participants with a score '{score_column}'; a 3:1:1 split needs at "
+            f"least {5 * SCORE_MIN_SPLIT} ({SCORE_MIN_SPLIT} each in validation and test)")
+    rng = np.random.default_rng(seed_of(seed, SCORE_SPLIT_STREAM))
+    labels = np.array(["train"] * 3 + ["val", "test"])
+    split = np.empty(n, dtype=object)
+    if stratify == "random":
+        order = rng.permutation(n)
+        n_train, n_val = round(0.6 * n), round(0.2 * n)
+        split[order[:n_train]] = "train"
+        split[order[n_train:n_train + n_val]] = "val"
+        split[order[n_train + n_val:]] = "test"
+    else:
+        scores = pd.to_numeric(people[score_column]).to_numpy(np.float64)
+        order = np.lexsort((rng.random(n), scores))  # by score, ties in random order
+        for start in range(0, n, 5):
+            block = order[start:start + 5]
+            split[block] = rng.permutation(labels)[:len(block)]
+    people["split"] = split
+    return people
 
 
 def split_ids(split: str | os.PathLike | pd.DataFrame, which: str) -> set[str]:

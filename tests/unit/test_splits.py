@@ -1,5 +1,5 @@
-"""The participant splitters (hold-out, per-site 3:1:1 by diagnosis) and the evaluation
-cohorts: seeded, per site, independent of row order, non-overlapping, clear errors."""
+"""The participant splitters (hold-out, per-site 3:1:1 by diagnosis, 3:1:1 by score) and the
+evaluation cohorts: seeded, per site, independent of row order, non-overlapping, clear errors."""
 
 import numpy as np
 import pandas as pd
@@ -12,6 +12,7 @@ from genbrain.splits import (
     evaluation_cohorts,
     holdout_split,
     level_codes,
+    score_split,
     similarity_covariates,
     split_ids,
     split_sites,
@@ -134,3 +135,23 @@ def test_level_codes_follow_the_levels_and_name_an_unknown_one():
                                                  r"task's levels \['CN', 'SCZ'\]"):
         level_codes(["CN", "AD"], ("CN", "SCZ"), "t.tsv")
 
+
+def test_score_split_is_3_1_1_seeded_stratified_and_order_free():
+    rng = np.random.default_rng(0)
+    table = pd.DataFrame({"participant_id": [f"s{i:03d}" for i in range(103)],
+                          "score": rng.gamma(2.0, 5.0, 103).clip(0, 42).round(1)})
+    a = score_split(table, "score", 7, score_max=42)
+    counts = a["split"].value_counts()
+    assert abs(counts["train"] - 61.8) <= 3 and abs(counts["val"] - 20.6) <= 3
+    assert counts.sum() == 103
+    shuffled = table.sample(frac=1, random_state=1)
+    pd.testing.assert_frame_equal(score_split(shuffled, "score", 7, score_max=42), a)
+    assert not score_split(table, "score", 8, score_max=42)["split"].equals(a["split"])
+    # stratified: every split spans the score range (the lowest 5 hold one val and one test)
+    top = a.sort_values("score").head(5)["split"].value_counts().to_dict()
+    assert top == {"train": 3, "val": 1, "test": 1}
+    rand = score_split(table, "score", 7, score_max=42, stratify="random")
+    assert rand["split"].value_counts().to_dict() == {"train": 62, "val": 21, "test": 20}
+    with pytest.raises(GenbrainInputError, match="'stratify' is 'deciles'; expected one of "
+                                                 "quantile, random"):
+        score_split(table, "score", 7, score_max=42, stratify="deciles")

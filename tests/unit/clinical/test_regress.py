@@ -20,12 +20,10 @@ from genbrain.clinical.regress import (
     CropVolumes,
     RegressConfig,
     ScoreImages,
-    check_scores,
     fit,
     match_pairs,
     n_synthetic,
     predict,
-    score_split,
     split_images,
     summarise_sweep,
     sweep_job,
@@ -34,8 +32,10 @@ from genbrain.clinical.regress import (
 from genbrain.errors import GenbrainInputError
 from genbrain.io import save_tsv
 from genbrain.space import StandardSpace
+from genbrain.splits import score_split
 from genbrain.stats.correlation import pearson
 from genbrain.store import ImageStore, write_shard
+from genbrain.tables import check_scores
 
 SHAPE = (16, 16, 16)
 CROP = ((1, 15), (1, 15), (1, 15))
@@ -212,24 +212,6 @@ def test_killed_and_rerun_fit_equals_an_uninterrupted_one_bitwise(tmp_path, spac
         fit(cfg(epochs=4, batch_size=4, dropout=0.5, lr=1e-4), parts["train"], parts["val"],
             tmp_path / "whole", space=space)
     assert "cannot resume" in one_line(err)
-
-
-def test_split_is_3_1_1_seeded_stratified_and_order_free():
-    rng = np.random.default_rng(0)
-    table = pd.DataFrame({"participant_id": [f"s{i:03d}" for i in range(103)],
-                          "score": rng.gamma(2.0, 5.0, 103).clip(0, 42).round(1)})
-    a = score_split(table, "score", 7, score_max=42)
-    counts = a["split"].value_counts()
-    assert abs(counts["train"] - 61.8) <= 3 and abs(counts["val"] - 20.6) <= 3
-    assert counts.sum() == 103
-    shuffled = table.sample(frac=1, random_state=1)
-    pd.testing.assert_frame_equal(score_split(shuffled, "score", 7, score_max=42), a)
-    assert not score_split(table, "score", 8, score_max=42)["split"].equals(a["split"])
-    # stratified: every split spans the score range (the lowest 5 hold one val and one test)
-    top = a.sort_values("score").head(5)["split"].value_counts().to_dict()
-    assert top == {"train": 3, "val": 1, "test": 1}
-    rand = score_split(table, "score", 7, score_max=42, stratify="random")
-    assert rand["split"].value_counts().to_dict() == {"train": 62, "val": 21, "test": 20}
 
 
 def test_synthetic_rows_are_nested_across_ratios_and_seeded():
