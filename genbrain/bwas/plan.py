@@ -12,26 +12,32 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
 
 from genbrain.errors import GenbrainInputError
+from genbrain.jobs import SiteJob
 from genbrain.seeds import name_seed
 
 MASKS = ("gm", "brain")
 
 
 @dataclass(frozen=True)
-class BwasSite:
+class BwasSite(SiteJob):
     """One site of a BWAS analysis.
 
     ``site``/``label``: the site's name in the participants table (every table's ``site``
     column) and its path label (paths only);
-    ``model``: the fine-tune (``<task>/<label>``) that draws the synthetic cohort ``synth``;
-    ``reference_sites``: the pooled other sites; ``n_synthetic``: the synthetic cohort's size
-    (the reference's, or ``max_synthetic`` when smaller)."""
+    ``model``: the fine-tune (``<task>/<label>``) that draws the synthetic cohort ``synth``
+    (``bwas-<analysis>-<label>``); ``reference_sites``: the pooled other sites;
+    ``n_synthetic``: the synthetic cohort's size (the reference's, or ``max_synthetic`` when
+    smaller)."""
+
+    STAGE = "bwas"
+    SYNTH_PREFIX = "bwas"
+    TUPLES = ("reference_sites",)
 
     analysis: str
     cohort: str
@@ -46,28 +52,6 @@ class BwasSite:
     n_real: int
     n_reference: int
     n_synthetic: int
-
-    @property
-    def name(self) -> str:
-        return f"{self.analysis}/{self.label}"
-
-    @property
-    def synth(self) -> str:
-        """The synthetic cohort's name (``results/synthetic/<synth>``)."""
-        return f"bwas-{self.analysis}-{self.label}"
-
-    @property
-    def out_dir(self) -> str:
-        return f"results/bwas/{self.analysis}/site-{self.label}"
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: Mapping) -> BwasSite:
-        d = dict(d)
-        d["reference_sites"] = tuple(d["reference_sites"])
-        return cls(**d)
 
 
 def plan_bwas(config: Mapping, cohorts: Mapping, finetunes: Mapping

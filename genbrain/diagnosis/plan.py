@@ -34,6 +34,7 @@ import numpy as np
 import pandas as pd
 
 from genbrain.errors import GenbrainInputError
+from genbrain.jobs import SiteJob
 from genbrain.seeds import name_seed
 from genbrain.splits import split_sites
 
@@ -41,13 +42,18 @@ log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
-class DiagnosisSite:
+class DiagnosisSite(SiteJob):
     """One training site of a diagnosis analysis.
 
     ``site``/``label``: its name in the participants table and its path label; ``levels``:
     the diagnosis levels, control first; ``model``: the fine-tune (``<task>/<label>``) that
-    draws its synthetic pool, "" when it has none (real-only and harmonised rows only);
-    ``n_train``: its training-split size; ``n_pool``: its pool's size (0 without a model)."""
+    draws its synthetic pool ``synth`` (``dx-<analysis>-<label>``), "" when it has none
+    (real-only and harmonised rows only); ``n_train``: its training-split size; ``n_pool``:
+    its pool's size (0 without a model)."""
+
+    STAGE = "diagnosis"
+    SYNTH_PREFIX = "dx"
+    TUPLES = ("levels",)
 
     analysis: str
     cohort: str
@@ -58,28 +64,6 @@ class DiagnosisSite:
     model: str
     n_train: int
     n_pool: int
-
-    @property
-    def name(self) -> str:
-        return f"{self.analysis}/{self.label}"
-
-    @property
-    def synth(self) -> str:
-        """The synthetic pool's name (``results/synthetic/<synth>``)."""
-        return f"dx-{self.analysis}-{self.label}"
-
-    @property
-    def out_dir(self) -> str:
-        return f"results/diagnosis/{self.analysis}/site-{self.label}"
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: Mapping) -> DiagnosisSite:
-        d = dict(d)
-        d["levels"] = tuple(d["levels"])
-        return cls(**d)
 
 
 def analysis_ratios(section: Mapping, name: str) -> tuple[float, ...]:
