@@ -29,6 +29,8 @@ import pandas as pd
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from genbrain.diagnosis import classify as cl
+from genbrain.splits import level_codes, split_sites
+from genbrain.stats.resampling import ratio_grid
 
 SIZES = {"S1": 120, "S2": 150, "S3": 180, "S4": 200, "S5": 230, "S6": 260, "S7": 300}
 N_FEATURES = 32
@@ -65,7 +67,7 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2)
     args = ap.parse_args()
     sizes = dict(list(SIZES.items())[:3]) if args.quick else SIZES
-    ratios = cl.ratio_grid(0.0, 3.0, 1.0 if args.quick else 0.1)
+    ratios = ratio_grid(0.0, 3.0, 1.0 if args.quick else 0.1)
     n_configs, n_boot = (5, 200) if args.quick else (cl.N_CONFIGS, 1000)
     feats_table, pools, feats = cohort(sizes)
     spec = cl.SweepSpec(levels=("CN", "SCZ"), ratios=ratios, n_configs=n_configs, seed=0,
@@ -73,9 +75,9 @@ def main() -> None:
 
     # baseline: one fit on the largest site's training split
     big = max(sizes, key=sizes.get)
-    split = cl.split_sites(feats_table, spec.levels, 0)
+    split = split_sites(feats_table, spec.levels, 0)
     tr = split[(split["site"] == big) & (split["split"] == "train")]
-    x, y = tr[feats].to_numpy(), cl.encode_labels(tr["diagnosis"], spec.levels)
+    x, y = tr[feats].to_numpy(), level_codes(tr["diagnosis"], spec.levels)
     config = {"n_estimators": 100, "max_depth": 15, "num_leaves": 15, "subsample": 0.8,
               "learning_rate": 0.05, "colsample_bytree": 0.8}
     times = []

@@ -32,9 +32,9 @@ import nibabel as nib
 import numpy as np
 from scipy import ndimage as ndi
 
-from genbrain.preprocess.chunk import pearson_masked
 from genbrain.preprocess.registration import register_ants
 from genbrain.space import standard_space, template_paths, template_t1
+from genbrain.stats.correlation import pearson
 
 COLIN = Path("/usr/share/mricron/templates")
 
@@ -115,7 +115,7 @@ def main() -> None:
         t0 = time.time()
         reg = register_ants({"T1w": str(path), **coords}, "T1w", opts, seed=args.seed,
                             threads=args.threads, brain_extracted=brain)
-        r = pearson_masked(space.to_vector(reg.volumes["T1w"]), ref)
+        r = pearson(space.to_vector(reg.volumes["T1w"]), ref)
         mapped = np.stack([space.to_vector(reg.volumes[a]) for a in "xyz"], axis=1)
         return reg.std_to_native, r, time.time() - t0, mapped
 

@@ -290,7 +290,7 @@ def cohort_split(participants: pd.DataFrame, levels: Sequence[str], seed: int,
     """The cohort's seeded per-site 3:1:1 train/validation/test split, stratified by
     diagnosis (:func:`genbrain.diagnosis.classify.split_sites`: fine-tunes and classifiers share
     it)."""
-    from genbrain.diagnosis.classify import split_sites
+    from genbrain.splits import split_sites
 
     table = split_sites(participants, list(levels), seed, source=source)
     return table[["participant_id", "site", "diagnosis", "split"]].reset_index(drop=True)

@@ -36,6 +36,7 @@ from genbrain.modalities import DEFAULT_REGISTRY, ModalityRegistry
 from genbrain.model.dit import PRESETS, token_centroids
 from genbrain.space import standard_space
 from genbrain.splits import split_ids
+from genbrain.stats.correlation import pearson
 from genbrain.store import ImageStore
 from genbrain.synthesize import SamplingConfig, sample_table
 from genbrain.training.checkpoints import load_for_sampling, loss_history
@@ -191,8 +192,8 @@ def sample_panel(checkpoint: str | os.PathLike, index: str | os.PathLike,
         rows.append(int(best))
         real.append(store[int(best)])
         mean = store.batch(of_m.index[:n_mean]).astype(np.float64).mean(axis=0)
-        r_real.append(float(np.corrcoef(real[-1].astype(np.float64), mean)[0, 1]))
-        r_syn.append(float(np.corrcoef(synthetic[j].astype(np.float64), mean)[0, 1]))
+        r_real.append(pearson(real[-1], mean))
+        r_syn.append(pearson(synthetic[j], mean))
         labels.append(f"{t.at[best, 'participant_id']} ({t.at[best, 'sex']}, "
                       f"{t.at[best, 'age']:.0f} y); r with mean {r_real[-1]:.2f}")
         syn_labels.append(f"{sex}, {age:g} y; r with mean {r_syn[-1]:.2f}")

@@ -64,6 +64,34 @@ def score_ranges(scores: Sequence[str | Mapping] | None) -> dict[str, tuple[floa
             for s in scores or () if isinstance(s, Mapping) and s.get("range") is not None}
 
 
+def row_name(table: pd.DataFrame, i: int) -> str:
+    """Row ``i`` (0-based) of a table in an error message: ``participant <id>`` (and its
+    modality) when the table has them, else ``row <i + 1>``."""
+    row = table.iloc[i]
+    if "participant_id" in table.columns:
+        mod = f" ({row['modality']})" if "modality" in table.columns else ""
+        return f"participant {row['participant_id']}{mod}"
+    return f"row {i + 1}"
+
+
+def check_scores(table: pd.DataFrame, column: str, score_max: float, source: str
+                 ) -> np.ndarray:
+    """(n,) float64 scores of ``table[column]``; a one-line error naming ``source`` and the first
+    row whose score is missing, not a number, negative or above ``score_max``."""
+    if column not in table.columns:
+        raise GenbrainInputError(f"{source}: missing score column '{column}'; columns are "
+                                 f"{', '.join(map(str, table.columns))}")
+    values = pd.to_numeric(table[column], errors="coerce").to_numpy(np.float64)
+    for bad, what in ((~np.isfinite(values), "is missing or not a number"),
+                      (values < 0, "is below 0"),
+                      (values > score_max, f"is above the declared maximum {score_max:g}")):
+        if bad.any():
+            i = int(np.flatnonzero(bad)[0])
+            raise GenbrainInputError(f"{source}: {row_name(table, i)}: score '{column}' "
+                                     f"{table[column].iloc[i]} {what}")
+    return values
+
+
 def _first_bad(df: pd.DataFrame, bad: np.ndarray) -> tuple[int, str]:
     i = int(np.flatnonzero(bad)[0])
     pid = df["participant_id"].iloc[i] if "participant_id" in df else "?"

@@ -18,7 +18,7 @@ because bootstrap replicates are not independent observations; so the table also
 ``p_bootstrap``, the two-sided bootstrap p-value of the difference: with
 ``delta_b = synthetic_b - real_b`` (independent resamples paired by index),
 ``p = min(1, 2 min(#(delta_b <= 0) + 1, #(delta_b >= 0) + 1) / (B + 1))``, the ``delta_b``
-centred as below. Read that one.
+centred as below (:func:`genbrain.stats.resampling.bootstrap_p`). Read that one.
 
 CIs: percentile intervals of the bootstrap scores, **shifted by the bootstrap's bias** (each
 interval moved by the full cohort's score minus the bootstrap mean), so every interval is
@@ -42,7 +42,9 @@ from scipy import stats as sstats
 
 from genbrain.errors import GenbrainInputError
 from genbrain.stats.cohens_d import as_cohort, bootstrap_overlaps, cohens_d, design_matrix
-from genbrain.stats.overlap import METRICS, chance_levels, overlap_scores, pearson, spatial_null
+from genbrain.stats.correlation import pearson
+from genbrain.stats.overlap import METRICS, chance_levels, overlap_scores, spatial_null
+from genbrain.stats.resampling import bootstrap_p
 from genbrain.stats.similarity import Cohort
 
 log = logging.getLogger(__name__)
@@ -66,13 +68,6 @@ def bootstrap_t_test(synthetic: np.ndarray, real: np.ndarray) -> tuple[float, fl
         return (0.0, 1.0) if a[0] == b[0] else (math.copysign(math.inf, a[0] - b[0]), 0.0)
     res = sstats.ttest_ind(a, b, equal_var=True)
     return float(res.statistic), float(res.pvalue)
-
-
-def bootstrap_p(delta: np.ndarray) -> float:
-    """Two-sided bootstrap p-value that the difference is 0, from its B bootstrap values."""
-    delta = np.asarray(delta, np.float64)
-    lo, hi = np.count_nonzero(delta <= 0) + 1, np.count_nonzero(delta >= 0) + 1
-    return float(min(1.0, 2.0 * min(lo, hi) / (len(delta) + 1)))
 
 
 def _ci(x: np.ndarray, observed: float, level: float) -> tuple[float, float]:

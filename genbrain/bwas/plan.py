@@ -13,14 +13,15 @@ line naming the key before any job runs.
 from __future__ import annotations
 
 import math
-import zlib
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
 
 from genbrain.errors import GenbrainInputError
+from genbrain.jobs import SiteJob
+from genbrain.seeds import name_seed
 
 MASKS = ("gm", "brain")
 SUFFIX = "_fwhm-"  # a smoothed site's paths: site-<label>_fwhm-<mm>
@@ -60,20 +61,25 @@ def smoothing_kernels(section: Mapping) -> tuple[float, ...]:
 
 
 @dataclass(frozen=True)
-class BwasSite:
+class BwasSite(SiteJob):
     """One site of a BWAS analysis.
 
     ``site``/``label``: the site's name in the participants table (every table's ``site``
     column) and its path label (paths only);
-    ``model``: the fine-tune (``<task>/<label>``) that draws the synthetic cohort ``synth``;
-    ``reference_sites``: the pooled other sites; ``n_synthetic``: the synthetic cohort's size
-    (the reference's, or ``max_synthetic`` when smaller); ``smoothing_fwhm``: the Gaussian
-    kernel (mm) every subject's map is smoothed with before the d maps (0: none).
+    ``model``: the fine-tune (``<task>/<label>``) that draws the synthetic cohort ``synth``
+    (``bwas-<analysis>-<label>``); ``reference_sites``: the pooled other sites;
+    ``n_synthetic``: the synthetic cohort's size (the reference's, or ``max_synthetic`` when
+    smaller); ``smoothing_fwhm``: the Gaussian kernel (mm) every subject's map is smoothed
+    with before the d maps (0: none).
 
     Each kernel of ``bwas.smoothing_fwhm`` is its own ``BwasSite`` with its own outputs
     (``out_dir`` ends in ``suffix``, ``_fwhm-8`` for 8 mm, nothing for 0), sharing the
     site's one synthetic cohort (``synth``): a kernel recomputes the statistics, it never
     draws images again."""
+
+    STAGE = "bwas"
+    SYNTH_PREFIX = "bwas"
+    TUPLES = ("reference_sites",)
 
     analysis: str
     cohort: str
@@ -106,27 +112,16 @@ class BwasSite:
         return f"{self.analysis}/{self.path_label}"
 
     @property
-    def synth(self) -> str:
-        """The synthetic cohort's name (``results/synthetic/<synth>``)."""
-        return f"bwas-{self.analysis}-{self.label}"
-
-    @property
     def out_dir(self) -> str:
         return f"results/bwas/{self.analysis}/site-{self.path_label}"
 
     def to_dict(self) -> dict:
         """A plain dict (rule params); without ``smoothing_fwhm`` when it is 0, so that an
         unsmoothed site's params, hence its jobs, are those of runs made before the option."""
-        d = asdict(self)
+        d = SiteJob.to_dict(self)
         if not self.smoothing_fwhm:
             del d["smoothing_fwhm"]
         return d
-
-    @classmethod
-    def from_dict(cls, d: Mapping) -> BwasSite:
-        d = dict(d)
-        d["reference_sites"] = tuple(d["reference_sites"])
-        return cls(**d)
 
 
 def plan_bwas(config: Mapping, cohorts: Mapping, finetunes: Mapping
@@ -243,7 +238,7 @@ def synthetic_covariates(job: BwasSite, participants: pd.DataFrame, seed: int
                                  "(was the participants table edited? rerun the workflow)")
     keep = np.arange(len(ref))
     if job.n_synthetic < len(ref):
-        rng = np.random.default_rng([int(seed), zlib.crc32(job.synth.encode())])
+        rng = np.random.default_rng([int(seed), name_seed(job.synth)])
         groups = {lv: np.flatnonzero(ref["diagnosis"].astype(str) == lv)
                   for lv in sorted(ref["diagnosis"].astype(str).unique())}
         share = {lv: job.n_synthetic * len(g) / len(ref) for lv, g in groups.items()}

@@ -30,13 +30,10 @@ atomically after every epoch: model, optimizer, best weights, history) resumes b
 and the caller's RNG is never touched. The test split is never passed to :func:`fit`, so it
 cannot influence the epoch chosen.
 
-Split. :func:`score_split`: 3:1:1 train/val/test over participants, seeded; ``quantile``
-(default) stratifies by score: participants sorted by score (random tie-break) form consecutive
-blocks of five, and each block's members get a random permutation of (train x3, val, test), so
-every split covers the score range even when n is small (a plain random 3:1:1 split of the 72
-demo subjects can leave the validation set without a severe case); ``random`` is a plain
-seeded shuffle. The split is drawn once and shared by every (ratio, seed) job, as in the paper
-(the generator was fine-tuned on the training split only).
+Split. :func:`genbrain.splits.score_split`: 3:1:1 train/val/test over participants, seeded and
+stratified by score (see there). It is drawn once and shared by every (ratio, seed) job, as in
+the paper (the generator was fine-tuned on the training split only); :func:`split_images`
+takes each part's images from the store.
 
 Sweep. :func:`sweep_job` runs one (ratio, seed) and returns its one-row table (a cluster runs
 the jobs in parallel); :func:`synthetic_rows` picks the pool rows, nested across ratios for a
@@ -67,9 +64,13 @@ from torch import Tensor, nn
 
 from genbrain.errors import GenbrainInputError
 from genbrain.io import atomic_path
+from genbrain.seeds import seed_of
 from genbrain.space import StandardSpace, standard_space
+from genbrain.splits import SCORE_SPLITS
+from genbrain.stats.correlation import pearson
 from genbrain.store import ImageStore
-from genbrain.training.config import dataclass_from_dict, plain, seed_of
+from genbrain.tables import check_scores, row_name
+from genbrain.training.config import dataclass_from_dict, plain
 from genbrain.training.data import ItemOrder
 from genbrain.training.loop import hms
 
@@ -77,15 +78,13 @@ log = logging.getLogger(__name__)
 
 PAPER_CROP: tuple[tuple[int, int], ...] = ((9, 81), (10, 100), (1, 77))  # 72 x 90 x 76
 ARCHS = ("resnet10-narrow", "resnet10")
-STRATIFY = ("quantile", "random")
-SPLITS = ("train", "val", "test")
 TESTS = ("welch", "student", "paired")
 CHECKPOINT = "checkpoint.pt"
 #: RegressConfig keys a resumed fit may change: they do not alter the trajectory so far.
 RESUMABLE_CHANGES = ("epochs", "eval_batch")
 METRICS = ("val_mae", "val_r", "test_mae", "test_r")
-MIN_SPLIT = 3  # smallest validation/test split: r of 2 points is always +-1
-_INIT, _DROPOUT, _POOL, _SPLIT = 11, 12, 13, 14  # random streams (train.py uses 1..3)
+# seed_of streams: the trainer's STREAM_* are 1..3, splits.SCORE_SPLIT_STREAM is 14
+_INIT, _DROPOUT, _POOL = 11, 12, 13
 
 
 # --------------------------------------------------------------------------------------------
@@ -153,33 +152,6 @@ class RegressConfig:
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON-like dict (lists, not tuples), as stored in checkpoints."""
         return plain(dataclasses.asdict(self))
-
-
-def _who(table: pd.DataFrame, i: int) -> str:
-    """Row i of a table for an error message: participant (and modality) when known."""
-    row = table.iloc[i]
-    if "participant_id" in table.columns:
-        mod = f" ({row['modality']})" if "modality" in table.columns else ""
-        return f"participant {row['participant_id']}{mod}"
-    return f"row {i + 1}"
-
-
-def check_scores(table: pd.DataFrame, column: str, score_max: float, source: str
-                 ) -> np.ndarray:
-    """(n,) float64 scores of ``table[column]``; a one-line error naming ``source`` and the first
-    row whose score is missing, not a number, negative or above ``score_max``."""
-    if column not in table.columns:
-        raise GenbrainInputError(f"{source}: missing score column '{column}'; columns are "
-                                 f"{', '.join(map(str, table.columns))}")
-    values = pd.to_numeric(table[column], errors="coerce").to_numpy(np.float64)
-    for bad, what in ((~np.isfinite(values), "is missing or not a number"),
-                      (values < 0, "is below 0"),
-                      (values > score_max, f"is above the declared maximum {score_max:g}")):
-        if bad.any():
-            i = int(np.flatnonzero(bad)[0])
-            raise GenbrainInputError(f"{source}: {_who(table, i)}: score '{column}' "
-                                     f"{table[column].iloc[i]} {what}")
-    return values
 
 
 class CropVolumes:
@@ -290,53 +262,6 @@ class ScoreImages:
         return h.hexdigest()[:16]
 
 
-# --------------------------------------------------------------------------------------------
-# The 3:1:1 split
-# --------------------------------------------------------------------------------------------
-
-
-def score_split(table: pd.DataFrame, score_column: str, seed: int, *, score_max: float,
-                stratify: str = "quantile", source: str = "participants table") -> pd.DataFrame:
-    """Seeded 3:1:1 split of the participants of ``table`` (one or more rows each).
-
-    Returns (participant_id, <score_column>, split) with split in ``SPLITS``, one row per
-    participant sorted by participant_id; the draw depends on (seed, the participants and their
-    scores), not on row order. ``stratify``: ``quantile`` (blocks of five in score order, see
-    the module docstring) or ``random``. One-line errors: bad scores (see
-    :func:`check_scores`), fewer than 5 x ``MIN_SPLIT`` participants.
-    """
-    if stratify not in STRATIFY:
-        raise GenbrainInputError(f"regression split: 'stratify' is {stratify!r}; expected one "
-                                 f"of {', '.join(STRATIFY)}")
-    if "participant_id" not in table.columns:
-        raise GenbrainInputError(f"{source}: missing column 'participant_id'")
-    check_scores(table, score_column, score_max, source)
-    people = (table.drop_duplicates("participant_id")[["participant_id", score_column]]
-              .sort_values("participant_id").reset_index(drop=True))
-    n = len(people)
-    if n < 5 * MIN_SPLIT:
-        raise GenbrainInputError(
-            f"{source}: {n} participants with a score '{score_column}'; a 3:1:1 split needs at "
-            f"least {5 * MIN_SPLIT} ({MIN_SPLIT} each in validation and test)")
-    rng = np.random.default_rng(seed_of(seed, _SPLIT))
-    labels = np.array(["train"] * 3 + ["val", "test"])
-    split = np.empty(n, dtype=object)
-    if stratify == "random":
-        order = rng.permutation(n)
-        n_train, n_val = round(0.6 * n), round(0.2 * n)
-        split[order[:n_train]] = "train"
-        split[order[n_train:n_train + n_val]] = "val"
-        split[order[n_train + n_val:]] = "test"
-    else:
-        scores = pd.to_numeric(people[score_column]).to_numpy(np.float64)
-        order = np.lexsort((rng.random(n), scores))  # by score, ties in random order
-        for start in range(0, n, 5):
-            block = order[start:start + 5]
-            split[block] = rng.permutation(labels)[:len(block)]
-    people["split"] = split
-    return people
-
-
 def split_images(store: ImageStore, split: pd.DataFrame, config: RegressConfig
                  ) -> dict[str, ScoreImages]:
     """The images of ``store`` per split ("train", "val", "test"), by participant_id."""
@@ -344,10 +269,11 @@ def split_images(store: ImageStore, split: pd.DataFrame, config: RegressConfig
     part = store.table["participant_id"].astype(str).map(which)
     if part.isna().any():
         i = int(np.flatnonzero(part.isna().to_numpy())[0])
-        raise GenbrainInputError(f"{store.index_path}: {_who(store.table, i)} is in no split of "
-                                 "the split table")
+        raise GenbrainInputError(f"{store.index_path}: {row_name(store.table, i)} is in no "
+                                 "split of the split table")
     return {s: ScoreImages.from_store(store, config.score_column, config.score_max,
-                                      np.flatnonzero((part == s).to_numpy())) for s in SPLITS}
+                                      np.flatnonzero((part == s).to_numpy()))
+            for s in SCORE_SPLITS}
 
 
 # --------------------------------------------------------------------------------------------
@@ -393,15 +319,6 @@ def _build_model(config: RegressConfig) -> ScoreRegressor:
 # --------------------------------------------------------------------------------------------
 # Fit and predict
 # --------------------------------------------------------------------------------------------
-
-
-def pearson(a: np.ndarray, b: np.ndarray) -> float:
-    """Pearson r of two (n,) arrays; NaN when either is constant (e.g. a model that predicts
-    one value for everyone)."""
-    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
-    a, b = a - a.mean(), b - b.mean()
-    den = math.sqrt(float((a * a).sum() * (b * b).sum()))
-    return float((a * b).sum() / den) if den > 0 else float("nan")
 
 
 @torch.no_grad()
@@ -557,15 +474,6 @@ def _short(value: Any) -> str:
 # --------------------------------------------------------------------------------------------
 # The ratio sweep
 # --------------------------------------------------------------------------------------------
-
-
-def ratio_grid(stop: float = 3.0, step: float = 0.1) -> list[float]:
-    """Ratios 0, step, ..., stop (inclusive; rounded to 10 decimals so 0.3 is 0.3)."""
-    if not (step > 0 and stop >= 0):
-        raise GenbrainInputError(f"regression sweep: ratio grid needs step > 0 and stop >= 0, "
-                                 f"got step {step}, stop {stop}")
-    n = math.floor(stop / step + 1e-9)
-    return [round(k * step, 10) for k in range(n + 1)]
 
 
 def n_synthetic(ratio: float, n_train: int) -> int:

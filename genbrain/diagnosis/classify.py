@@ -3,18 +3,20 @@ within and across sites, against ComBat harmonisation (the paper's Fig. 6a-b, DE
 
 The protocol (every choice below is what :func:`run_sweep` does):
 
-- **Splits** (:func:`split_sites`): per site and per diagnosis level, a seeded 3:1:1
-  train/validation/test split (``round(n/5)`` to validation and to test, the rest to train;
-  at least one subject of every level in every split), so each split keeps the site's class
-  balance. Sites and ids are sorted first: the split does not depend on row order.
+- **Splits** (:func:`genbrain.splits.split_sites`): per site and per diagnosis level, a
+  seeded 3:1:1 train/validation/test split (``round(n/5)`` to validation and to test, the rest
+  to train; at least one subject of every level in every split), so each split keeps the
+  site's class balance. Sites and ids are sorted first: the split does not depend on row
+  order.
 - **Features**: the 32 volumes (or any columns given), z-scored with the mean and sd of the
   training site's *real training split*; synthetic rows, validation, test and other sites are
   scaled with the same statistics.
 - **Augmentation**: at ratio r the training set is the real training split plus the first
   ``round(r * n_train)`` rows of a seeded permutation of the site's synthetic pool, so pools
   are nested across ratios (ratio 0.2's rows contain ratio 0.1's) and a difference between
-  ratios is more data, not other data. Ratios come from the config (:func:`ratio_grid`; paper
-  0.0..3.0 by 0.1) and must include 0 (the real-only baseline).
+  ratios is more data, not other data. Ratios come from the config
+  (:func:`genbrain.stats.resampling.ratio_grid`; paper 0.0..3.0 by 0.1) and must include 0
+  (the real-only baseline).
 - **Models**: :data:`N_CONFIGS` = 20 LightGBM configurations drawn once, with a seed, from the
   paper's grid :data:`GRID` (:func:`draw_configs`); ``subsample`` is LightGBM's bagging
   fraction with bagging every iteration (it has no effect otherwise). Fixed settings:
@@ -34,7 +36,8 @@ The protocol (every choice below is what :func:`run_sweep` does):
   per (training, test) site pair, and the *same* resamples for every ratio and method, so the
   augmented-minus-real-only difference is paired: its CI is the percentile interval of the
   resampled differences and its p-value the bootstrap t-test
-  ``2 * t.sf(|d| / sd(d_b), B - 1)`` (the paper's test).
+  ``2 * t.sf(|d| / sd(d_b), B - 1)`` (the paper's test,
+  :func:`genbrain.stats.resampling.bootstrap_t_p`).
 - **Methods**: ``real`` (ratio 0), ``augmented`` (each ratio > 0), ``harmonized`` (the real
   model on ComBat-harmonised target features, :mod:`genbrain.diagnosis.harmonize`) and
   ``harmonized+augmented`` (the chosen-ratio model on the same features); cross-site only
@@ -46,7 +49,6 @@ value, its CI, and the difference from ``real`` with CI and p (:data:`RESULT_COL
 
 from __future__ import annotations
 
-import zlib
 from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 
@@ -56,6 +58,9 @@ from scipy import sparse
 from scipy import stats as sstats
 
 from genbrain.errors import GenbrainInputError
+from genbrain.seeds import name_seed
+from genbrain.splits import SITE_SPLITS, level_codes, split_sites
+from genbrain.stats.resampling import bootstrap_t_p, ratio_grid
 
 GRID: dict[str, tuple] = {
     "n_estimators": (25, 50, 100, 200, 300),
@@ -69,16 +74,11 @@ N_CONFIGS = 20
 FIXED: dict = {"min_child_samples": 10}
 METRICS = ("accuracy", "balanced_accuracy", "auroc", "f1")
 METHODS = ("real", "augmented", "harmonized", "harmonized+augmented")
-SPLITS = ("train", "validation", "test")
 RESULT_COLUMNS = (
     "train_site", "test_site", "setting", "ratio", "method", "metric", "value", "ci_low",
     "ci_high", "diff", "diff_low", "diff_high", "p", "n_eval", "n_train", "n_synthetic",
     "config", "val_accuracy", "chosen",
 )
-
-
-def _crc(text: str) -> int:
-    return zlib.crc32(str(text).encode())
 
 
 @dataclass(frozen=True)
@@ -100,15 +100,6 @@ class SweepSpec:
     n_jobs: int = 1
     fixed: Mapping = field(default_factory=lambda: dict(FIXED))
     harmonize: bool = True
-
-
-def ratio_grid(start: float = 0.0, stop: float = 3.0, step: float = 0.1) -> tuple[float, ...]:
-    """Ratios start, start + step, ..., stop (inclusive), rounded to 6 decimals."""
-    if step <= 0 or stop < start or start < 0:
-        raise GenbrainInputError(f"ratio grid: expected 0 <= start <= stop and step > 0, got "
-                                 f"start {start}, stop {stop}, step {step}")
-    n = int(np.floor((stop - start) / step + 1e-9)) + 1
-    return tuple(round(start + i * step, 6) for i in range(n))
 
 
 def spec_from_config(cfg: Mapping, levels: Sequence[str], n_jobs: int = 1,
@@ -140,63 +131,6 @@ def draw_configs(n: int = N_CONFIGS, seed: int = 0) -> list[dict]:
         out.append({k: (v[int(rng.integers(len(v)))]) for k, v in GRID.items()})
     return [{k: (float(v) if isinstance(v, float) else int(v)) for k, v in c.items()}
             for c in out]
-
-
-def encode_labels(diagnosis: pd.Series | Sequence, levels: Sequence[str],
-                  source: str = "features") -> np.ndarray:
-    """(n,) integer codes of ``diagnosis`` in ``levels`` order; one-line error on others."""
-    d = pd.Series(diagnosis).astype(str).to_numpy()
-    code = {lv: i for i, lv in enumerate(levels)}
-    bad = [x for x in d if x not in code]
-    if bad:
-        raise GenbrainInputError(f"{source}: diagnosis '{bad[0]}' is not one of the task's "
-                                 f"levels {list(levels)}")
-    return np.array([code[x] for x in d], dtype=np.int64)
-
-
-def split_sites(table: pd.DataFrame, levels: Sequence[str], seed: int,
-                fractions: tuple[int, int, int] = (3, 1, 1),
-                source: str = "features") -> pd.DataFrame:
-    """Add a ``split`` column (train / validation / test): per site and diagnosis level a
-    seeded 3:1:1 split (module docstring). One-line errors: a site with one class, a level of
-    the task missing from a site, a level with fewer subjects than the three splits need."""
-    for c in ("participant_id", "site", "diagnosis"):
-        if c not in table.columns:
-            raise GenbrainInputError(f"{source}: missing column '{c}'")
-    out = table.copy()
-    out["split"] = ""
-    total = sum(fractions)
-    for site in sorted(out["site"].astype(str).unique()):
-        at = out["site"].astype(str) == site
-        codes = encode_labels(out.loc[at, "diagnosis"], levels, f"{source}, site '{site}'")
-        present = sorted(set(codes))
-        if len(present) == 1:
-            raise GenbrainInputError(f"{source}: site '{site}' has one class only "
-                                     f"('{levels[present[0]]}'); a classifier needs "
-                                     f"{list(levels)}")
-        if len(present) < len(levels):
-            miss = [lv for i, lv in enumerate(levels) if i not in present]
-            raise GenbrainInputError(f"{source}: site '{site}' lacks diagnosis level(s) {miss}; "
-                                     f"the {len(levels)}-class task needs every level at "
-                                     f"every site")
-        rng = np.random.default_rng([seed, _crc(site)])
-        for k, level in enumerate(levels):
-            rows = out.index[at.to_numpy()][codes == k]
-            ids = out.loc[rows, "participant_id"].astype(str).to_numpy()
-            if len(rows) < len(fractions):
-                raise GenbrainInputError(
-                    f"{source}: site '{site}' has {len(rows)} '{level}' subject(s); the "
-                    f"{':'.join(map(str, fractions))} split needs at least {len(fractions)} "
-                    "per level (one in each split)")
-            order = rows[np.argsort(ids, kind="stable")][rng.permutation(len(rows))]
-            n_val = max(1, round(len(rows) * fractions[1] / total))
-            n_test = max(1, round(len(rows) * fractions[2] / total))
-            n_val = min(n_val, len(rows) - 2)
-            n_test = min(n_test, len(rows) - 1 - n_val)
-            out.loc[order[:n_val], "split"] = "validation"
-            out.loc[order[n_val:n_val + n_test], "split"] = "test"
-            out.loc[order[n_val + n_test:], "split"] = "train"
-    return out
 
 
 def select_config(scores: pd.DataFrame) -> int:
@@ -313,18 +247,6 @@ def _interval(values: np.ndarray) -> tuple[float, float]:
     return float(lo), float(hi)
 
 
-def bootstrap_p(diff: float, resampled: np.ndarray) -> float:
-    """Two-sided bootstrap t-test of a difference: t = diff / sd(resampled differences),
-    p = 2 * t.sf(|t|, B - 1); 1.0 when the resampled differences do not vary."""
-    v = resampled[np.isfinite(resampled)]
-    if len(v) < 2:
-        return float("nan")
-    sd = float(np.std(v, ddof=1))
-    if sd == 0:
-        return 1.0 if diff == 0 else 0.0
-    return float(2 * sstats.t.sf(abs(diff) / sd, len(v) - 1))
-
-
 def synthetic_rows(pool: pd.DataFrame, n_train: int, ratio: float, seed: int,
                    site: str) -> pd.DataFrame:
     """The synthetic rows added at ``ratio``: the first ``round(ratio * n_train)`` rows of a
@@ -334,7 +256,7 @@ def synthetic_rows(pool: pd.DataFrame, n_train: int, ratio: float, seed: int,
         raise GenbrainInputError(f"synthetic pool of site '{site}': ratio {ratio} needs {need} "
                                  f"rows ({ratio} x {n_train} training subjects), the pool has "
                                  f"{len(pool)}")
-    order = np.random.default_rng([seed, _crc(site), 1]).permutation(len(pool))
+    order = np.random.default_rng([seed, name_seed(site), 1]).permutation(len(pool))
     return pool.iloc[order[:need]]
 
 
@@ -386,7 +308,7 @@ def run_sweep(features: pd.DataFrame, feature_columns: Sequence[str], spec: Swee
     one). Results do not depend on which other training sites run in the same call.
     ``splits``: each row's train / validation / test assignment, when the split is shared with
     another stage (the workflow's fine-tunes train on the cohort's training split); default
-    :func:`split_sites` with ``spec.seed``.
+    :func:`genbrain.splits.split_sites` with ``spec.seed``.
     """
     feats = list(feature_columns)
     levels, k = tuple(spec.levels), len(spec.levels)
@@ -402,12 +324,12 @@ def run_sweep(features: pd.DataFrame, feature_columns: Sequence[str], spec: Swee
             raise GenbrainInputError(f"split: {len(splits)} assignments for {len(features)} "
                                      "feature rows; expected one per row")
         table = features.reset_index(drop=True).assign(split=splits)
-        bad = ~table["split"].isin(SPLITS)
+        bad = ~table["split"].isin(SITE_SPLITS)
         if bad.any():
             r = int(np.argmax(bad.to_numpy()))
             raise GenbrainInputError(f"split: row {r + 1} is '{table['split'].iloc[r]}'; "
-                                     f"expected one of {list(SPLITS)}")
-    codes = encode_labels(table["diagnosis"], levels)
+                                     f"expected one of {list(SITE_SPLITS)}")
+    codes = level_codes(table["diagnosis"], levels)
     sites = sorted(table["site"].astype(str).unique())
     wanted = sites if train_sites is None else [s for s in sites if s in set(train_sites)]
     unknown = sorted(set(train_sites or ()) - set(sites))
@@ -419,11 +341,11 @@ def run_sweep(features: pd.DataFrame, feature_columns: Sequence[str], spec: Swee
     x_all = table[feats].to_numpy(np.float64)
     for s in wanted:
         at = (table["site"].astype(str) == s).to_numpy()
-        tr, va, te = (at & (table["split"] == p).to_numpy() for p in SPLITS)
-        empty = [p for p, m in zip(SPLITS, (tr, va, te)) if not m.any()]
+        tr, va, te = (at & (table["split"] == p).to_numpy() for p in SITE_SPLITS)
+        empty = [p for p, m in zip(SITE_SPLITS, (tr, va, te)) if not m.any()]
         if empty:
             raise GenbrainInputError(f"split: site '{s}' has no '{empty[0]}' participants; "
-                                     f"a training site needs all of {list(SPLITS)}")
+                                     f"a training site needs all of {list(SITE_SPLITS)}")
         mean, sd = x_all[tr].mean(axis=0), x_all[tr].std(axis=0, ddof=1)
         sd = np.where(sd > 0, sd, 1.0)
 
@@ -434,12 +356,12 @@ def run_sweep(features: pd.DataFrame, feature_columns: Sequence[str], spec: Swee
         if synthetic is not None and s in synthetic:
             pool = synthetic[s]
             _check_features(pool, feats, f"synthetic pool of site '{s}'")
-            pool_codes = encode_labels(pool["diagnosis"], levels, f"synthetic pool of site '{s}'")
+            pool_codes = level_codes(pool["diagnosis"], levels, f"synthetic pool of site '{s}'")
             pool = pool.assign(_code=pool_codes)
         ratios = sorted(r for r in spec.ratios if r == 0.0 or pool is not None)
         evals = {s: te, **{t: (table["site"].astype(str) == t).to_numpy()
                            for t in sites if t != s}}
-        counts = {t: bootstrap_counts(int(m.sum()), spec.n_boot, [spec.seed, _crc(s), _crc(t)])
+        counts = {t: bootstrap_counts(int(m.sum()), spec.n_boot, [spec.seed, name_seed(s), name_seed(t)])
                   for t, m in evals.items()}
         per_ratio: dict[float, tuple] = {}
         n_train = int(tr.sum())
@@ -521,7 +443,7 @@ def _emit(rows: list, ctx: dict, t: str, r: float, method: str, proba: np.ndarra
             d = v - float(ref["point"][m][0])
             db = boot[m] - ref["boot"][m]
             lo_d, hi_d = _interval(db)
-            row.update(diff=d, diff_low=lo_d, diff_high=hi_d, p=bootstrap_p(d, db))
+            row.update(diff=d, diff_low=lo_d, diff_high=hi_d, p=bootstrap_t_p(d, db))
         rows.append(row)
 
 

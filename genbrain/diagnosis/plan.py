@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import logging
 import math
-import zlib
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 
@@ -35,18 +34,26 @@ import numpy as np
 import pandas as pd
 
 from genbrain.errors import GenbrainInputError
+from genbrain.jobs import SiteJob
+from genbrain.seeds import name_seed
+from genbrain.splits import split_sites
 
 log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
-class DiagnosisSite:
+class DiagnosisSite(SiteJob):
     """One training site of a diagnosis analysis.
 
     ``site``/``label``: its name in the participants table and its path label; ``levels``:
     the diagnosis levels, control first; ``model``: the fine-tune (``<task>/<label>``) that
-    draws its synthetic pool, "" when it has none (real-only and harmonised rows only);
-    ``n_train``: its training-split size; ``n_pool``: its pool's size (0 without a model)."""
+    draws its synthetic pool ``synth`` (``dx-<analysis>-<label>``), "" when it has none
+    (real-only and harmonised rows only); ``n_train``: its training-split size; ``n_pool``:
+    its pool's size (0 without a model)."""
+
+    STAGE = "diagnosis"
+    SYNTH_PREFIX = "dx"
+    TUPLES = ("levels",)
 
     analysis: str
     cohort: str
@@ -57,28 +64,6 @@ class DiagnosisSite:
     model: str
     n_train: int
     n_pool: int
-
-    @property
-    def name(self) -> str:
-        return f"{self.analysis}/{self.label}"
-
-    @property
-    def synth(self) -> str:
-        """The synthetic pool's name (``results/synthetic/<synth>``)."""
-        return f"dx-{self.analysis}-{self.label}"
-
-    @property
-    def out_dir(self) -> str:
-        return f"results/diagnosis/{self.analysis}/site-{self.label}"
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: Mapping) -> DiagnosisSite:
-        d = dict(d)
-        d["levels"] = tuple(d["levels"])
-        return cls(**d)
 
 
 def analysis_ratios(section: Mapping, name: str) -> tuple[float, ...]:
@@ -104,8 +89,6 @@ def plan_diagnosis(config: Mapping, cohorts: Mapping, finetunes: Mapping
     (:class:`genbrain.finetune.FinetuneJob` by model name) -> {``<analysis>/<label>``: site}.
     The cohort's split is made here too, so a site whose classes cannot be split 3:1:1 stops
     the workflow at parse time."""
-    from genbrain.diagnosis.classify import split_sites
-
     section = config.get("diagnosis") or {}
     out: dict[str, DiagnosisSite] = {}
     for name, spec in (section.get("analyses") or {}).items():
@@ -171,7 +154,7 @@ def pool_covariates(job: DiagnosisSite, split: pd.DataFrame, participants: pd.Da
         raise GenbrainInputError(f"{job.name}: the training split holds {len(members)} "
                                  f"participants of site '{job.site}'; the plan was made for "
                                  f"{job.n_train} (was the participants table edited? rerun)")
-    rng = np.random.default_rng([int(seed), zlib.crc32(job.synth.encode())])
+    rng = np.random.default_rng([int(seed), name_seed(job.synth)])
     cycles = math.ceil(job.n_pool / len(members))
     order = np.concatenate([rng.permutation(len(members)) for _ in range(cycles)])[:job.n_pool]
     sel = members.iloc[order]

@@ -33,16 +33,16 @@ A clean image becomes a corrupted one in two steps, with parameters drawn per im
    simulated T1w, whose white matter is near 1). Noise is added everywhere on the grid; callers
    keeping voxel vectors keep its in-mask part.
 
-Every image has its own random stream, ``numpy.random.default_rng([seed, crc32(image_id)])``:
-its corruption does not depend on which other images are processed, or in which order. The
-parameters drawn are returned as a :class:`Corruption`, whose :meth:`Corruption.row` is one
-row of the corruption table written beside the corrupted images.
+Every image has its own random stream, ``numpy.random.default_rng([seed,
+name_seed(image_id)])`` (:func:`genbrain.seeds.name_seed`): its corruption does not depend on
+which other images are processed, or in which order. The parameters drawn are returned as a
+:class:`Corruption`, whose :meth:`Corruption.row` is one row of the corruption table written
+beside the corrupted images.
 """
 
 from __future__ import annotations
 
 import difflib
-import zlib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, fields
 
@@ -50,6 +50,7 @@ import numpy as np
 import pandas as pd
 
 from genbrain.errors import GenbrainInputError
+from genbrain.seeds import name_seed
 from genbrain.space import StandardSpace, standard_space
 
 #: the paper's noise levels: sigma in {0, 5, ..., 50} (raw intensity units)
@@ -77,7 +78,7 @@ class CorruptionSettings:
         sigmas: noise levels to draw from (raw intensity units), each >= 0; (0,) is no noise.
         noise_scale: multiplies the sigmas (> 0): the raw units of the images being corrupted.
         interpolation: resampling of the moved copies: ``linear``, ``nearest`` or ``bspline``.
-        seed: base seed; image ``i`` draws from ``default_rng([seed, crc32(image_id)])``.
+        seed: base seed; image ``i`` draws from ``default_rng([seed, name_seed(image_id)])``.
     """
 
     n_movements: tuple[int, int] = (1, 4)
@@ -187,8 +188,8 @@ class Corruption:
 
 
 def image_rng(seed: int, image_id: str) -> np.random.Generator:
-    """The random stream of one image: ``default_rng([seed, crc32(image_id)])``."""
-    return np.random.default_rng([int(seed), zlib.crc32(str(image_id).encode())])
+    """The random stream of one image: ``default_rng([seed, name_seed(image_id)])``."""
+    return np.random.default_rng([int(seed), name_seed(image_id)])
 
 
 def _signed_poisson(rng: np.random.Generator, lam: float, bound: float,

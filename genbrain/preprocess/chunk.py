@@ -39,6 +39,7 @@ from genbrain.modalities import ModalityRegistry
 from genbrain.preprocess.registration import register, resample_to_standard
 from genbrain.qc import check_content
 from genbrain.space import standard_space, template_t1
+from genbrain.stats.correlation import pearson
 from genbrain.store import write_shard
 
 log = logging.getLogger(__name__)
@@ -48,14 +49,6 @@ log = logging.getLogger(__name__)
 # whole head (0.60 when wrongly declared brain-extracted), 0.00 brain-extracted; the
 # simulator's native T1s: above 0.3 whole head, below 0.05 brain-extracted (unit tests).
 OUTSIDE_THRESHOLD = 0.15
-
-
-def pearson_masked(a: np.ndarray, b: np.ndarray) -> float:
-    """Pearson r between two (V,) vectors (0 when either is constant)."""
-    a = a - a.mean()
-    b = b - b.mean()
-    den = float(np.sqrt((a * a).sum() * (b * b).sum()))
-    return float((a * b).sum() / den) if den > 0 else 0.0
 
 
 def _standardise_grid(path: str) -> tuple[np.ndarray, str]:
@@ -174,7 +167,7 @@ def _registration_qc(rows: pd.DataFrame, qc_vectors: list, modality: str,
         ref = np.mean(present, axis=0)
     else:
         ref = None
-    r = [pearson_masked(v, ref) if v is not None and ref is not None else np.nan
+    r = [pearson(v, ref) if v is not None and ref is not None else np.nan
          for v in qc_vectors]
     r = np.asarray(r, dtype=float)
     outside = outside or [(None, np.nan)] * len(r)

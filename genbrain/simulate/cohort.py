@@ -17,8 +17,9 @@ Generative model (per subject, all in-mask voxels):
   FC maps plus regional activation, so rest -> task synthesis is learnable;
 - sites: intensity scale, smooth bias field, noise level, smoothness and a VBM offset.
 
-Every random draw comes from ``numpy.random.default_rng([seed, crc32(cohort), crc32(site), i])``
-so a subject is identical whichever chunk or process generates it.
+Every random draw comes from ``numpy.random.default_rng([seed, name_seed(cohort),
+name_seed(site), i])`` (:func:`genbrain.seeds.name_seed`), so a subject is identical whichever
+chunk or process generates it.
 
 Ground truth: per modality, the exact noise-free change of the image per year of age, male minus
 female, patient minus control and per unit of score (finite differences of the generator with
@@ -28,7 +29,6 @@ noise and deformation switched off), in the modality's raw units.
 from __future__ import annotations
 
 import functools
-import zlib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
@@ -37,6 +37,7 @@ import pandas as pd
 from scipy import ndimage as ndi
 
 from genbrain.errors import GenbrainInputError
+from genbrain.seeds import name_seed
 from genbrain.simulate.anatomy import REGIONS, anatomy
 from genbrain.space import standard_space, template_t1
 
@@ -46,10 +47,6 @@ SIMULATED_MODALITIES = (
 FUNCTIONAL = ("fc01", "fc02", "fc03", "task_shapes", "task_faces")  # built on the FC maps
 KINDS = ("population", "disorder", "clinical")
 EFFECTS = ("age", "sex", "diagnosis", "score")
-
-
-def _crc(text: str) -> int:
-    return zlib.crc32(text.encode())
 
 
 @dataclass(frozen=True)
@@ -83,7 +80,7 @@ def site_specs(cohort: str, spec: Mapping, seed: int) -> list[SiteSpec]:
     """Site parameters: those given in ``spec['sites'][name]``, the rest drawn from the seed."""
     out = []
     for name, s in spec["sites"].items():
-        rng = np.random.default_rng([seed, _crc(cohort), _crc(name), 2**31 - 1])
+        rng = np.random.default_rng([seed, name_seed(cohort), name_seed(name), 2**31 - 1])
         drawn = {
             "scale": float(rng.uniform(0.8, 1.25)),
             "bias": float(rng.uniform(0.0, 0.12)),
@@ -121,7 +118,7 @@ def participants(cohort: str, spec: Mapping, seed: int) -> pd.DataFrame:
     lo, hi = spec.get("age", (45.0, 82.0))
     rows = []
     for site in site_specs(cohort, spec, seed):
-        rng = np.random.default_rng([seed, _crc(cohort), _crc(site.name), 2**31 - 2])
+        rng = np.random.default_rng([seed, name_seed(cohort), name_seed(site.name), 2**31 - 2])
         frac = float(spec.get("patient_fraction", 0.5)) if kind == "disorder" else 0.0
         for i in range(site.n):
             age = round(float(rng.uniform(lo, hi)), 1)
@@ -362,7 +359,7 @@ def _indiv_rows(modalities: Sequence[str]) -> list[int]:
 
 def subject_rng(seed: int, cohort: str, site: str, index: int) -> np.random.Generator:
     """The per-subject random stream (independent of chunking)."""
-    return np.random.default_rng([seed, _crc(cohort), _crc(site), index])
+    return np.random.default_rng([seed, name_seed(cohort), name_seed(site), index])
 
 
 def native_pose(rng: np.random.Generator) -> np.ndarray:

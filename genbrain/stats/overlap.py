@@ -38,6 +38,7 @@ import numpy as np
 import pandas as pd
 
 from genbrain.errors import GenbrainInputError
+from genbrain.stats.correlation import pearson
 
 METRICS = ("r", "dice", "dice_p", "dice_n", "top_dice", "top_dice_p", "top_dice_n")
 METRIC_LABELS = {"r": "Correlation", "dice": "Dice", "dice_p": "Dice-p", "dice_n": "Dice-n",
@@ -129,13 +130,6 @@ def _in_mask(a: np.ndarray, b: np.ndarray, mask: np.ndarray | None) -> tuple[np.
     if not (np.isfinite(a).all() and np.isfinite(b).all()):
         raise GenbrainInputError("overlap: a map has NaN/inf voxels inside the mask")
     return a, b
-
-
-def pearson(a: np.ndarray, b: np.ndarray) -> float:
-    """Pearson r of two vectors; NaN when either is constant."""
-    a, b = a - a.mean(), b - b.mean()
-    den = math.sqrt(float(a @ a) * float(b @ b))
-    return float(a @ b) / den if den > 0 else float("nan")
 
 
 def _counts(a: np.ndarray, cb: SignClasses, top: float) -> tuple[SignCounts, SignCounts]:

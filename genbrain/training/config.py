@@ -1,4 +1,4 @@
-"""Settings of a training run and the seeds of its random streams.
+"""Settings of a training run and the keys of its random streams.
 
 :class:`TrainConfig` is saved in every checkpoint (``config["train"]``), so a model's settings,
 its conditions among them (:mod:`genbrain.conditions`), travel with its weights.
@@ -12,8 +12,6 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-import numpy as np
-
 from genbrain.errors import GenbrainInputError
 from genbrain.model.diffusion import PREDICTIONS
 from genbrain.model.dit import N_MODALITIES, PRESETS
@@ -25,12 +23,8 @@ CHECKPOINT = "checkpoint.pt"
 #: TrainConfig keys a resumed run may change: they do not alter the trajectory (``compile``
 #: only its float rounding, as the number of processes does).
 RESUMABLE_CHANGES = ("steps", "checkpoint_every", "log_every", "sampling_weights", "compile")
-STREAM_ORDER, STREAM_ITEM, STREAM_INIT = 1, 2, 3  # independent random streams of a seed
-
-
-def seed_of(*keys: int) -> int:
-    """A 63-bit seed hashed from non-negative integer keys (independent streams per key)."""
-    return int(np.random.SeedSequence(list(keys)).generate_state(1, np.uint64)[0] >> np.uint64(1))
+# independent random streams of a seed (genbrain.seeds.seed_of(seed, STREAM_*, ...))
+STREAM_ORDER, STREAM_ITEM, STREAM_INIT = 1, 2, 3
 
 
 def dataclass_from_dict(cls, values: Mapping[str, Any], source: str):

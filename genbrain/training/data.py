@@ -19,8 +19,9 @@ from torch.utils.data import Dataset, Sampler
 from genbrain.conditions import Conditions, encode_labels, fit_norms, fit_ranges
 from genbrain.errors import GenbrainInputError
 from genbrain.model.dit import DiT
+from genbrain.seeds import seed_of
 from genbrain.store import ImageStore
-from genbrain.training.config import STREAM_ORDER, seed_of
+from genbrain.training.config import STREAM_ORDER
 
 
 class VoxelDataset(Dataset):

@@ -81,6 +81,7 @@ from genbrain.errors import GenbrainInputError
 from genbrain.io import atomic_path
 from genbrain.model.diffusion import GaussianDiffusion
 from genbrain.model.dit import DiT
+from genbrain.seeds import seed_of
 from genbrain.store import ImageStore
 from genbrain.training.checkpoints import (
     check_resume,
@@ -91,7 +92,6 @@ from genbrain.training.config import (
     STREAM_ITEM,
     TrainConfig,
     plain,
-    seed_of,
 )
 from genbrain.training.data import ItemOrder, MicroBatchSampler, VoxelDataset, collated
 from genbrain.training.surgery import (

@@ -21,7 +21,8 @@ from torch import Tensor, nn
 
 from genbrain.errors import GenbrainInputError
 from genbrain.model.dit import PRESETS, DiT, dit_from_spec
-from genbrain.training.config import STREAM_INIT, TrainConfig, seed_of
+from genbrain.seeds import seed_of
+from genbrain.training.config import STREAM_INIT, TrainConfig
 from genbrain.training.data import VoxelDataset
 
 SURGERIES = ("add_disease_head", "add_score_head", "add_part_head", "extend_modalities",

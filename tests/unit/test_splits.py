@@ -1,4 +1,5 @@
-"""Hold-out split and evaluation cohorts: seeded, per site, non-overlapping, clear errors."""
+"""The participant splitters (hold-out, per-site 3:1:1 by diagnosis, 3:1:1 by score) and the
+evaluation cohorts: seeded, per site, independent of row order, non-overlapping, clear errors."""
 
 import numpy as np
 import pandas as pd
@@ -6,7 +7,16 @@ import pytest
 
 from genbrain.errors import GenbrainInputError
 from genbrain.io import save_tsv
-from genbrain.splits import evaluation_cohorts, holdout_split, similarity_covariates, split_ids
+from genbrain.splits import (
+    SITE_SPLITS,
+    evaluation_cohorts,
+    holdout_split,
+    level_codes,
+    score_split,
+    similarity_covariates,
+    split_ids,
+    split_sites,
+)
 
 
 def people(n_a: int = 40, n_b: int = 20) -> pd.DataFrame:
@@ -71,3 +81,77 @@ def test_split_ids_reads_a_split_and_names_a_bad_one(tmp_path):
         split_ids(tmp_path / "split.tsv", "x")
     with pytest.raises(GenbrainInputError, match=r"missing columns \['split'\]"):
         split_ids(table.drop(columns="split"), "train")
+
+
+def diagnosed(sizes: dict, levels=("CN", "SCZ")) -> pd.DataFrame:
+    """Participants of each site with levels in turn (n // len(levels) or one more each)."""
+    frames = [pd.DataFrame({"participant_id": [f"sub-{site}{i:03d}" for i in range(n)],
+                            "site": site,
+                            "diagnosis": np.array(levels)[np.arange(n) % len(levels)]})
+              for site, n in sizes.items()]
+    return pd.concat(frames, ignore_index=True)
+
+
+def test_site_split_is_stratified_disjoint_and_seeded():
+    table = diagnosed({"A": 50, "B": 75})
+    table = table.sample(frac=1.0, random_state=3).reset_index(drop=True)  # row order
+    s1 = split_sites(table, ("CN", "SCZ"), seed=5)
+    s2 = split_sites(table.iloc[::-1].reset_index(drop=True), ("CN", "SCZ"), seed=5)
+    key = ["participant_id", "split"]
+    pd.testing.assert_frame_equal(s1[key].sort_values(key[0]).reset_index(drop=True),
+                                  s2[key].sort_values(key[0]).reset_index(drop=True))
+    assert set(s1["split"]) == set(SITE_SPLITS)
+    counts = s1.groupby(["site", "diagnosis", "split"]).size().unstack()
+    # 3:1:1 per site and level: 25 per level at A -> 15/5/5
+    assert counts.loc[("A", "CN")].to_dict() == {"test": 5, "train": 15, "validation": 5}
+    b = counts.loc[("B", "CN")]
+    assert b["train"] / b.sum() == pytest.approx(0.6, abs=0.05)
+    assert s1["participant_id"].is_unique  # each subject in exactly one split
+    other = split_sites(table, ("CN", "SCZ"), seed=6)
+    assert not (other.set_index("participant_id")["split"]
+                == s1.set_index("participant_id")["split"]).all()
+
+
+def test_site_split_bad_inputs_name_the_site():
+    one = diagnosed({"A": 20, "B": 20})
+    one.loc[one["site"] == "B", "diagnosis"] = "CN"
+    with pytest.raises(GenbrainInputError, match=r"site 'B' has one class only \('CN'\)"):
+        split_sites(one, ("CN", "SCZ"), 0)
+    few = diagnosed({"A": 20})
+    few = few[~((few["diagnosis"] == "SCZ") & (few.index % 10 != 1))]
+    with pytest.raises(GenbrainInputError, match=r"site 'A' has 2 'SCZ' subject\(s\).*at least 3"):
+        split_sites(few, ("CN", "SCZ"), 0)
+    three = diagnosed({"A": 30, "B": 30}, levels=("CN", "MCI", "AD"))
+    three = three[~((three["site"] == "B") & (three["diagnosis"] == "MCI"))]
+    with pytest.raises(GenbrainInputError, match=r"site 'B' lacks diagnosis level\(s\) \['MCI'\]"):
+        split_sites(three, ("CN", "MCI", "AD"), 0)
+    with pytest.raises(GenbrainInputError, match="diagnosis 'AD' is not one of"):
+        split_sites(diagnosed({"A": 30}, levels=("CN", "AD")), ("CN", "SCZ"), 0)
+
+
+def test_level_codes_follow_the_levels_and_name_an_unknown_one():
+    assert level_codes(["SCZ", "CN", "SCZ"], ("CN", "SCZ")).tolist() == [1, 0, 1]
+    with pytest.raises(GenbrainInputError, match=r"t.tsv: diagnosis 'AD' is not one of the "
+                                                 r"task's levels \['CN', 'SCZ'\]"):
+        level_codes(["CN", "AD"], ("CN", "SCZ"), "t.tsv")
+
+
+def test_score_split_is_3_1_1_seeded_stratified_and_order_free():
+    rng = np.random.default_rng(0)
+    table = pd.DataFrame({"participant_id": [f"s{i:03d}" for i in range(103)],
+                          "score": rng.gamma(2.0, 5.0, 103).clip(0, 42).round(1)})
+    a = score_split(table, "score", 7, score_max=42)
+    counts = a["split"].value_counts()
+    assert abs(counts["train"] - 61.8) <= 3 and abs(counts["val"] - 20.6) <= 3
+    assert counts.sum() == 103
+    shuffled = table.sample(frac=1, random_state=1)
+    pd.testing.assert_frame_equal(score_split(shuffled, "score", 7, score_max=42), a)
+    assert not score_split(table, "score", 8, score_max=42)["split"].equals(a["split"])
+    # stratified: every split spans the score range (the lowest 5 hold one val and one test)
+    top = a.sort_values("score").head(5)["split"].value_counts().to_dict()
+    assert top == {"train": 3, "val": 1, "test": 1}
+    rand = score_split(table, "score", 7, score_max=42, stratify="random")
+    assert rand["split"].value_counts().to_dict() == {"train": 62, "val": 21, "test": 20}
+    with pytest.raises(GenbrainInputError, match="'stratify' is 'deciles'; expected one of "
+                                                 "quantile, random"):
+        score_split(table, "score", 7, score_max=42, stratify="deciles")

@@ -20,14 +20,10 @@ from genbrain.clinical.regress import (
     CropVolumes,
     RegressConfig,
     ScoreImages,
-    check_scores,
     fit,
     match_pairs,
     n_synthetic,
-    pearson,
     predict,
-    ratio_grid,
-    score_split,
     split_images,
     summarise_sweep,
     sweep_job,
@@ -36,7 +32,10 @@ from genbrain.clinical.regress import (
 from genbrain.errors import GenbrainInputError
 from genbrain.io import save_tsv
 from genbrain.space import StandardSpace
+from genbrain.splits import score_split
+from genbrain.stats.correlation import pearson
 from genbrain.store import ImageStore, write_shard
+from genbrain.tables import check_scores
 
 SHAPE = (16, 16, 16)
 CROP = ((1, 15), (1, 15), (1, 15))
@@ -215,27 +214,7 @@ def test_killed_and_rerun_fit_equals_an_uninterrupted_one_bitwise(tmp_path, spac
     assert "cannot resume" in one_line(err)
 
 
-def test_split_is_3_1_1_seeded_stratified_and_order_free():
-    rng = np.random.default_rng(0)
-    table = pd.DataFrame({"participant_id": [f"s{i:03d}" for i in range(103)],
-                          "score": rng.gamma(2.0, 5.0, 103).clip(0, 42).round(1)})
-    a = score_split(table, "score", 7, score_max=42)
-    counts = a["split"].value_counts()
-    assert abs(counts["train"] - 61.8) <= 3 and abs(counts["val"] - 20.6) <= 3
-    assert counts.sum() == 103
-    shuffled = table.sample(frac=1, random_state=1)
-    pd.testing.assert_frame_equal(score_split(shuffled, "score", 7, score_max=42), a)
-    assert not score_split(table, "score", 8, score_max=42)["split"].equals(a["split"])
-    # stratified: every split spans the score range (the lowest 5 hold one val and one test)
-    top = a.sort_values("score").head(5)["split"].value_counts().to_dict()
-    assert top == {"train": 3, "val": 1, "test": 1}
-    rand = score_split(table, "score", 7, score_max=42, stratify="random")
-    assert rand["split"].value_counts().to_dict() == {"train": 62, "val": 21, "test": 20}
-
-
 def test_synthetic_rows_are_nested_across_ratios_and_seeded():
-    grid = ratio_grid(3.0, 0.1)
-    assert len(grid) == 31 and grid[3] == 0.3 and grid[-1] == 3.0
     assert [n_synthetic(r, 663) for r in (0.0, 0.1, 2.8)] == [0, 66, 1856]
     small, big = synthetic_rows(200, 60, 0.5, seed=1), synthetic_rows(200, 60, 1.5, seed=1)
     assert len(small) == 30 and len(big) == 90 and (big[:30] == small).all()

@@ -20,6 +20,7 @@ from genbrain.errors import GenbrainInputError
 from genbrain.fidelity import fidelity_table
 from genbrain.finetune import plan_finetunes
 from genbrain.io import save_tsv
+from genbrain.splits import split_sites
 
 FEATS = list(vol.COLUMNS[1:])
 DISEASED = [FEATS[3], FEATS[7]]  # the structures the planted disease shrinks
@@ -62,7 +63,7 @@ def _volumes(cov: pd.DataFrame, effect: float, seed: int, site_offset: dict | No
 def _real(sizes=None, effect=1.0, seed=0):
     sizes = sizes or {"A": 40, "B": 50, "C": 50}
     part = _participants(sizes, seed)
-    split = cl.split_sites(part, LEVELS, seed=7)
+    split = split_sites(part, LEVELS, seed=7)
     x = _volumes(part, effect, seed + 1, {"B": 1.05, "C": 0.95})
     tables = []
     for site in sizes:

@@ -1,0 +1,57 @@
+"""What the per-site jobs of the analysis stages share.
+
+A stage that runs once per site of an analysis (``bwas``, ``diagnosis``) plans a frozen
+dataclass per site at DAG build time; the rules pass it to their scripts as a plain dict
+(``params``), which the script turns back into the dataclass. :class:`SiteJob` holds what
+those dataclasses have in common: the job's name, its synthetic cohort's name, its results
+folder and that round trip. Each stage keeps its own fields (and their order, which is the
+order of the params dict).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import asdict
+from typing import ClassVar, Self
+
+
+class SiteJob:
+    """Mixin of a stage's frozen per-site dataclass, which must have the fields ``analysis``
+    and ``label`` (the site's path label) and set the class variables below."""
+
+    STAGE: ClassVar[str]  # results/<STAGE>/<analysis>/site-<label>
+    SYNTH_PREFIX: ClassVar[str]  # the synthetic cohort: <SYNTH_PREFIX>-<analysis>-<label>
+    TUPLES: ClassVar[tuple[str, ...]] = ()  # tuple fields (a params dict may hold lists)
+
+    analysis: str
+    label: str
+
+    @property
+    def name(self) -> str:
+        """``<analysis>/<label>``: the key of the stage's plan."""
+        return f"{self.analysis}/{self.label}"
+
+    @property
+    def synth(self) -> str:
+        """The site's synthetic cohort's name (``results/synthetic/<synth>``)."""
+        return f"{self.SYNTH_PREFIX}-{self.analysis}-{self.label}"
+
+    @property
+    def out_dir(self) -> str:
+        """The site's results folder."""
+        return f"results/{self.STAGE}/{self.analysis}/site-{self.label}"
+
+    def to_dict(self) -> dict:
+        """The fields as a plain dict, in field order (a rule's ``params``)."""
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: Mapping) -> Self:
+        """The job back from :meth:`to_dict`'s dict (its ``TUPLES`` fields from lists too)."""
+        d = dict(d)
+        for key in cls.TUPLES:
+            d[key] = tuple(d[key])
+        return cls(**d)
+
+
+__all__ = ["SiteJob"]
