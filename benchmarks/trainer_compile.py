@@ -4,8 +4,9 @@ Runs ``genbrain.training.loop.train`` twice on the same brain-sized store (228,4
 tokens), ``compile: false`` (the baseline) and ``compile: true``, each for ``--warm`` steps and then
 ``--steps`` more steps resumed from that checkpoint, so that start-up, the first-shape compile and
 the first checkpoint are left out of the timed part. Prints seconds per step, images/s, MFU against
-``--peak`` TFLOP/s (training = 3 x the analytic forward FLOPs of ``genbrain.model.dit.DiT``) and the
-compiled/eager ratio. Needs CUDA.
+the bf16 matmul peak measured in this process or ``--peak`` TFLOP/s (training = 3 x the analytic
+forward FLOPs of :func:`genbrain.model.dit.forward_flops`, as ``train_step.py`` and
+``sampling.py`` count them) and the compiled/eager ratio. Needs CUDA.
 
     python benchmarks/trainer_compile.py --preset L/256 --batch 32
 """
@@ -21,23 +22,16 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from _mfu import header
+
+from genbrain.model.dit import PRESETS, TRAIN_FLOPS_FACTOR, forward_flops
 from genbrain.training.config import TrainConfig
 from genbrain.training.loop import train
 from tests.unit.training.test_loop import make_store
 
 V_BRAIN = 228_483
-
-
-def forward_flops(preset_cfg: TrainConfig) -> float:
-    """Analytic forward FLOPs of one image (2 x multiply-adds of the matmuls)."""
-    from genbrain.model.dit import PRESETS
-
-    p = PRESETS[preset_cfg.preset]
-    depth, d = p["depth"], p["hidden_size"]
-    t = -(-V_BRAIN // 256)
-    per_block = 2 * t * d * (3 * d) + 2 * t * d * d + 2 * 2 * t * d * (4 * d) + 2 * 2 * t * t * d
-    return depth * per_block
 
 
 def run(store: Path, out: Path, preset: str, batch: int, warm: int, steps: int,
@@ -59,20 +53,23 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=32)
     ap.add_argument("--warm", type=int, default=3)
     ap.add_argument("--steps", type=int, default=20)
-    ap.add_argument("--peak", type=float, default=790.0, help="bf16 TFLOP/s (measured 8192^3)")
+    ap.add_argument("--peak", type=float, default=None,
+                    help="bf16 peak TFLOP/s for MFU (default: measured here, 8192^3 matmuls)")
     args = ap.parse_args()
     if not torch.cuda.is_available():
         raise SystemExit("trainer_compile: needs CUDA")
+    line, peak = header(torch.device("cuda"), args.peak)
+    print(line, flush=True)
     with tempfile.TemporaryDirectory() as tmp:
         store = make_store(Path(tmp) / "s", n=2 * args.batch, v=V_BRAIN)
-        fl = 3 * forward_flops(TrainConfig(preset=args.preset))
+        fl = TRAIN_FLOPS_FACTOR * sum(forward_flops(V_BRAIN, **PRESETS[args.preset]).values())
         res = {}
         for name, flag in (("eager", False), ("compiled", True)):
             s = run(store, Path(tmp) / name, args.preset, args.batch, args.warm, args.steps, flag)
             res[name] = s
             ips = args.batch / s
             print(f"{args.preset} batch {args.batch} {name}: {s:.4f} s/step, {ips:.1f} img/s, "
-                  f"MFU {100 * ips * fl / (args.peak * 1e12):.1f}% (resumed steps incl. loading,"
+                  f"MFU {100 * ips * fl / (peak * 1e12):.1f}% (resumed steps incl. loading,"
                   " checkpoint write at the end)", flush=True)
         print(f"compiled / eager step time: {res['compiled'] / res['eager']:.3f} "
               f"(speed-up {res['eager'] / res['compiled']:.2f}x)")
