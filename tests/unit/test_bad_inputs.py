@@ -242,9 +242,39 @@ def demo_config():
     return load_yaml(ROOT / "config" / "demo.yaml")
 
 
+def _demo_gpu_config():
+    """config/demo.yaml with the config/demo-gpu.yaml overlay, merged as Snakemake merges
+    `--configfile config/demo.yaml config/demo-gpu.yaml`."""
+    from snakemake.utils import update_config
+
+    config = load_yaml(ROOT / "config" / "demo.yaml")
+    update_config(config, load_yaml(ROOT / "config" / "demo-gpu.yaml"))
+    return config
+
+
 def test_both_shipped_configs_validate(demo_config):
     validate_config(demo_config, SCHEMA, "demo.yaml")
     validate_config(load_yaml(ROOT / "config" / "config.yaml"), SCHEMA, "config.yaml")
+    validate_config(_demo_gpu_config(), SCHEMA, "demo.yaml + demo-gpu.yaml")
+
+
+def test_shipped_gpu_overlay_changes_budgets_only(demo_config):
+    """The one-GPU overlay keeps the demo's cohorts, seed, simulator, preprocessing, model and
+    learning recipe (issue 28: never change the data to make a result appear); it sets
+    steps, batches, sample counts and job sizes."""
+    overlay = load_yaml(ROOT / "config" / "demo-gpu.yaml")
+    assert set(overlay) <= {"pretrain", "finetune", "synthesize", "bwas", "diagnosis",
+                            "evaluate"}
+    merged = _demo_gpu_config()
+    for key in ("seed", "cohorts", "preprocess", "qc", "export"):
+        assert merged[key] == demo_config[key], key
+    recipe = ("preset", "patch_size", "pos_embed", "prediction", "modality_templates", "lr",
+              "weight_decay", "label_dropout", "sampling_weights", "precision", "seed")
+    assert not set(overlay["pretrain"]["train"]) & set(recipe)
+    assert not set(overlay["finetune"]["train"]) & set(recipe)
+    assert merged["pretrain"]["train"]["steps"] > demo_config["pretrain"]["train"]["steps"]
+    for key in ("ddim_steps", "guidance", "precision", "weights", "cohorts"):
+        assert merged["synthesize"].get(key) == demo_config["synthesize"].get(key), key
 
 
 def test_config_typo_at_top_level(demo_config):

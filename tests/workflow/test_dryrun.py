@@ -29,6 +29,25 @@ def test_demo_dry_run_plans_every_stage(tmp_path):
     assert int(counts["preprocess_chunk"]) == int(counts["simulate_cohort"]) == n_chunks
 
 
+def test_gpu_overlay_plans_the_demos_rules(tmp_path):
+    """config/demo-gpu.yaml applied after demo.yaml (issue 28 item 4) parses, validates and
+    plans the same rules as the demo; only job counts may differ (its shard_size puts every
+    synthetic cohort in one shard)."""
+    demo = snakemake("-n", "--configfile", str(ROOT / "config" / "demo.yaml"),
+                     "-d", str(tmp_path / "demo"))
+    gpu = snakemake("-n", "--configfile", str(ROOT / "config" / "demo.yaml"),
+                    str(ROOT / "config" / "demo-gpu.yaml"), "-d", str(tmp_path / "gpu"))
+    assert demo.returncode == 0, demo.stderr
+    assert gpu.returncode == 0, gpu.stderr
+    demo_jobs, gpu_jobs = _jobs(demo.stdout), _jobs(gpu.stdout)
+    assert set(gpu_jobs) == set(demo_jobs)
+    assert gpu_jobs["synthesize_shard"] == gpu_jobs["pack_synthetic"]
+    assert int(demo_jobs["synthesize_shard"]) > int(demo_jobs["pack_synthetic"])
+    for rule in ("simulate_cohort", "preprocess_chunk", "finetune_model", "bwas_site",
+                 "diagnosis_sweep"):
+        assert gpu_jobs[rule] == demo_jobs[rule], rule
+
+
 def _fake_dataset(root, n_per_site=(3, 2)):
     rows = []
     for s, n in zip(("siteX", "siteY", "siteZ"), n_per_site):
