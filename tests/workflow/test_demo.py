@@ -9,6 +9,7 @@ import torch
 import yaml
 from scipy import stats
 
+from genbrain.bwas.plan import fwhm_suffix, smoothing_kernels
 from genbrain.io import read_tsv
 from genbrain.space import standard_space
 from genbrain.store import ImageStore
@@ -484,10 +485,12 @@ def test_demo_report_opens_in_chromium_with_every_stage_and_its_provenance(demo,
     for name in analyses:
         if len(analyses) > 1:
             shown = menu(browser, html, ("BWAS", name))[1]
+        # each smoothing kernel has its own screen and site results ("siteA_fwhm-8")
+        suffixes = [fwhm_suffix(k) for k in smoothing_kernels(cfg["bwas"])]
         assert sorted((r["SITE"], r["FIGURE"]) for r in shown) == sorted(
-            [("every site", "screen")] + [(site, fig) for a, site in bwas_sites if a == name
-                                          for fig in ("score table", "d maps",
-                                                      "gain and effective n")]), shown
+            [(f"every site{x}", "screen") for x in suffixes]
+            + [(f"{site}{x}", fig) for a, site in bwas_sites if a == name for x in suffixes
+               for fig in ("score table", "d maps", "gain and effective n")]), shown
     assert menu(browser, html, ("Provenance",))[1] == [{"PAGE": "provenance"}]
     page = open_provenance_page(browser, html)
     record = json.loads((demo / "results" / "provenance" / "provenance.json").read_text())
