@@ -12,9 +12,11 @@ from __future__ import annotations
 
 import contextlib
 import os
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 
 import torch
+
+from genbrain.training.loop import matmul_precision
 
 PEAK_SIZE = 8192  # an 8192^3 product: ~1.4 ms on an H200, far past launch overhead
 
@@ -39,16 +41,8 @@ def autocast(device: torch.device) -> contextlib.AbstractContextManager:
     return torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
 
 
-@contextlib.contextmanager
-def tf32(device: torch.device) -> Iterator[None]:
-    """TF32 for float32 matmuls on CUDA while timing, as the trainer sets it."""
-    old = torch.get_float32_matmul_precision()
-    if device.type == "cuda":
-        torch.set_float32_matmul_precision("high")
-    try:
-        yield
-    finally:
-        torch.set_float32_matmul_precision(old)
+#: TF32 for float32 matmuls on CUDA while timing: the trainer's own context manager
+tf32 = matmul_precision
 
 
 def measure_bf16_peak(device: torch.device, size: int = PEAK_SIZE, reps: int = 20,

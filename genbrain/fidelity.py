@@ -324,24 +324,33 @@ FINETUNE_DIRECTION = Claim(
     goal=Goal(">=", 0.3), unit="r")
 
 
+def _finetune_checks_files(results: Path) -> list[Path]:
+    files = sorted(Path(results).glob("finetune/*/*/checks.tsv"))
+    if not files:
+        raise MissingResult(Path(results) / "finetune/<task>/<unit>/checks.tsv")
+    return files
+
+
+def _finetune_checks(results: Path, path: Path) -> dict[tuple[str, str, str], float]:
+    """A fine-tune's ``checks.tsv`` as {(check, modality, contrast): value}; one contrast per
+    non-control level (tables written before contrasts had one, unnamed: "")."""
+    table = read_result(results, str(path.relative_to(results)), ("check", "modality", "value"))
+    contrast = (table["contrast"].fillna("") if "contrast" in table.columns
+                else pd.Series("", index=table.index))
+    return {(c, m, k): v for c, m, k, v in zip(table["check"], table["modality"], contrast,
+                                               table["value"])}
+
+
 @register(FINETUNE_DIRECTION)
 def _finetune_direction(results: Path) -> list[Row]:
     """Per fine-tune and modality with a disease head, on simulated cohorts: the r of the
     learned effect with the truth (``checks.tsv``), beside the training set's own map's r (the
     yardstick a site's own data reach). The goal, 0.3, is about what the demo's sites' own maps
     reach (n = 60-80)."""
-    files = sorted(Path(results).glob("finetune/*/*/checks.tsv"))
-    if not files:
-        raise MissingResult(Path(results) / "finetune/<task>/<unit>/checks.tsv")
+    files = _finetune_checks_files(results)
     rows = []
     for path in files:
-        table = read_result(results, str(path.relative_to(results)),
-                            ("check", "modality", "value"))
-        # one contrast per non-control level (tables before contrasts had one, unnamed)
-        contrast = (table["contrast"].fillna("") if "contrast" in table.columns
-                    else pd.Series("", index=table.index))
-        value = {(c, m, k): v for c, m, k, v in zip(table["check"], table["modality"],
-                                                     contrast, table["value"])}
+        value = _finetune_checks(results, path)
         for (check, modality, k), r in value.items():
             if check != "disease_effect_vs_truth":
                 continue
@@ -378,17 +387,10 @@ def _finetune_paired(results: Path) -> list[Row]:
     for a head.
     The goal, half the planted effect, is ours (issue 28): below it a synthetic cohort's
     effect maps are mostly noise."""
-    files = sorted(Path(results).glob("finetune/*/*/checks.tsv"))
-    if not files:
-        raise MissingResult(Path(results) / "finetune/<task>/<unit>/checks.tsv")
+    files = _finetune_checks_files(results)
     rows = []
     for path in files:
-        table = read_result(results, str(path.relative_to(results)),
-                            ("check", "modality", "value"))
-        contrast = (table["contrast"].fillna("") if "contrast" in table.columns
-                    else pd.Series("", index=table.index))
-        value = {(c, m, k): v for c, m, k, v in zip(table["check"], table["modality"],
-                                                     contrast, table["value"])}
+        value = _finetune_checks(results, path)
         for (check, modality, k), gain in value.items():
             if not str(check).endswith("_sample_gain"):
                 continue

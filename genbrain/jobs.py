@@ -12,7 +12,9 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import asdict
-from typing import ClassVar, Self
+from typing import Any, ClassVar, Self
+
+from genbrain.errors import GenbrainInputError
 
 
 class SiteJob:
@@ -54,4 +56,27 @@ class SiteJob:
         return cls(**d)
 
 
-__all__ = ["SiteJob"]
+def per_site_finetunes(key: str, task: str, finetunes: Mapping[str, Any],
+                       cohorts: Mapping[str, Any], why: str) -> tuple[dict[str, Any], Any]:
+    """The planned fine-tunes of ``task`` by site label and their cohort, for an analysis at
+    config key ``key`` that needs one diagnosis-conditioned fine-tune per site; refused with
+    one line naming ``key`` otherwise (``why``: what the analysis does with them)."""
+    jobs = {j.unit: j for j in finetunes.values() if j.task == task}
+    if not jobs:
+        tasks = sorted({j.task for j in finetunes.values()})
+        raise GenbrainInputError(f"config: '{key}.finetune' is '{task}', not a fine-tuning "
+                                 f"task; expected one of {tasks}")
+    first = next(iter(jobs.values()))
+    cohort = cohorts[first.cohort]
+    if any(len(j.sites) != 1 or j.unit != cohort.site_label(j.sites[0])
+           for j in jobs.values()):
+        raise GenbrainInputError(f"config: '{key}': fine-tuning task '{task}' is not per "
+                                 f"site; {why} (set 'finetune.tasks.{task}.per_site: true')")
+    if not first.diagnosis_levels:
+        raise GenbrainInputError(f"config: '{key}': fine-tuning task '{task}' is not "
+                                 "conditioned on diagnosis (add 'diagnosis' to its "
+                                 "conditions)")
+    return jobs, cohort
+
+
+__all__ = ["SiteJob", "per_site_finetunes"]

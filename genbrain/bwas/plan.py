@@ -20,7 +20,7 @@ import numpy as np
 import pandas as pd
 
 from genbrain.errors import GenbrainInputError
-from genbrain.jobs import SiteJob
+from genbrain.jobs import SiteJob, per_site_finetunes
 from genbrain.seeds import name_seed
 
 MASKS = ("gm", "brain")
@@ -143,22 +143,9 @@ def plan_bwas(config: Mapping, cohorts: Mapping, finetunes: Mapping
     for name, spec in (section.get("analyses") or {}).items():
         key = f"bwas.analyses.{name}"
         task = spec["finetune"]
-        jobs = {j.unit: j for j in finetunes.values() if j.task == task}
-        if not jobs:
-            tasks = sorted({j.task for j in finetunes.values()})
-            raise GenbrainInputError(f"config: '{key}.finetune' is '{task}', not a fine-tuning "
-                                     f"task; expected one of {tasks}")
+        jobs, cohort = per_site_finetunes(key, task, finetunes, cohorts,
+                                          "BWAS compares single-site fine-tunes")
         first = next(iter(jobs.values()))
-        cohort = cohorts[first.cohort]
-        if any(len(j.sites) != 1 or j.unit != cohort.site_label(j.sites[0])
-               for j in jobs.values()):
-            raise GenbrainInputError(f"config: '{key}': fine-tuning task '{task}' is not per "
-                                     "site; BWAS compares single-site fine-tunes (set "
-                                     f"'finetune.tasks.{task}.per_site: true')")
-        if not first.diagnosis_levels:
-            raise GenbrainInputError(f"config: '{key}': fine-tuning task '{task}' is not "
-                                     "conditioned on diagnosis (add 'diagnosis' to its "
-                                     "conditions)")
         levels = list(first.diagnosis_levels)
         if len(levels) != 2:
             raise GenbrainInputError(f"config: '{key}': cohort '{cohort.name}' has diagnosis "

@@ -104,7 +104,7 @@ from genbrain.training.surgery import (
     trainable,
 )
 
-__all__ = ["TrainResult", "TrainingDiverged", "hms", "train"]
+__all__ = ["TrainResult", "TrainingDiverged", "hms", "matmul_precision", "train"]
 
 log = logging.getLogger(__name__)
 
@@ -171,7 +171,7 @@ def _distributed() -> tuple[int, int, torch.device, bool]:
 
 
 @contextlib.contextmanager
-def _matmul_precision(device: torch.device) -> Iterator[None]:
+def matmul_precision(device: torch.device) -> Iterator[None]:
     """TF32 matmuls on CUDA for the duration of training (restored afterwards)."""
     old = torch.get_float32_matmul_precision()
     if device.type == "cuda":
@@ -221,7 +221,7 @@ def train(config: TrainConfig, stores: StoreLike | Sequence[StoreLike],
     """
     rank, world, device, started = _distributed()
     try:
-        with _matmul_precision(device):
+        with matmul_precision(device):
             return _train(config, stores, Path(out_dir), init_checkpoint, surgeries,
                           token_centroids, num_workers, on_checkpoint, rank, world, device,
                           plain(dict(meta or {})))
