@@ -404,7 +404,8 @@ def finetune_checks(checkpoint: str | os.PathLike, index: str | os.PathLike,
                     *, n_images: int = 16, t: int = 500, seed: int = 0, paired_samples: int = 0,
                     sampling: SamplingConfig | None = None,
                     registry: ModalityRegistry | None = None,
-                    reference: Mapping[str, np.ndarray] | None = None
+                    reference: Mapping[str, np.ndarray] | None = None,
+                    modalities: Sequence[str] | None = None
                     ) -> tuple[pd.DataFrame, dict[tuple[str, str, str], dict[str, np.ndarray]]]:
     """Faithfulness checks of one fine-tune -> (a tidy table (check, method, modality, contrast,
     value, detail), the effect maps ``{(modality, label, contrast): {"model", "sample", "site"[,
@@ -432,6 +433,9 @@ def finetune_checks(checkpoint: str | os.PathLike, index: str | os.PathLike,
       names to the model's indices and normalisations as synthesis does (None = the default
       registry); ``reference``: modality -> (V,) the raw image the ``truth`` maps are changes
       of (:func:`genbrain.simulate.cohort.reference_subject`), which puts them in store units.
+
+    ``modalities``: check only these of the model's modalities (None = all; a pretrained
+    model's nine cost nine times the sampling).
     """
     import torch
 
@@ -448,7 +452,18 @@ def finetune_checks(checkpoint: str | os.PathLike, index: str | os.PathLike,
              f"mean of the last {tail} of {len(losses)} steps")]
     ids = set(read_tsv(training)["participant_id"].astype(str))
     mods = list(config.modalities or [])
-    store = ImageStore(index, modalities=mods + list(config.sources or []), participants=ids)
+    if modalities is not None and mods:
+        unknown = sorted(set(modalities) - set(mods))
+        if unknown:
+            raise GenbrainInputError(f"{checkpoint}: modalities {unknown} are not the model's "
+                                     f"(it has {mods})")
+        mods = [m for m in mods if m in modalities]
+    elif modalities is not None:  # a pretrained model: the store's indices are its own
+        mods = list(modalities)
+    store = ImageStore(index, modalities=(mods + list(config.sources or [])) or None,
+                       participants=ids)
+    if not mods:  # a pretrained model checked on all of its store's modalities
+        mods = sorted(store.table["modality"].unique())
     data = VoxelDataset([store], modalities=mods, norms=norms,
                         diagnosis_levels=config.diagnosis_levels,
                         score_column=config.score_column, sources=config.sources,
@@ -504,7 +519,7 @@ def finetune_checks(checkpoint: str | os.PathLike, index: str | os.PathLike,
                                        "one-step"))
     if paired_samples > 0:
         paired = _paired_checks(model, norms, config, checkpoint, store, data, truth,
-                                paired_samples, sampling, registry, reference, seed, maps)
+                                paired_samples, sampling, registry, reference, seed, maps, mods)
         table = pd.concat([table, paired], ignore_index=True)
     return table, maps
 
@@ -513,7 +528,8 @@ def _paired_checks(model, norms, config, checkpoint, store, data,
                    truth: Mapping[str, Mapping[str, np.ndarray]] | None, n_pairs: int,
                    sampling: SamplingConfig | None, registry: ModalityRegistry | None,
                    reference: Mapping[str, np.ndarray] | None, seed: int,
-                   maps: dict[tuple[str, str, str], dict[str, np.ndarray]]) -> pd.DataFrame:
+                   maps: dict[tuple[str, str, str], dict[str, np.ndarray]],
+                   modalities: Sequence[str]) -> pd.DataFrame:
     """The paired-sample rows of :func:`finetune_checks` (method ``paired-sample``); their maps
     go into ``maps`` under ``"sample"``.
 
@@ -566,7 +582,7 @@ def _paired_checks(model, norms, config, checkpoint, store, data,
                        old - young),
                       ("sex", "sex M minus F", "sex", "M", "F", 1.0)]
     rows = []
-    for m_name in config.modalities or []:
+    for m_name in modalities:
         items = np.flatnonzero(t["modality"].to_numpy() == m_name)
         rng = np.random.default_rng([seed, len(items), n_pairs])
         drawn = rng.choice(items, n_pairs, replace=len(items) < n_pairs)

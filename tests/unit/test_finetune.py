@@ -334,6 +334,34 @@ def test_paired_samples_cancel_the_noise_exactly(tmp_path, pretrained):
     assert len(sd) == 3 and (sd > 0).all()
 
 
+def test_paired_samples_of_a_pretrained_model_on_chosen_modalities(tmp_path, pretrained):
+    """A pretrained model (no modalities of its own: those of its store) is checked on the
+    modalities named, with age and sex rows only; a modality it lacks is a one-line error."""
+    index = make_store(tmp_path / "both", n=8)  # T1w (index 0) and FLAIR (index 1), one store
+    flair = make_store(tmp_path / "flair", n=8, modality="FLAIR", index=1, seed=1)
+    (tmp_path / "flair" / "FLAIR.npy").rename(tmp_path / "both" / "FLAIR.npy")
+    both = pd.concat([pd.read_csv(index, sep="\t"), pd.read_csv(flair, sep="\t")])
+    save_tsv(both, index)
+    training = tmp_path / "training.tsv"
+    save_tsv(both.drop_duplicates("participant_id"), training)
+    truth = {"age": {"FLAIR": PATTERN}}
+    checks, maps = finetune_checks(pretrained, index, training, truth,
+                                   paired_samples=2, sampling=PAIRED, registry=REG_FIXED,
+                                   modalities=["FLAIR"])
+    paired = checks[checks["method"] == "paired-sample"]
+    assert set(paired["modality"]) == {"FLAIR"}
+    assert {"age_sample_sd", "age_sample_vs_truth", "sex_sample_sd"} <= set(paired["check"])
+    assert not paired["check"].str.startswith("disease").any()
+    assert (paired[paired["check"] == "age_sample_sd"]["value"] > 0).all()
+    assert "truth" in maps[("FLAIR", "age", "age 75 minus 50 years")]
+    every, _ = finetune_checks(pretrained, index, training, truth,
+                               paired_samples=1, sampling=PAIRED, registry=REG_FIXED)
+    assert set(every[every["method"] == "paired-sample"]["modality"]) == {"FLAIR", "T1w"}
+    ckpt, _ = tune(tmp_path / "tuned", index, pretrained, train={**job().train, "steps": 1})
+    with pytest.raises(GenbrainInputError, match="not the model's"):  # a T1w fine-tune
+        finetune_checks(ckpt, index, training, modalities=["FLAIR"])
+
+
 def test_paired_sample_rows_maps_figure_and_record(tmp_path, pretrained):
     """A fine-tune that learned its planted map carries it into paired samples; the rows (one
     per label, modality, contrast and check), the maps, the figure's extra column and the
