@@ -399,7 +399,7 @@ def _x0(model, diffusion, x: Any, t: int, noise: Any, labels: Mapping[str, Any],
 
 
 def finetune_checks(checkpoint: str | os.PathLike, index: str | os.PathLike,
-                    training: str | os.PathLike,
+                    training: str | os.PathLike | pd.DataFrame,
                     truth: Mapping[str, Mapping[str, np.ndarray]] | None = None,
                     *, n_images: int = 16, t: int = 500, seed: int = 0, paired_samples: int = 0,
                     sampling: SamplingConfig | None = None,
@@ -434,8 +434,10 @@ def finetune_checks(checkpoint: str | os.PathLike, index: str | os.PathLike,
       registry); ``reference``: modality -> (V,) the raw image the ``truth`` maps are changes
       of (:func:`genbrain.simulate.cohort.reference_subject`), which puts them in store units.
 
+    ``training``: the training participants (a table or its TSV, column ``participant_id``).
     ``modalities``: check only these of the model's modalities (None = all; a pretrained
-    model's nine cost nine times the sampling).
+    model's nine cost nine times the sampling). A pretrained model (no task modalities and no
+    heads) gets the loss and the age and sex paired-sample rows.
     """
     import torch
 
@@ -450,7 +452,8 @@ def finetune_checks(checkpoint: str | os.PathLike, index: str | os.PathLike,
     rows = [("loss_start", "", "", float(losses[:tail].mean()), f"mean of steps 1-{tail}"),
             ("loss_end", "", "", float(losses[-tail:].mean()),
              f"mean of the last {tail} of {len(losses)} steps")]
-    ids = set(read_tsv(training)["participant_id"].astype(str))
+    members = training if isinstance(training, pd.DataFrame) else read_tsv(training)
+    ids = set(members["participant_id"].astype(str))
     mods = list(config.modalities or [])
     if modalities is not None and mods:
         unknown = sorted(set(modalities) - set(mods))

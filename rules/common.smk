@@ -169,6 +169,13 @@ def get_pretrain_store(wildcards):
     return f"results/stores/{PRETRAIN}/index.tsv"
 
 
+def get_pretrain_truth(wildcards):
+    """The simulated ground truth of the pretraining cohort ([] for a real cohort)."""
+    if not COHORTS[PRETRAIN].simulated:
+        return []
+    return [f"results/simulated/{PRETRAIN}/ground_truth"]
+
+
 def get_sampling(wildcards):
     """SamplingConfig keys from the synthesize section (k is set per use)."""
     s = config["synthesize"]
@@ -258,6 +265,7 @@ def get_all_outputs(provenance=True):
         outputs += [
             "results/figures/pretrain/loss_curve.png",
             "results/figures/pretrain/samples.png",
+            "results/figures/pretrain/checks.png",
         ]
     outputs += get_finetune_outputs()
     outputs += get_bwas_outputs()
@@ -388,6 +396,7 @@ def get_fidelity_inputs(wildcards):
     return {
         "similarity": "results/evaluate/similarity/pretrain.tsv",
         "samples": "results/pretrain/samples.tsv",
+        "pretrain_checks": "results/pretrain/checks.tsv",
         "audit": "results/evaluate/audit/pretrain.tsv",
         "gate": "results/evaluate/audit/pretrain_gate.tsv",
         "finetune": [f"{job.out_dir}/checks.tsv" for job in FINETUNES.values()],

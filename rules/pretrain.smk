@@ -104,3 +104,47 @@ rule pretrain_samples:
         sampling=get_sampling,
     script:
         "../workflow/scripts/pretrain_samples.py"
+
+
+rule pretrain_checks:
+    """What the pretrained model carries into its samples: for age (75 minus 50 years) and sex
+    (M minus F), pairs of full samples drawn as synthesis draws them from identical noise,
+    their mean difference against the training split's own effect map and, on a simulated
+    cohort, the planted truth (evaluate.checks.paired_samples pairs per label on the
+    evaluate.similarity modalities)."""
+    input:
+        checkpoint="results/pretrain/checkpoint.pt",
+        index=get_pretrain_store,
+        split="results/pretrain/split.tsv",
+        truth=get_pretrain_truth,
+    output:
+        table=report(
+            "results/pretrain/checks.tsv",
+            caption="../workflow/report/pretrain_checks.rst",
+            category="Pretraining",
+            labels={"model": "pretrained", "figure": "checks table"},
+        ),
+        png=report(
+            "results/figures/pretrain/checks.png",
+            caption="../workflow/report/pretrain_checks.rst",
+            category="Pretraining",
+            labels={"model": "pretrained", "figure": "age and sex in paired samples"},
+        ),
+    log:
+        "logs/pretrain_checks.log",
+    benchmark:
+        "results/benchmarks/pretrain_checks/pretrain.tsv"
+    conda:
+        "../envs/model.yaml"
+    threads: 2
+    resources:
+        gpu=1,
+        runtime=60,
+    params:
+        seed=config["seed"],
+        paired_samples=config["evaluate"]["checks"]["paired_samples"],
+        modalities=config["evaluate"]["similarity"]["modalities"],
+        cohort=PRETRAIN,
+        sampling=get_sampling,
+    script:
+        "../workflow/scripts/pretrain_checks.py"

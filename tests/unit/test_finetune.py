@@ -336,24 +336,31 @@ def test_paired_samples_cancel_the_noise_exactly(tmp_path, pretrained):
 
 def test_paired_samples_of_a_pretrained_model_on_chosen_modalities(tmp_path, pretrained):
     """A pretrained model (no modalities of its own: those of its store) is checked on the
-    modalities named, with age and sex rows only; a modality it lacks is a one-line error."""
+    modalities named, with age and sex rows only, and its gains are the fidelity record's
+    pretrain rows; a modality a fine-tune lacks is a one-line error."""
     index = make_store(tmp_path / "both", n=8)  # T1w (index 0) and FLAIR (index 1), one store
     flair = make_store(tmp_path / "flair", n=8, modality="FLAIR", index=1, seed=1)
     (tmp_path / "flair" / "FLAIR.npy").rename(tmp_path / "both" / "FLAIR.npy")
     both = pd.concat([pd.read_csv(index, sep="\t"), pd.read_csv(flair, sep="\t")])
     save_tsv(both, index)
-    training = tmp_path / "training.tsv"
-    save_tsv(both.drop_duplicates("participant_id"), training)
-    truth = {"age": {"FLAIR": PATTERN}}
-    checks, maps = finetune_checks(pretrained, index, training, truth,
-                                   paired_samples=2, sampling=PAIRED, registry=REG_FIXED,
-                                   modalities=["FLAIR"])
+    training = both.drop_duplicates("participant_id")  # a table works as well as its TSV
+    truth = {"age": {"T1w": PATTERN}}  # T1w is a fixed normalisation in REG_FIXED: a gain
+    checks, maps = finetune_checks(pretrained, index, training, truth, paired_samples=2,
+                                   sampling=PAIRED, registry=REG_FIXED, modalities=["T1w"])
     paired = checks[checks["method"] == "paired-sample"]
-    assert set(paired["modality"]) == {"FLAIR"}
-    assert {"age_sample_sd", "age_sample_vs_truth", "sex_sample_sd"} <= set(paired["check"])
+    assert set(paired["modality"]) == {"T1w"}
+    assert {"age_sample_sd", "age_sample_vs_truth", "age_sample_gain", "age_site_gain",
+            "sex_sample_sd"} <= set(paired["check"])
     assert not paired["check"].str.startswith("disease").any()
     assert (paired[paired["check"] == "age_sample_sd"]["value"] > 0).all()
-    assert "truth" in maps[("FLAIR", "age", "age 75 minus 50 years")]
+    assert "truth" in maps[("T1w", "age", "age 75 minus 50 years")]
+    write_checks(checks, {"task": "pretrain", "unit": "all"},
+                 tmp_path / "results" / "pretrain" / "checks.tsv")
+    record = fidelity_table(tmp_path / "results")
+    rows = record[record["claim_id"] == "pretrain.paired_sample_gain"]
+    assert rows["subject"].tolist() == ["pretrained T1w age 75 minus 50 years"]
+    gain = paired.loc[paired["check"] == "age_sample_gain", "value"].item()
+    assert rows["measured"].item() == pytest.approx(gain)
     every, _ = finetune_checks(pretrained, index, training, truth,
                                paired_samples=1, sampling=PAIRED, registry=REG_FIXED)
     assert set(every[every["method"] == "paired-sample"]["modality"]) == {"FLAIR", "T1w"}

@@ -98,6 +98,13 @@ def test_each_stage_wrote_what_it_promises(smoke):
         assert np.isfinite(syn.batch(range(len(syn)))).all(), name
         assert bool(read_tsv(res / "evaluate" / "audit" / f"{name}_gate.tsv")["passed"].item())
         assert list((res / "export" / name).rglob("*.nii.gz")), name
+    # what the pretrained model carries into paired samples: age and sex on the evaluated
+    # modalities, and the fidelity rows they give
+    checks = read_tsv(res / "pretrain" / "checks.tsv")
+    gains = checks[checks["check"].isin(["age_sample_gain", "sex_sample_gain"])]
+    assert set(gains["modality"]) == set(cfg["evaluate"]["similarity"]["modalities"])
+    assert len(gains) == 2 * len(cfg["evaluate"]["similarity"]["modalities"])
+    assert (res / "figures" / "pretrain" / "checks.png").read_bytes()[:4] == b"\x89PNG"
     # fine-tunes, BWAS and diagnosis
     for task, spec in cfg["finetune"]["tasks"].items():
         for site in spec["sites"]:
@@ -116,6 +123,8 @@ def test_each_stage_wrote_what_it_promises(smoke):
             assert png.read_bytes()[:4] == b"\x89PNG", png
     fidelity = read_tsv(res / "fidelity" / "fidelity.tsv")
     assert len(fidelity) > 0
+    pretrained = fidelity[fidelity["claim_id"] == "pretrain.paired_sample_gain"]
+    assert len(pretrained) == len(gains) and pretrained["measured"].notna().all()
 
 
 @pytest.mark.slow
