@@ -1,6 +1,7 @@
 """Fine-tuning: each kind of condition learns its planted effect on tiny data, new heads start
-at the pretrained model's output, a stopped fine-tune resumes bitwise, synthesis from a
-fine-tune uses its conditions, and the parse-time plan names every mistake in one line.
+at the pretrained model's output, a stopped fine-tune resumes bitwise, label tokens are added,
+trained and rebuilt for sampling, synthesis from a fine-tune uses its conditions, and the
+parse-time plan names every mistake in one line.
 
 Models are nano widths with patch 16 on 512-voxel toy stores (see
 tests/unit/training/test_loop.py)."""
@@ -219,7 +220,8 @@ def test_source_channels_carry_the_paired_image(tmp_path, pretrained):
         sample_table(model, norms, cfg, table, SamplingConfig(steps=2), REG)
 
 
-def test_new_heads_start_exactly_at_the_pretrained_output(tmp_path, pretrained):
+@pytest.mark.parametrize("label_tokens", [False, True])
+def test_new_heads_start_exactly_at_the_pretrained_output(tmp_path, pretrained, label_tokens):
     ckpt = read_checkpoint(pretrained)
     cfg = config(diagnosis_levels=["CN", "SCZ"], score_column="nihss", sources=["FLAIR"],
                  modality_templates=True, prediction="v")
@@ -232,8 +234,9 @@ def test_new_heads_start_exactly_at_the_pretrained_output(tmp_path, pretrained):
                         sources=["FLAIR"])
     before = build_model(cfg, V, ckpt, pretrained, None).eval()
     after = build_model(cfg, V, ckpt, pretrained, None).eval()
-    implied = implied_surgeries(after, data)
-    assert [s[0] for s in implied] == ["add_disease_head", "add_score_head", "widen_input"]
+    implied = implied_surgeries(after, data, label_tokens)
+    assert [s[0] for s in implied] == ["add_disease_head", "add_score_head", "widen_input"] + [
+        "add_label_tokens"] * label_tokens
     operate(after, implied, seed=0)
     batch = data.__getitems__(list(range(4)))
     x, t = torch.randn(4, 1, V), torch.tensor([10, 200, 500, 900])

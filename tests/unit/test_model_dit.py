@@ -1,5 +1,6 @@
 """The 1-D DiT: shapes and patch alignment, initialisation, positional embeddings, label
-dropout, the zero-initialised fine-tuning surgeries and the analytic FLOPs count."""
+dropout, the zero-initialised fine-tuning surgeries (label tokens among them) and the analytic
+FLOPs count."""
 
 import copy
 import logging
