@@ -57,7 +57,8 @@ SPLITS = ("all", "train")
 #: its data and conditions from the task).
 TRAIN_KEYS = ("steps", "global_batch", "micro_batch", "lr", "weight_decay", "ema_decay",
               "label_dropout", "seed", "checkpoint_every", "log_every", "sampling_weights",
-              "precision", "compile", "finetune", "finetune_k", "template_images")
+              "precision", "compile", "finetune", "finetune_k", "template_images",
+              "label_tokens")
 #: the fewest participants per diagnosis level of a fine-tune's training set
 MIN_PER_LEVEL = 2
 #: a label head -> the simulated effect whose true map it is checked against
@@ -190,6 +191,10 @@ def plan_finetunes(config: Mapping, cohorts: Mapping, pretrain: str | None,
             raise GenbrainInputError(f"config: '{key}.train' sets '{bad[0]}'; a fine-tune takes "
                                      "its architecture from its init checkpoint and its data "
                                      f"from the task (settable: {', '.join(TRAIN_KEYS)})")
+        if train.get("label_tokens") and not (levels or score):
+            raise GenbrainInputError(f"config: '{key}': train key 'label_tokens' is true but the "
+                                     "task conditions on neither 'diagnosis' nor a score, the "
+                                     "heads label tokens belong to")
         units = [(cohort.site_label(s), (s,)) for s in sites] if spec.get("per_site") \
             else [("all", tuple(sites))]
         for unit, unit_sites in units:

@@ -41,12 +41,23 @@ Extra input channels beyond the ``out_channels`` target channels (image conditio
 :meth:`DiT.widen_input`) are zeroed for dropped samples, so the guided null branch is one the
 model was trained on.
 
+Label tokens (optional, :meth:`DiT.add_label_tokens`; not in the paper). Through c a label only
+scales and shifts channels, the same for every token, so a regional effect (a disease's map)
+has to be built indirectly: the demo's disease fine-tunes carried 0-8% of the planted disease
+effect into their samples (issue 28). Label tokens give the disease and score labels a spatial
+path, added to the tokens after the modality templates (outside the blocks): a learned (T, D)
+map per disease level (``disease_tokens``, (n_classes, T, D)) for the samples with that level,
+and a (T, D) map times the standardised score (``score_tokens``). A dropped sample, a null
+disease label and a label not given keep their tokens as they are, so the guided null branch is
+unchanged. Both start at zero: right after the surgery the model computes exactly what it did.
+
 Fine-tuning surgery. :meth:`DiT.add_disease_head`, :meth:`~DiT.add_score_head`,
-:meth:`~DiT.add_part_head`, :meth:`~DiT.extend_modalities` and :meth:`~DiT.widen_input` add or
-enlarge layers whose new weights are zero, so right after surgery the model computes exactly
-what the pretrained one did. Load the pretrained state dict first, operate, then build the
-optimiser (surgery replaces parameters). :meth:`DiT.spec` / :func:`dit_from_spec` rebuild a
-model, heads included, from a checkpoint's config before ``load_state_dict``.
+:meth:`~DiT.add_part_head`, :meth:`~DiT.extend_modalities`, :meth:`~DiT.widen_input` and
+:meth:`~DiT.add_label_tokens` add or enlarge layers whose new weights are zero, so right after
+surgery the model computes exactly what the pretrained one did. Load the pretrained state dict
+first, operate, then build the optimiser (surgery replaces parameters). :meth:`DiT.spec` /
+:func:`dit_from_spec` rebuild a model, heads included, from a checkpoint's config before
+``load_state_dict``.
 
 Output: (N, 2 * out_channels, V): the predicted noise epsilon, then the learned-variance
 interpolation ``v`` in [-1, 1] read by :class:`genbrain.model.diffusion.GaussianDiffusion`.
@@ -85,6 +96,8 @@ LABEL_DROPOUT = 0.1
 N_SEXES = 2
 N_MODALITIES = 34
 TIMESTEP_FREQUENCY_DIMS = 256  # sinusoidal features of t fed to the timestep MLP (as DiT)
+#: keys :meth:`DiT.spec` gained later -> what a spec without them (an older checkpoint) means
+SPEC_DEFAULTS: dict[str, Any] = {"label_tokens": False}
 
 
 # --------------------------------------------------------------------------------------------
@@ -299,6 +312,11 @@ class DiT(nn.Module):
         self.modality_embedder = nn.Embedding(n_modalities + 1, hidden_size)  # last row = null
         for name in ("disease_embedder", "score_embedder", "part_embedder"):
             self.register_module(name, None)  # fine-tuning heads, added by surgery
+        # spatial maps of the disease and score heads (add_label_tokens); every head added
+        # after that surgery gets its own
+        self.label_tokens = False
+        for name in ("disease_tokens", "score_tokens"):
+            self.register_parameter(name, None)
 
         if pos_embed == "raster2d":
             pe = raster2d_pos_embed(hidden_size, self.n_tokens)
@@ -437,9 +455,27 @@ class DiT(nn.Module):
             tmpl = F.pad(self.modality_templates[rows].unsqueeze(1),
                          (0, self.n_tokens * self.patch_size - V))  # (N, 1, T * P)
             x = x + self.template_embedder(tmpl.to(x.dtype)).transpose(1, 2)  # (N, T, D)
+        x = self._add_label_tokens(x, drop, disease, score)  # (N, T, D)
         x = self._run_blocks(x, c)  # (N, T, D)
         x = self.final_layer(x, c)  # (N, T, P * 2 * C_out)
         return self.unpatchify(x)  # (N, 2 * C_out, V)
+
+    def _add_label_tokens(self, x: Tensor, drop: Tensor, disease: Tensor | None,
+                          score: Tensor | None) -> Tensor:
+        """Tokens (N, T, D) plus each sample's label tokens (:meth:`add_label_tokens`).
+        Dropped samples, the null disease label and labels not given keep their tokens
+        bitwise (``where``, not an added zero), so the guided null branch is unchanged."""
+        if self.disease_tokens is not None and disease is not None:
+            n = self.disease_tokens.shape[0]
+            label = disease.long().reshape(-1)  # (N,)
+            keep = ~drop & (label < n)  # index n is the null row: no tokens
+            tok = self.disease_tokens[label.clamp(0, n - 1)].to(x.dtype)  # (N, T, D)
+            x = torch.where(keep[:, None, None], x + tok, x)
+        if self.score_tokens is not None and score is not None:
+            s = score.reshape(-1, 1, 1).to(x.dtype)  # (N, 1, 1) standardised
+            x = torch.where(~drop[:, None, None],
+                            torch.addcmul(x, s, self.score_tokens.to(x.dtype)), x)
+        return x  # (N, T, D)
 
     # ---------------------------------------------------------------- torch.compile
     @property
@@ -498,8 +534,11 @@ class DiT(nn.Module):
 
     # ---------------------------------------------------------------- fine-tuning surgery
     def add_disease_head(self, n_classes: int) -> None:
-        """Add a zero-initialised disease-label table (n_classes + null row)."""
+        """Add a zero-initialised disease-label table (n_classes + null row), and its label
+        tokens when the model has them."""
         self.disease_embedder = _zero_embedding(n_classes + 1, self, self.hidden_size)
+        if self.label_tokens:
+            self.disease_tokens = self._zero_tokens(n_classes)
 
     def add_part_head(self, n_parts: int) -> None:
         """Add a zero-initialised part-label table (n_parts + null row)."""
@@ -514,6 +553,28 @@ class DiT(nn.Module):
         nn.init.zeros_(head.mlp[2].weight)  # zero-init: tanh(0) = 0 adds nothing until trained
         nn.init.zeros_(head.mlp[2].bias)
         self.score_embedder = head
+        if self.label_tokens:
+            self.score_tokens = self._zero_tokens()
+
+    def add_label_tokens(self) -> None:
+        """Give the disease and score heads label tokens (see the module docstring): a
+        zero-initialised ``disease_tokens`` (n_classes, T, D) and ``score_tokens`` (T, D), so the
+        model's outputs are unchanged until they train. Heads added later get theirs too."""
+        if self.disease_embedder is None and self.score_embedder is None:
+            raise GenbrainInputError("add_label_tokens needs a disease or score head; add the "
+                                     "head first")
+        self.label_tokens = True
+        if self.disease_embedder is not None and self.disease_tokens is None:
+            self.disease_tokens = self._zero_tokens(self.disease_embedder.num_embeddings - 1)
+        if self.score_embedder is not None and self.score_tokens is None:
+            self.score_tokens = self._zero_tokens()
+
+    def _zero_tokens(self, *rows: int) -> nn.Parameter:
+        """A zero (*rows, T, D) parameter on the model's device and dtype."""
+        p = next(self.parameters())
+        # zero-init: the tokens add nothing until they are trained
+        return nn.Parameter(torch.zeros(*rows, self.n_tokens, self.hidden_size,
+                                        device=p.device, dtype=p.dtype))
 
     def set_modality_template(self, index: int, image: Tensor | np.ndarray) -> None:
         """Store modality ``index``'s mean image (V,) (in the model's data space)."""
@@ -586,6 +647,7 @@ class DiT(nn.Module):
             "n_parts": _n_classes(self.part_embedder),
             "score": self.score_embedder is not None,
             "modality_templates": self.template_embedder is not None,
+            "label_tokens": self.label_tokens,
         }
 
 
@@ -595,9 +657,10 @@ def _n_classes(table: nn.Embedding | None) -> int | None:
 
 def dit_from_spec(spec: dict[str, Any]) -> DiT:
     """Rebuild a :class:`DiT` (heads included) from :meth:`DiT.spec`; then load its state dict.
-    (The positional embedding is also a persistent buffer, so the state dict restores it.)"""
-    s = dict(spec)
-    heads = {k: s.pop(k) for k in ("n_diseases", "n_parts", "score")}
+    (The positional embedding is also a persistent buffer, so the state dict restores it.) A key
+    of :data:`SPEC_DEFAULTS` that an older spec lacks takes its default."""
+    s = {**SPEC_DEFAULTS, **spec}
+    heads = {k: s.pop(k) for k in ("n_diseases", "n_parts", "score", "label_tokens")}
     model = DiT(**s)
     if heads["n_diseases"] is not None:
         model.add_disease_head(heads["n_diseases"])
@@ -605,6 +668,8 @@ def dit_from_spec(spec: dict[str, Any]) -> DiT:
         model.add_part_head(heads["n_parts"])
     if heads["score"]:
         model.add_score_head()
+    if heads["label_tokens"]:
+        model.add_label_tokens()
     return model
 
 

@@ -22,7 +22,7 @@ import torch
 from genbrain.conditions import Conditions
 from genbrain.errors import GenbrainInputError
 from genbrain.io import CHECKPOINT_KEYS
-from genbrain.model.dit import DiT, dit_from_spec
+from genbrain.model.dit import SPEC_DEFAULTS, DiT, dit_from_spec
 from genbrain.training.config import RESUMABLE_CHANGES, WEIGHTS, TrainConfig
 
 
@@ -46,11 +46,14 @@ def read_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
 def check_resume(path: Path, ckpt: Mapping, run: Mapping, n_items: int) -> None:
     """One-line error naming the first key where the checkpoint's run differs from this one."""
     old = ckpt["config"]
-    diffs = [("training config key", k, old["train"].get(k), v) for k, v in run["train"].items()
+    # an older checkpoint lacks the keys added since: they mean their defaults
+    train = {**TrainConfig().to_dict(), **old["train"]}
+    spec = {**SPEC_DEFAULTS, **old["model"]}
+    diffs = [("training config key", k, train.get(k), v) for k, v in run["train"].items()
              if k not in RESUMABLE_CHANGES]
     diffs.append(("surgeries", "", old.get("surgeries"), run["surgeries"]))
-    diffs += [("model spec key", k, old["model"].get(k), run["model"].get(k))
-              for k in {**old["model"], **run["model"]}]
+    diffs += [("model spec key", k, spec.get(k), run["model"].get(k))
+              for k in {**spec, **run["model"]}]
     diffs.append(("number of training images", "", ckpt["data_position"]["n_items"], n_items))
     for what, key, a, b in diffs:
         if a != b:

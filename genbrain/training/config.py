@@ -66,7 +66,10 @@ class TrainConfig:
     values accumulate gradients), AdamW (``lr``, ``weight_decay``, ``betas``), ``ema_decay``,
     ``label_dropout`` (CFG: all labels of an image dropped together), ``seed``.
     Bookkeeping: ``checkpoint_every``, ``log_every`` (steps). ``finetune``: one of
-    ``FINETUNE_MODES``, with ``finetune_k`` blocks for ``last-k-blocks``. ``sampling_weights``:
+    ``FINETUNE_MODES``, with ``finetune_k`` blocks for ``last-k-blocks``. ``label_tokens``: give
+    the model's disease and score heads label tokens, a spatial path for regional effects (the
+    ``add_label_tokens`` surgery after the heads', see :mod:`genbrain.model.dit`; not in the
+    paper); new parameters, they train in every ``finetune`` mode. ``sampling_weights``:
     which weights (``ema`` or ``model``) sampling uses by default; short runs want ``model``
     (with decay 0.9999 the EMA is still ~90% initial weights after 1,000 steps).
     ``precision``: ``auto`` (bf16 autocast on CUDA, fp32 on CPU), ``fp32`` or ``bf16`` (autocast
@@ -101,6 +104,7 @@ class TrainConfig:
     log_every: int = 100
     finetune: str = "full"
     finetune_k: int = 2
+    label_tokens: bool = False
     sampling_weights: str = "ema"
     precision: str = "auto"
     compile: bool | None = None
@@ -121,6 +125,8 @@ class TrainConfig:
             bad("sampling_weights", f"one of {', '.join(WEIGHTS)}")
         if not (self.compile is None or isinstance(self.compile, bool)):
             bad("compile", "true, false or null")
+        if not isinstance(self.label_tokens, bool):
+            bad("label_tokens", "true or false")
         for key in ("steps", "global_batch", "checkpoint_every", "log_every", "finetune_k",
                     "n_modalities", "template_images"):
             if not isinstance(getattr(self, key), int) or getattr(self, key) < 1:

@@ -13,9 +13,10 @@ chooses otherwise: bf16 autocast also pays on CPUs with AVX512-BF16 or AMX). Ran
 Fine-tuning is the same loop: ``init_checkpoint`` supplies pretrained weights (those that
 :func:`load_for_sampling` would give) and the surgeries the data imply (a disease head for
 ``config.diagnosis_levels``, a score head for ``config.score_column``, modality rows for new
-modality indices, input channels for ``config.sources``; :mod:`genbrain.training.surgery`)
-are applied after any given explicitly; ``config.finetune`` chooses what trains: ``full``
-(everything), ``new-modules-only`` (only what surgery created: new heads, new modality rows, new
+modality indices, input channels for ``config.sources``, the heads' label tokens for
+``config.label_tokens``; :mod:`genbrain.training.surgery`) are applied after any given
+explicitly; ``config.finetune`` chooses what trains: ``full`` (everything),
+``new-modules-only`` (only what surgery created: new heads, label tokens, new modality rows, new
 input channels) or ``last-k-blocks`` (that, plus the last k DiT blocks and the final layer).
 Image-conditioned tasks (``config.sources``) append the same participant's source images to
 the noisy input as extra channels, zeroed with the labels when the labels are dropped.
@@ -98,6 +99,7 @@ from genbrain.training.surgery import (
     Surgery,
     build_model,
     implied_surgeries,
+    label_token_surgeries,
     operate,
     parse_surgeries,
     set_templates,
@@ -300,7 +302,8 @@ def _train(config: TrainConfig, stores: StoreLike | Sequence[StoreLike], out_dir
     before = dict(model.named_parameters())
     operate(model, surgeries, config.seed)
     # a fresh model is built to the config (n_modalities...); a fine-tune grows to the data
-    implied = implied_surgeries(model, data) if init is not None else []
+    implied = (implied_surgeries(model, data, config.label_tokens) if init is not None
+               else label_token_surgeries(model) if config.label_tokens else [])
     operate(model, implied, config.seed)
     surgeries = surgeries + implied
     if implied and rank == 0:

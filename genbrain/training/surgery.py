@@ -6,7 +6,8 @@ start from). Surgeries (:mod:`genbrain.model.dit`) add zero-initialised heads, m
 input channels, so the fine-tune begins exactly where the pretrained model was. Those the data
 imply are added by :func:`implied_surgeries`: a disease head for ``diagnosis_levels``, a score
 head for ``score_column``, modality rows for modality indices beyond the table, input channels
-for ``sources``; a researcher names none of them.
+for ``sources``, and with ``label_tokens`` the heads' label tokens; a researcher names none of
+them.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ from genbrain.training.config import STREAM_INIT, TrainConfig
 from genbrain.training.data import VoxelDataset
 
 SURGERIES = ("add_disease_head", "add_score_head", "add_part_head", "extend_modalities",
-             "widen_input")
+             "widen_input", "add_label_tokens")
 #: TrainConfig keys that describe the model; a fine-tune takes them from its init checkpoint.
 ARCHITECTURE = ("preset", "patch_size", "pos_embed", "modality_templates", "prediction")
 Surgery = str | Sequence[Any]  # "add_score_head" or ("add_disease_head", 2)
@@ -43,9 +44,12 @@ def inherit_architecture(values: Mapping[str, Any], init_train: Mapping[str, Any
     return out
 
 
-def implied_surgeries(model: DiT, data: VoxelDataset) -> list[list[Any]]:
-    """The surgeries the training items need that ``model`` lacks (in a fixed order); a head
-    of another size than the task's is an error naming both."""
+def implied_surgeries(model: DiT, data: VoxelDataset, label_tokens: bool = False
+                      ) -> list[list[Any]]:
+    """The surgeries the training items need that ``model`` lacks (in a fixed order), with
+    ``label_tokens`` (TrainConfig's) last the label tokens of its heads
+    (:func:`label_token_surgeries`); a head of another size than the task's is an error naming
+    both."""
     out: list[list[Any]] = []
     levels = data.diagnosis_levels
     if levels:
@@ -65,7 +69,21 @@ def implied_surgeries(model: DiT, data: VoxelDataset) -> list[list[Any]]:
     extra = model.in_channels - model.out_channels
     if len(data.sources) > extra:
         out.append(["widen_input", len(data.sources) - extra])
+    if label_tokens:
+        out += label_token_surgeries(model, [name for name, *_ in out])
     return out
+
+
+def label_token_surgeries(model: DiT, adding: Sequence[str] = ()) -> list[list[Any]]:
+    """``[["add_label_tokens"]]`` when ``model``, with the heads of the surgeries named in
+    ``adding``, lacks its label tokens; ``[]`` when it has them; an error naming TrainConfig's
+    ``label_tokens`` when it has neither a disease nor a score head."""
+    heads = {"add_disease_head", "add_score_head"} & set(adding)
+    if not heads and model.disease_embedder is None and model.score_embedder is None:
+        raise GenbrainInputError("training config: 'label_tokens' is true but the model has no "
+                                 "disease or score head to add label tokens to; condition the "
+                                 "task on 'diagnosis' or a score, or set label_tokens false")
+    return [] if model.label_tokens else [["add_label_tokens"]]
 
 
 def parse_surgeries(surgeries: Sequence[Surgery]) -> list[list[Any]]:

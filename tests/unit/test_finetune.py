@@ -1,6 +1,7 @@
 """Fine-tuning: each kind of condition learns its planted effect on tiny data, new heads start
-at the pretrained model's output, a stopped fine-tune resumes bitwise, synthesis from a
-fine-tune uses its conditions, and the parse-time plan names every mistake in one line.
+at the pretrained model's output, a stopped fine-tune resumes bitwise, label tokens are added,
+trained and rebuilt for sampling, synthesis from a fine-tune uses its conditions, and the
+parse-time plan names every mistake in one line.
 
 Models are nano widths with patch 16 on 512-voxel toy stores (see
 tests/unit/training/test_loop.py)."""
@@ -34,6 +35,7 @@ from genbrain.space import standard_space
 from genbrain.store import ImageStore, write_shard
 from genbrain.synthesize import SamplingConfig, condition_labels, sample_table
 from genbrain.training.checkpoints import load_for_sampling, read_checkpoint
+from genbrain.training.config import TrainConfig
 from genbrain.training.data import VoxelDataset
 from genbrain.training.loop import train
 from genbrain.training.surgery import build_model, implied_surgeries, operate
@@ -218,7 +220,8 @@ def test_source_channels_carry_the_paired_image(tmp_path, pretrained):
         sample_table(model, norms, cfg, table, SamplingConfig(steps=2), REG)
 
 
-def test_new_heads_start_exactly_at_the_pretrained_output(tmp_path, pretrained):
+@pytest.mark.parametrize("label_tokens", [False, True])
+def test_new_heads_start_exactly_at_the_pretrained_output(tmp_path, pretrained, label_tokens):
     ckpt = read_checkpoint(pretrained)
     cfg = config(diagnosis_levels=["CN", "SCZ"], score_column="nihss", sources=["FLAIR"],
                  modality_templates=True, prediction="v")
@@ -231,8 +234,9 @@ def test_new_heads_start_exactly_at_the_pretrained_output(tmp_path, pretrained):
                         sources=["FLAIR"])
     before = build_model(cfg, V, ckpt, pretrained, None).eval()
     after = build_model(cfg, V, ckpt, pretrained, None).eval()
-    implied = implied_surgeries(after, data)
-    assert [s[0] for s in implied] == ["add_disease_head", "add_score_head", "widen_input"]
+    implied = implied_surgeries(after, data, label_tokens)
+    assert [s[0] for s in implied] == ["add_disease_head", "add_score_head", "widen_input"] + [
+        "add_label_tokens"] * label_tokens
     operate(after, implied, seed=0)
     batch = data.__getitems__(list(range(4)))
     x, t = torch.randn(4, 1, V), torch.tensor([10, 200, 500, 900])
@@ -244,9 +248,10 @@ def test_new_heads_start_exactly_at_the_pretrained_output(tmp_path, pretrained):
     assert torch.equal(ref, new)
 
 
-def test_a_stopped_fine_tune_resumes_bitwise(tmp_path, pretrained):
+@pytest.mark.parametrize("label_tokens", [False, True])
+def test_a_stopped_fine_tune_resumes_bitwise(tmp_path, pretrained, label_tokens):
     store = effect_store(tmp_path / "s", diagnosis=True)
-    steps = {**job().train, "checkpoint_every": 3}
+    steps = {**job().train, "checkpoint_every": 3, "label_tokens": label_tokens}
     whole, _ = tune(tmp_path / "whole", store, pretrained, diagnosis_levels=("CN", "SCZ"),
                     train={**steps, "steps": 6})
     tune(tmp_path / "parts", store, pretrained, diagnosis_levels=("CN", "SCZ"),
@@ -255,8 +260,81 @@ def test_a_stopped_fine_tune_resumes_bitwise(tmp_path, pretrained):
                       train={**steps, "steps": 6})
     a, b = read_checkpoint(whole), read_checkpoint(resumed)
     assert a["step"] == b["step"] == 6
+    assert ("disease_tokens" in a["model"]) == label_tokens
     assert all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])
     assert torch.equal(a["losses"], b["losses"])
+
+
+def test_label_tokens_train_round_trip_and_reach_the_checks(tmp_path, pretrained):
+    """``label_tokens``: the tokens are added after the disease head, recorded with the
+    implied surgeries, trained from zero; the sampler's model (rebuilt from the checkpoint's
+    spec) is the trainer's; the one-step and paired-sample checks run on it."""
+    store = effect_store(tmp_path / "s", diagnosis=True)
+    index = pd.read_csv(store, sep="\t")
+    index["sex"] = ["M", "M", "F", "F"] * 4  # not confounded with the diagnosis
+    save_tsv(index, store)
+    ckpt, training = tune(tmp_path, store, pretrained, diagnosis_levels=("CN", "SCZ"),
+                          train={**job().train, "label_tokens": True})
+    saved = read_checkpoint(ckpt)
+    assert saved["config"]["surgeries"] == [["add_disease_head", 2], ["add_label_tokens"]]
+    assert saved["config"]["model"]["label_tokens"] and saved["config"]["train"]["label_tokens"]
+    tokens = saved["model"]["disease_tokens"]  # (levels, T, D): zero at surgery, trained
+    assert tokens.shape == (2, V // 16, 64) and (tokens.abs().sum(dim=(1, 2)) > 0).all()
+    # the trainer's model (init + implied surgeries + the weights) is the sampler's
+    cfg = TrainConfig.from_dict(saved["config"]["train"])
+    init = read_checkpoint(pretrained)
+    data = VoxelDataset([ImageStore(store)], modalities=["T1w"],
+                        norms=saved["config"]["norms"], diagnosis_levels=["CN", "SCZ"])
+    built = build_model(cfg, V, init, pretrained, None)
+    operate(built, implied_surgeries(built, data, label_tokens=True), seed=0)
+    built.load_state_dict(saved["model"])  # strict: the same parameters
+    sampler, _, _ = load_for_sampling(ckpt)
+    batch = data.__getitems__(list(range(4)))
+    labels = {k: batch[k] for k in ("age", "sex", "modality", "disease")}
+    x, t = torch.randn(4, 1, V), torch.tensor([10, 200, 500, 900])
+    with torch.no_grad():
+        assert torch.equal(built.eval()(x, t, **labels), sampler(x, t, **labels))
+    checks, _ = finetune_checks(ckpt, store, training, {"diagnosis": {"T1w": PATTERN}},
+                                paired_samples=4, sampling=PAIRED, registry=REG_FIXED)
+    value = {(c, m): v for c, m, v in zip(checks["check"], checks["method"], checks["value"])}
+    assert value[("disease_effect_sd", "one-step")] > 0
+    assert value[("disease_sample_sd", "paired-sample")] > 0
+    assert value[("disease_sample_vs_truth", "paired-sample")] > 0.5
+    assert np.isfinite(value[("disease_sample_gain", "paired-sample")])
+
+
+@pytest.mark.parametrize("mode", ["new-modules-only", "last-k-blocks"])
+def test_label_tokens_train_when_the_pretrained_weights_are_frozen(tmp_path, pretrained, mode):
+    store = effect_store(tmp_path / "s", diagnosis=True)
+    ckpt, _ = tune(tmp_path, store, pretrained, diagnosis_levels=("CN", "SCZ"),
+                   train={**job().train, "steps": 3, "finetune": mode, "finetune_k": 1,
+                          "label_tokens": True})
+    a, b = read_checkpoint(pretrained)["model"], read_checkpoint(ckpt)["model"]
+    assert b["disease_tokens"].abs().sum() > 0  # new, like the head: trained from zero
+    assert torch.equal(a["blocks.0.mlp.fc1.weight"], b["blocks.0.mlp.fc1.weight"])  # frozen
+
+
+def test_label_tokens_without_a_head_are_a_one_line_error(tmp_path, pretrained):
+    store = effect_store(tmp_path / "s")
+    with pytest.raises(GenbrainInputError) as err:  # a fine-tune on the modality only
+        tune(tmp_path, store, pretrained, train={**job().train, "label_tokens": True})
+    assert "'label_tokens' is true but the model has no disease or score head" in one_line(err)
+    with pytest.raises(GenbrainInputError, match="'label_tokens' is true"):  # a fresh model
+        train(config(label_tokens=True), store, tmp_path / "fresh")
+
+
+def test_a_checkpoint_from_before_label_tokens_still_loads(tmp_path, pretrained):
+    record = torch.load(pretrained, map_location="cpu", weights_only=True)
+    for section in ("model", "train"):
+        del record["config"][section]["label_tokens"]
+    torch.save(record, tmp_path / "old.pt")
+    old, _, old_cfg = load_for_sampling(tmp_path / "old.pt")
+    new, _, _ = load_for_sampling(pretrained)
+    assert not old.label_tokens and not old_cfg.label_tokens
+    x, t = torch.randn(2, 1, V), torch.tensor([100, 700])
+    labels = {"age": torch.zeros(2), "sex": torch.tensor([0, 1]), "modality": torch.tensor([0, 1])}
+    with torch.no_grad():
+        assert torch.equal(old(x, t, **labels), new(x, t, **labels))
 
 
 def test_synthesis_from_a_fine_tune_uses_its_diagnosis(tmp_path, pretrained):
@@ -511,6 +589,8 @@ def test_a_per_site_task_is_one_job_per_site_with_the_shared_settings():
     ({"cohort": "scz", "train": {"preset": "L/256"}}, "'finetune.tasks.t.train' sets 'preset'"),
     ({"cohort": "scz", "init": "/nowhere/model.pt"},
      ("/nowhere/model.pt: init checkpoint not found (config key 'finetune.tasks.t.init')")),
+    ({"cohort": "scz", "train": {"label_tokens": True}},
+     "'finetune.tasks.t': train key 'label_tokens' is true but the task conditions on neither"),
 ])
 def test_plan_mistakes_are_one_line(task, message):
     with pytest.raises(GenbrainInputError) as err:

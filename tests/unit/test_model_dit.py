@@ -1,5 +1,6 @@
 """The 1-D DiT: shapes and patch alignment, initialisation, positional embeddings, label
-dropout, the zero-initialised fine-tuning surgeries and the analytic FLOPs count."""
+dropout, the zero-initialised fine-tuning surgeries (label tokens among them) and the analytic
+FLOPs count."""
 
 import copy
 import logging
@@ -284,6 +285,101 @@ def test_spec_rebuilds_the_model_with_its_heads():
     lab = full_labels(2)
     assert torch.equal(clone.eval()(x, t, **lab), model.eval()(x, t, **lab))
     assert math.isclose(clone.label_dropout, 0.5)
+
+
+# ------------------------------------------------------------------ label tokens
+
+
+def test_label_tokens_start_at_zero_and_never_reach_the_null_branch():
+    model = model_with_heads().eval()
+    x, t = inputs(4)
+    lab = full_labels(4)
+    drop = torch.tensor([False, True, False, False])
+    every = torch.ones(4, dtype=torch.bool)
+    calls = {"labelled": ({**lab}, drop), "null": (labels(4), None),  # no disease, no score
+             "dropped": ({**lab}, every),
+             "null_disease": ({**lab, "disease": torch.full((4,), 3)}, drop)}  # the null row
+    with torch.no_grad():
+        before = {k: model(x, t, **a, force_drop=d) for k, (a, d) in calls.items()}
+    model.add_label_tokens()
+    assert model.disease_tokens.shape == (3, model.n_tokens, 64)
+    assert model.score_tokens.shape == (model.n_tokens, 64) and model.spec()["label_tokens"]
+    with torch.no_grad():  # zero-initialised: bitwise the model before the surgery
+        for k, (a, d) in calls.items():
+            assert torch.equal(model(x, t, **a, force_drop=d), before[k]), k
+    # as if trained: the labelled rows move; dropped rows, null or absent labels do not
+    g = torch.Generator().manual_seed(5)
+    with torch.no_grad():
+        model.disease_tokens.normal_(generator=g)
+        model.score_tokens.normal_(generator=g)
+        after = {k: model(x, t, **a, force_drop=d) for k, (a, d) in calls.items()}
+    for k in ("null", "dropped"):
+        assert torch.equal(after[k], before[k]), k
+    assert torch.equal(after["labelled"][drop], before["labelled"][drop])
+    assert not torch.allclose(after["labelled"][~drop], before["labelled"][~drop])
+    # a null disease label adds no disease tokens; its score tokens still count
+    model.score_tokens.data.zero_()
+    with torch.no_grad():
+        assert torch.equal(model(x, t, **calls["null_disease"][0], force_drop=drop),
+                           before["null_disease"])
+
+
+def test_label_tokens_train_and_take_only_their_own_label():
+    model = build_dit("nano/256", V, n_modalities=N_MOD)
+    model.add_disease_head(2)
+    model.add_label_tokens()
+    assert model.score_tokens is None  # no score head, no score tokens
+    perturb(model)
+    x, t = inputs(3)
+    out = model(x, t, **labels(3), disease=torch.tensor([1, 1, 0]),
+                force_drop=torch.tensor([False, True, False]))
+    out.square().sum().backward()
+    grad = model.disease_tokens.grad  # (2, T, D)
+    assert grad[0].abs().sum() > 0 and grad[1].abs().sum() > 0
+    # only sample 0 carries level 1: its grad is that sample's alone, the dropped one adds 0
+    model.zero_grad()
+    model(x[:1], t[:1], **{k: v[:1] for k, v in labels(3).items()},
+          disease=torch.tensor([1]), force_drop=torch.tensor([False])).square().sum().backward()
+    torch.testing.assert_close(model.disease_tokens.grad[1], grad[1])
+
+
+def test_label_tokens_survive_the_spec_and_an_older_spec_loads_without_them():
+    model = model_with_heads()
+    model.add_label_tokens()
+    with torch.no_grad():
+        model.disease_tokens.normal_(std=0.5)
+        model.score_tokens.normal_(std=0.5)
+    clone = dit_from_spec(copy.deepcopy(model.spec()))
+    clone.load_state_dict(model.state_dict())  # strict: the same parameters
+    x, t = inputs(2)
+    lab = full_labels(2)
+    assert torch.equal(clone.eval()(x, t, **lab), model.eval()(x, t, **lab))
+    old = model_with_heads()
+    spec = old.spec()
+    del spec["label_tokens"]  # a checkpoint written before the key
+    rebuilt = dit_from_spec(spec)
+    assert not rebuilt.label_tokens and rebuilt.disease_tokens is None
+    rebuilt.load_state_dict(old.state_dict())
+    # a head added after the surgery gets its tokens, so the spec still describes the model
+    late = build_dit("nano/256", V, n_modalities=N_MOD)
+    late.add_disease_head(2)
+    late.add_label_tokens()
+    late.add_score_head()
+    assert late.score_tokens is not None and not late.score_tokens.any()
+    dit_from_spec(late.spec()).load_state_dict(late.state_dict())
+
+
+def test_label_tokens_need_a_head_and_follow_bf16_autocast():
+    with pytest.raises(ValueError, match="needs a disease or score head"):
+        build_dit("nano/256", V, n_modalities=N_MOD).add_label_tokens()
+    model = model_with_heads()
+    model.add_label_tokens()
+    with torch.no_grad():
+        model.disease_tokens.normal_()
+    x, t = inputs(2)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = model(x, t, **full_labels(2))
+    assert out.dtype == torch.bfloat16 and torch.isfinite(out).all()
 
 
 # ------------------------------------------------------------------ modality templates
