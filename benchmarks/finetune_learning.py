@@ -35,9 +35,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from genbrain.finetune import FinetuneJob, finetune_checks, run_finetune
 from genbrain.modalities import registry_from_config
+from genbrain.sampling import SamplingConfig
 from genbrain.simulate.cohort import reference_subject
 from genbrain.simulate.write import read_truth
-from genbrain.synthesize import SamplingConfig
 from genbrain.training.checkpoints import read_checkpoint
 
 LABELS = ("disease", "score", "age", "sex")

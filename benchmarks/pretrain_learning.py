@@ -36,9 +36,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from genbrain.finetune import finetune_checks
 from genbrain.modalities import registry_from_config
 from genbrain.pretrain import pretrain
+from genbrain.sampling import SamplingConfig
 from genbrain.simulate.cohort import reference_subject
 from genbrain.simulate.write import read_truth
-from genbrain.synthesize import SamplingConfig
 
 KEEP = ("age_sample_sd", "age_sample_vs_truth", "age_sample_gain", "age_site_gain",
         "sex_sample_sd", "sex_sample_vs_truth", "sex_sample_gain", "sex_site_gain")

@@ -1,7 +1,7 @@
 """What a model is conditioned on, and how a table becomes its labels: defined once.
 
 Training (:class:`genbrain.training.data.VoxelDataset`, over store rows) and sampling
-(:func:`genbrain.synthesize.condition_labels`, over covariate rows) both call
+(:func:`genbrain.sampling.condition_labels`, over covariate rows) both call
 :func:`encode_labels`, and the specification it reads, :class:`Conditions`, is built from the
 run's :class:`~genbrain.training.config.TrainConfig` (saved in every checkpoint) and its label
 scalings (``config.norms`` in the checkpoint). A new kind of condition is one entry here.

@@ -48,7 +48,7 @@ from genbrain.tables import score_names
 
 if TYPE_CHECKING:  # torch stays out of the plan, which runs at DAG build time
     from genbrain.modalities import ModalityRegistry
-    from genbrain.synthesize import SamplingConfig
+    from genbrain.sampling import SamplingConfig
 
 log = logging.getLogger(__name__)
 
@@ -432,9 +432,9 @@ def finetune_checks(checkpoint: str | os.PathLike, index: str | os.PathLike,
       given the sources with the real target image;
     - paired-sample (``paired_samples`` > 0 pairs per label and modality; :func:`_paired_checks`):
       the label's effect on what synthesis actually draws, which the one-step estimate can
-      overstate (issue 28). Full samples of :func:`genbrain.synthesize.sample_table` with
+      overstate (issue 28). Full samples of :func:`genbrain.sampling.sample_table` with
       ``sampling`` (the synthesis stage's sampler, steps, guidance and seed; None =
-      :class:`~genbrain.synthesize.SamplingConfig` with ``seed``), ``registry`` mapping modality
+      :class:`~genbrain.sampling.SamplingConfig` with ``seed``), ``registry`` mapping modality
       names to the model's indices and normalisations as synthesis does (None = the default
       registry); ``reference``: modality -> (V,) the raw image the ``truth`` maps are changes
       of (:func:`genbrain.simulate.cohort.reference_subject`), which puts them in store units.
@@ -546,9 +546,9 @@ def _paired_checks(model, norms, config, checkpoint, store, data,
     contrast, the base rows are sampled twice, differing only in that label: each diagnosis
     level against the first (the control), the score at its training mean +1 SD against -1 SD,
     age :data:`AGE_CONTRAST` (75 against 50 years), sex M against F. Both copies have the same
-    ``synthetic_id`` and go through :func:`~genbrain.synthesize.sample_table` in the same batch
+    ``synthetic_id`` and go through :func:`~genbrain.sampling.sample_table` in the same batch
     layout, so the two members of a pair start from the same initial noise
-    (:func:`~genbrain.synthesize.row_noise`) and, were the sampler stochastic, would draw the
+    (:func:`~genbrain.sampling.row_noise`) and, were the sampler stochastic, would draw the
     same per-step noise too (each batch's generator starts from the same state); DDIM with eta 0
     is deterministic. The mean paired difference (V,), in the store's normalised units, is the
     label's effect on the sample path: a model that ignores the label gives exactly 0.
@@ -567,7 +567,7 @@ def _paired_checks(model, norms, config, checkpoint, store, data,
     the effect), and per modality ``truth_to_store_scale``, the slope of the planted maps in
     store units on the raw ones (1 / std for a fixed normalisation)."""
     from genbrain.modalities import DEFAULT_REGISTRY
-    from genbrain.synthesize import SamplingConfig, sample_table, source_images
+    from genbrain.sampling import SamplingConfig, sample_table, source_images
     from genbrain.training.checkpoints import load_for_sampling
 
     sampling = sampling or SamplingConfig(seed=seed)

@@ -34,11 +34,11 @@ from genbrain.figures import synthetic_vs_real
 from genbrain.io import atomic_path
 from genbrain.modalities import DEFAULT_REGISTRY, ModalityRegistry
 from genbrain.model.dit import PRESETS, token_centroids
+from genbrain.sampling import SamplingConfig, sample_table
 from genbrain.space import standard_space
 from genbrain.splits import split_ids
 from genbrain.stats.correlation import pearson
 from genbrain.store import ImageStore
-from genbrain.synthesize import SamplingConfig, sample_table
 from genbrain.training.checkpoints import load_for_sampling, loss_history
 from genbrain.training.config import TrainConfig
 from genbrain.training.loop import train

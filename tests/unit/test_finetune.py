@@ -31,9 +31,9 @@ from genbrain.io import save_tsv
 from genbrain.modalities import DEFAULT_REGISTRY, ModalityRegistry
 from genbrain.model.diffusion import GaussianDiffusion
 from genbrain.pretrain import loss_table
+from genbrain.sampling import SamplingConfig, condition_labels, sample_table
 from genbrain.space import standard_space
 from genbrain.store import ImageStore, write_shard
-from genbrain.synthesize import SamplingConfig, condition_labels, sample_table
 from genbrain.training.checkpoints import load_for_sampling, read_checkpoint
 from genbrain.training.config import TrainConfig
 from genbrain.training.data import VoxelDataset

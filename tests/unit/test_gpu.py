@@ -17,11 +17,11 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from genbrain.synthesize import SamplingConfig, sample_table
+from genbrain.sampling import SamplingConfig, sample_table
 from genbrain.training.checkpoints import load_for_sampling
 from genbrain.training.config import TrainConfig
 from genbrain.training.loop import train
-from tests.unit.test_synthesize import REG, covariates
+from tests.unit.test_sampling import REG, covariates
 from tests.unit.training.test_loop import GradRecorder, _free_port, config, make_store, state
 
 pytestmark = pytest.mark.gpu

@@ -16,9 +16,9 @@ from genbrain.pretrain import (
     sample_panel,
     training_store,
 )
+from genbrain.sampling import SamplingConfig
 from genbrain.space import standard_space
 from genbrain.store import ImageStore, merge_indices, write_shard
-from genbrain.synthesize import SamplingConfig
 from genbrain.training.checkpoints import loss_history
 
 SETTINGS = {"preset": "nano/256", "steps": 2, "global_batch": 2, "lr": 1e-3,

@@ -14,9 +14,9 @@ def main(smk):
     from genbrain.finetune import finetune_checks, write_checks
     from genbrain.modalities import registry_from_config
     from genbrain.pretrain import loss_table
+    from genbrain.sampling import SamplingConfig
     from genbrain.simulate.cohort import reference_subject
     from genbrain.simulate.write import read_truth
-    from genbrain.synthesize import SamplingConfig
 
     torch.set_num_threads(smk.threads)
     job = smk.params.job

@@ -15,10 +15,10 @@ def main(smk):
     from genbrain.io import read_tsv
     from genbrain.modalities import registry_from_config
     from genbrain.pretrain import loss_table
+    from genbrain.sampling import SamplingConfig
     from genbrain.simulate.cohort import reference_subject
     from genbrain.simulate.write import read_truth
     from genbrain.store import ImageStore
-    from genbrain.synthesize import SamplingConfig
 
     torch.set_num_threads(smk.threads)
     split = read_tsv(smk.input.split)

@@ -12,7 +12,7 @@ def main(smk):
     from genbrain.io import save_tsv
     from genbrain.modalities import registry_from_config
     from genbrain.pretrain import sample_panel
-    from genbrain.synthesize import SamplingConfig
+    from genbrain.sampling import SamplingConfig
 
     torch.set_num_threads(smk.threads)
     condition = smk.params.condition

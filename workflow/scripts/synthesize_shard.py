@@ -9,8 +9,10 @@ from _smk import run
 def main(smk):
     import torch
 
+    from genbrain.covariates import read_covariates
     from genbrain.modalities import registry_from_config
-    from genbrain.synthesize import SamplingConfig, read_covariates, synthesize_shard
+    from genbrain.sampling import SamplingConfig
+    from genbrain.synthesize import synthesize_shard
 
     torch.set_num_threads(smk.threads)
     start, stop = smk.params.rows
