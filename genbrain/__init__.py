@@ -41,14 +41,13 @@ each stage's planner (:func:`genbrain.finetune.plan_finetunes`, :mod:`genbrain.b
 :mod:`~genbrain.space`, :mod:`~genbrain.layout`, :mod:`~genbrain.store`,
 :mod:`~genbrain.chunks`, :mod:`~genbrain.covariates`, :mod:`~genbrain.conditions`,
 :mod:`~genbrain.splits` (every participant splitter), :mod:`~genbrain.seeds` (every seeded
-stream), :mod:`~genbrain.jobs`, :mod:`genbrain.stats` (Pearson r, bootstrap p-values, d
+stream), :mod:`~genbrain.jobs` (per-site jobs and their path labels), :mod:`genbrain.stats` (Pearson r, bootstrap p-values, d
 maps, overlap, similarity), :mod:`~genbrain.figures`, :mod:`genbrain.model`,
 :mod:`genbrain.training` (the one trainer) and :mod:`~genbrain.sampling` (the one sampler:
 synthesis, the pretraining sample panel and the paired-sample checks).
 
 The rule: **stages never import stages; stages import layers** (and layers import no stage).
 What two stages need moves down into a layer. Still to move (issue 27):
-``fidelity`` imports ``bwas.plan.split_path_label`` (a job for a results-paths module);
 ``diagnosis`` imports ``simulate.anatomy`` (the atlas loader and the simulated disease's
 regions); the layer ``config`` imports ``simulate.cohort.SIMULATED_MODALITIES``.
 """

@@ -43,6 +43,7 @@ from scipy import stats as sstats
 
 from genbrain.errors import GenbrainInputError
 from genbrain.io import atomic_path, read_tsv, save_tsv
+from genbrain.jobs import split_path_label
 
 log = logging.getLogger(__name__)
 
@@ -481,8 +482,6 @@ def _bwas_sites(results: Path, name: str) -> list[Path]:
 def _bwas_subject(path: Path) -> str:
     """``<analysis> <site>``, and ``fwhm <mm>`` for a smoothed analysis (``bwas.smoothing_fwhm``:
     ``site-siteA_fwhm-8`` -> ``scz siteA fwhm 8``), so each kernel's rows stand apart."""
-    from genbrain.bwas.plan import split_path_label
-
     label, fwhm = split_path_label(path.parent.name.removeprefix("site-"))
     return f"{path.parent.parent.name} {label}" + (f" fwhm {fwhm:g}" if fwhm else "")
 

@@ -6,6 +6,10 @@ dataclass per site at DAG build time; the rules pass it to their scripts as a pl
 those dataclasses have in common: the job's name, its synthetic cohort's name, its results
 folder and that round trip. Each stage keeps its own fields (and their order, which is the
 order of the params dict).
+
+A smoothed BWAS site's paths add its kernel to the site's label, ``site-<label>_fwhm-<mm>``
+(:func:`fwhm_suffix`); :func:`split_path_label` reads the two back from such a path label
+(the fidelity collectors, from a results folder's name).
 """
 
 from __future__ import annotations
@@ -15,6 +19,21 @@ from dataclasses import asdict
 from typing import Any, ClassVar, Self
 
 from genbrain.errors import GenbrainInputError
+
+SUFFIX = "_fwhm-"  # a smoothed site's paths: site-<label>_fwhm-<mm>
+
+
+def fwhm_suffix(fwhm: float) -> str:
+    """The path suffix of a smoothing kernel: "" for 0 (today's paths), ``_fwhm-8`` for 8 mm,
+    ``_fwhm-7p5`` for 7.5 mm (no dot in a path label)."""
+    return f"{SUFFIX}{float(fwhm):g}".replace(".", "p") if fwhm else ""
+
+
+def split_path_label(text: str) -> tuple[str, float]:
+    """(site label, FWHM in mm) of a ``{site}{smooth}`` path label: ``siteA_fwhm-7p5`` ->
+    ("siteA", 7.5), ``siteA`` -> ("siteA", 0.0)."""
+    label, _, fwhm = text.partition(SUFFIX)
+    return label, float(fwhm.replace("p", ".")) if fwhm else 0.0
 
 
 class SiteJob:
@@ -79,4 +98,4 @@ def per_site_finetunes(key: str, task: str, finetunes: Mapping[str, Any],
     return jobs, cohort
 
 
-__all__ = ["SiteJob", "per_site_finetunes"]
+__all__ = ["SUFFIX", "SiteJob", "fwhm_suffix", "per_site_finetunes", "split_path_label"]

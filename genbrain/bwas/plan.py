@@ -20,24 +20,10 @@ import numpy as np
 import pandas as pd
 
 from genbrain.errors import GenbrainInputError
-from genbrain.jobs import SiteJob, per_site_finetunes
+from genbrain.jobs import SiteJob, fwhm_suffix, per_site_finetunes
 from genbrain.seeds import name_seed
 
 MASKS = ("gm", "brain")
-SUFFIX = "_fwhm-"  # a smoothed site's paths: site-<label>_fwhm-<mm>
-
-
-def fwhm_suffix(fwhm: float) -> str:
-    """The path suffix of a smoothing kernel: "" for 0 (today's paths), ``_fwhm-8`` for 8 mm,
-    ``_fwhm-7p5`` for 7.5 mm (no dot in a path label)."""
-    return f"{SUFFIX}{float(fwhm):g}".replace(".", "p") if fwhm else ""
-
-
-def split_path_label(text: str) -> tuple[str, float]:
-    """(site label, FWHM in mm) of a ``{site}{smooth}`` path label: ``siteA_fwhm-7p5`` ->
-    ("siteA", 7.5), ``siteA`` -> ("siteA", 0.0)."""
-    label, _, fwhm = text.partition(SUFFIX)
-    return label, float(fwhm.replace("p", ".")) if fwhm else 0.0
 
 
 def smoothing_kernels(section: Mapping) -> tuple[float, ...]:
@@ -243,5 +229,4 @@ def synthetic_covariates(job: BwasSite, participants: pd.DataFrame, seed: int
                          "reference_participant_id": sel["participant_id"].to_numpy()})
 
 
-__all__ = ["MASKS", "SUFFIX", "BwasSite", "fwhm_suffix", "plan_bwas", "smoothing_kernels",
-           "split_path_label", "synthetic_covariates"]
+__all__ = ["MASKS", "BwasSite", "plan_bwas", "smoothing_kernels", "synthetic_covariates"]

@@ -6,6 +6,7 @@ import json
 
 from genbrain.bwas.plan import BwasSite
 from genbrain.diagnosis.plan import DiagnosisSite
+from genbrain.jobs import fwhm_suffix, split_path_label
 
 DX = DiagnosisSite("main", "disorder", "Site A", "SiteA", ("CN", "SCZ"), "T1w", "dx/SiteA", 30,
                    90)
@@ -34,3 +35,9 @@ def test_site_jobs_round_trip_through_their_params_json():
         back = type(job).from_dict(json.loads(json.dumps(job.to_dict())))
         assert back == job and hash(back) == hash(job)  # tuples again, so hashable
         assert type(job).from_dict(job.to_dict()) == job
+
+
+def test_a_smoothing_kernel_is_written_into_a_path_label_and_read_back():
+    assert fwhm_suffix(0) == "" and fwhm_suffix(7.06) == "_fwhm-7p06"
+    assert split_path_label("SiteS1_fwhm-7p06") == ("SiteS1", 7.06)
+    assert split_path_label("SiteS1") == ("SiteS1", 0.0)

@@ -25,7 +25,6 @@ STAGES = {
 GLUE = ("genbrain.workflow",)  # the parse-time planner above the stages
 #: (importing module, imported stage) still to be moved into a layer
 KNOWN = {
-    ("genbrain.fidelity", "bwas"),  # bwas.plan.split_path_label: a results-paths module's job
     ("genbrain.diagnosis.plan", "simulate"),  # simulate.anatomy.REGIONS
     ("genbrain.diagnosis.volumes", "simulate"),  # simulate.anatomy.anatomy(), the atlas
     ("genbrain.config", "simulate"),  # simulate.cohort.SIMULATED_MODALITIES

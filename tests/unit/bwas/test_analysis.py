@@ -18,13 +18,7 @@ from genbrain.bwas.analysis import (
     site_screen,
     write_site_analysis,
 )
-from genbrain.bwas.plan import (
-    BwasSite,
-    fwhm_suffix,
-    plan_bwas,
-    split_path_label,
-    synthetic_covariates,
-)
+from genbrain.bwas.plan import BwasSite, plan_bwas, synthetic_covariates
 from genbrain.errors import GenbrainInputError
 from genbrain.fidelity import fidelity_table
 from genbrain.finetune import FinetuneJob
@@ -166,9 +160,6 @@ def test_each_smoothing_kernel_is_a_site_of_its_own_on_the_one_synthetic_cohort(
     assert [(j.site, j.smoothing_fwhm) for j in screens["scz"]] == [
         (s, f) for f in (0.0, 8.0) for s in SITES]
     assert screens["scz"][:len(SITES)] == plain_screens["scz"]
-    assert fwhm_suffix(0) == "" and fwhm_suffix(7.06) == "_fwhm-7p06"
-    assert split_path_label("SiteS1_fwhm-7p06") == ("SiteS1", 7.06)
-    assert split_path_label("SiteS1") == ("SiteS1", 0.0)
     for value, message in (([8, 8.0], "lists 8 and 8.0: the same kernel twice"),
                            ([0, -2], "is -2; expected a number of mm >= 0"),
                            ([], "is an empty list")):
