@@ -38,10 +38,10 @@ from scipy import ndimage as ndi
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from genbrain import anatomy as anatomy_mod
+from genbrain.anatomy import REGIONS, Anatomy
 from genbrain.chunks import chunk_keys, chunk_rows
 from genbrain.io import save_nifti
-from genbrain.simulate import anatomy as anatomy_mod
-from genbrain.simulate.anatomy import REGIONS, Anatomy
 from genbrain.simulate.cohort import (
     Generator,
     SiteSpec,

