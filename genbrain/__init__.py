@@ -39,17 +39,16 @@ each stage's planner (:func:`genbrain.finetune.plan_finetunes`, :mod:`genbrain.b
 *Layers* are what several stages share: :mod:`~genbrain.errors`, :mod:`~genbrain.io`,
 :mod:`~genbrain.config`, :mod:`~genbrain.tables`, :mod:`~genbrain.modalities`,
 :mod:`~genbrain.space`, :mod:`~genbrain.anatomy` (atlas and tissue priors on the grid),
-:mod:`~genbrain.layout`, :mod:`~genbrain.store`,
-:mod:`~genbrain.chunks`, :mod:`~genbrain.covariates`, :mod:`~genbrain.conditions`,
-:mod:`~genbrain.splits` (every participant splitter), :mod:`~genbrain.seeds` (every seeded
-stream), :mod:`~genbrain.jobs` (per-site jobs and their path labels), :mod:`genbrain.stats` (Pearson r, bootstrap p-values, d
+:mod:`~genbrain.layout`, :mod:`~genbrain.store`, :mod:`~genbrain.chunks`,
+:mod:`~genbrain.covariates`, :mod:`~genbrain.conditions`, :mod:`~genbrain.splits` (every
+participant splitter), :mod:`~genbrain.seeds` (every seeded stream), :mod:`~genbrain.jobs`
+(per-site jobs and their path labels), :mod:`genbrain.stats` (Pearson r, bootstrap p-values, d
 maps, overlap, similarity), :mod:`~genbrain.figures`, :mod:`genbrain.model`,
 :mod:`genbrain.training` (the one trainer) and :mod:`~genbrain.sampling` (the one sampler:
 synthesis, the pretraining sample panel and the paired-sample checks).
 
 The rule: **stages never import stages; stages import layers** (and layers import no stage).
-What two stages need moves down into a layer. Still to move (issue 27):
-the layer ``config`` imports ``simulate.cohort.SIMULATED_MODALITIES``.
+What two stages need moves down into a layer (``tests/unit/test_stage_imports.py``).
 """
 
 from genbrain.errors import GenbrainInputError

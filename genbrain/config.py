@@ -17,7 +17,7 @@ import jsonschema
 import yaml
 
 from genbrain.errors import GenbrainInputError
-from genbrain.modalities import registry_from_config
+from genbrain.modalities import SIMULATED_MODALITIES, registry_from_config
 
 PATTERN_FIELDS = ("participant_id", "subject", "site", "modality")
 
@@ -100,8 +100,6 @@ def validate_config(config: Mapping, schema_path: str | os.PathLike,
 
 
 def _cross_checks(config: Mapping, source: str) -> None:
-    from genbrain.simulate.cohort import SIMULATED_MODALITIES
-
     registry = registry_from_config(config)
     for name, c in config["cohorts"].items():
         key = f"cohorts.{name}"

@@ -23,6 +23,11 @@ import numpy as np
 from genbrain.errors import GenbrainInputError
 
 NORMALISATIONS = ("zscore", "fixed")
+#: The modalities the embedded simulator writes (:class:`genbrain.simulate.cohort.Generator`),
+#: all in the default registry: a simulated cohort may ask for these only (config check).
+SIMULATED_MODALITIES = (
+    "T1w", "VBM", "FLAIR", "FA", "fc01", "fc02", "fc03", "task_shapes", "task_faces",
+)
 
 
 @dataclass(frozen=True)

@@ -1,7 +1,6 @@
 """The embedded default: simulated multi-site cohorts with known ground truth."""
 
 from genbrain.simulate.cohort import (
-    SIMULATED_MODALITIES,
     Generator,
     ground_truth,
     participants,
@@ -10,7 +9,6 @@ from genbrain.simulate.cohort import (
 from genbrain.simulate.write import read_truth, write_chunk, write_truth
 
 __all__ = [
-    "SIMULATED_MODALITIES",
     "Generator",
     "ground_truth",
     "participants",

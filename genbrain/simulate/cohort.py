@@ -41,9 +41,6 @@ from genbrain.errors import GenbrainInputError
 from genbrain.seeds import name_seed
 from genbrain.space import standard_space, template_t1
 
-SIMULATED_MODALITIES = (
-    "T1w", "VBM", "FLAIR", "FA", "fc01", "fc02", "fc03", "task_shapes", "task_faces",
-)
 FUNCTIONAL = ("fc01", "fc02", "fc03", "task_shapes", "task_faces")  # built on the FC maps
 KINDS = ("population", "disorder", "clinical")
 EFFECTS = ("age", "sex", "diagnosis", "score")

@@ -307,6 +307,15 @@ def test_config_unknown_modality(demo_config):
     assert "unknown modality 'DWI'" in one_line(e)
 
 
+def test_config_modality_the_simulator_cannot_write(demo_config):
+    assert "SWI" in DEFAULT_REGISTRY
+    demo_config["cohorts"]["scz"]["modalities"] = ["T1w", "SWI"]
+    with pytest.raises(GenbrainInputError) as e:
+        validate_config(demo_config, SCHEMA, "demo.yaml")
+    assert ("demo.yaml: 'cohorts.scz.modalities': 'SWI' cannot be simulated; expected some of "
+            "['T1w', 'VBM', 'FLAIR', 'FA', 'fc01'") in one_line(e)
+
+
 def test_real_cohort_without_participants(demo_config):
     demo_config["cohorts"]["scz"].pop("simulate")
     with pytest.raises(GenbrainInputError) as e:

@@ -3,6 +3,7 @@ import pandas as pd
 import pytest
 from scipy import stats
 
+from genbrain.modalities import DEFAULT_REGISTRY, SIMULATED_MODALITIES
 from genbrain.simulate import Generator, ground_truth, participants, site_specs
 from genbrain.simulate.cohort import subject_rng
 from genbrain.space import standard_space
@@ -38,6 +39,13 @@ def test_subject_is_independent_of_which_process_generates_it():
     c = gen.subject(row, site, subject_rng(1, "c", "a", 4), ["T1w", "VBM"])
     np.testing.assert_array_equal(a["VBM"], b["VBM"])
     assert not np.array_equal(a["VBM"], c["VBM"])
+
+
+def test_the_simulator_writes_every_simulated_modality():
+    assert set(SIMULATED_MODALITIES) <= set(DEFAULT_REGISTRY)
+    images = Generator("clinical").subject({"age": 60, "sex": "M", "score": 5.0}, None, None,
+                                           SIMULATED_MODALITIES)
+    assert set(images) == set(SIMULATED_MODALITIES)
 
 
 @pytest.fixture(scope="module")
