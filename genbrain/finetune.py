@@ -383,12 +383,6 @@ def _conditions(job: FinetuneJob) -> list[str]:
 # --------------------------------------------------------------------------------------------
 
 
-def _pearson(a: np.ndarray, b: np.ndarray) -> float:
-    a, b = a - a.mean(), b - b.mean()
-    den = float(np.sqrt((a * a).sum() * (b * b).sum()))
-    return float((a * b).sum() / den) if den > 0 else float("nan")
-
-
 def _x0(model, diffusion, x: Any, t: int, noise: Any, labels: Mapping[str, Any],
         x_cond: Any = None) -> np.ndarray:
     """(n, V) the model's clean-image estimate at timestep ``t`` from fixed noise."""
@@ -447,6 +441,7 @@ def finetune_checks(checkpoint: str | os.PathLike, index: str | os.PathLike,
     import torch
 
     from genbrain.model.diffusion import GaussianDiffusion
+    from genbrain.stats.correlation import pearson
     from genbrain.store import ImageStore
     from genbrain.training.checkpoints import load_for_sampling, loss_history
     from genbrain.training.data import VoxelDataset
@@ -507,19 +502,19 @@ def finetune_checks(checkpoint: str | os.PathLike, index: str | os.PathLike,
                          f"{what}: spatial SD of the model's effect (0 = nothing learned)"))
             all_items = np.flatnonzero(modality == modality[items[0]])
             site = _group_smd(store, data, all_items, head, config, hi)
-            rows.append((f"{head}_effect_vs_site", m_name, what, _pearson(effect, site),
+            rows.append((f"{head}_effect_vs_site", m_name, what, pearson(effect, site),
                          f"r with the training set's own {what} standardised mean difference"))
             maps[(m_name, head, what)] = {"model": effect, "site": site}
             true = (truth or {}).get(HEAD_EFFECTS[head], {}).get(m_name)
             if true is not None:
-                rows.append((f"{head}_effect_vs_truth", m_name, what, _pearson(effect, true),
+                rows.append((f"{head}_effect_vs_truth", m_name, what, pearson(effect, true),
                              f"r with the simulated true {what} map"))
-                rows.append((f"{head}_site_vs_truth", m_name, what, _pearson(site, true),
+                rows.append((f"{head}_site_vs_truth", m_name, what, pearson(site, true),
                              "r of the training set's own map with the truth (the yardstick)"))
                 maps[(m_name, head, what)]["truth"] = true
         if x_cond is not None:
             est = _x0(model, diffusion, x, t, noise, labels, x_cond)
-            r = np.mean([_pearson(e, y) for e, y in zip(est, real)])
+            r = np.mean([pearson(e, y) for e, y in zip(est, real)])
             rows.append(("x0_vs_target", m_name, "", float(r),
                          f"mean r of the clean-image estimate at t={t} with the target"))
     table = pd.DataFrame(rows, columns=["check", "modality", "contrast", "value", "detail"])
@@ -568,6 +563,7 @@ def _paired_checks(model, norms, config, checkpoint, store, data,
     store units on the raw ones (1 / std for a fixed normalisation)."""
     from genbrain.modalities import DEFAULT_REGISTRY
     from genbrain.sampling import SamplingConfig, sample_table, source_images
+    from genbrain.stats.correlation import pearson
     from genbrain.training.checkpoints import load_for_sampling
 
     sampling = sampling or SamplingConfig(seed=seed)
@@ -632,7 +628,7 @@ def _paired_checks(model, norms, config, checkpoint, store, data,
             sd_note = (f"{what}: spatial SD of the mean difference of {n_pairs} pairs of "
                        "samples from identical noise (0 = the label does not reach samples)")
             rows.append((f"{label}_sample_sd", m_name, what, float(effect.std()), sd_note))
-            rows.append((f"{label}_sample_vs_site", m_name, what, _pearson(effect, site),
+            rows.append((f"{label}_sample_vs_site", m_name, what, pearson(effect, site),
                          f"r with the training set's own {what} standardised mean difference"))
             maps.setdefault((m_name, label, what), {}).update(sample=effect, site=site)
             if what not in planted:
@@ -640,10 +636,10 @@ def _paired_checks(model, norms, config, checkpoint, store, data,
             # the planted map in store units where known (a z-score reshapes T1w's), else raw
             p = in_store[what]
             true_map = true[label] if p is None else p
-            rows.append((f"{label}_sample_vs_truth", m_name, what, _pearson(effect, true_map),
+            rows.append((f"{label}_sample_vs_truth", m_name, what, pearson(effect, true_map),
                          f"r with the simulated true {what} map"))
             if label in ("age", "sex"):  # the one-step check has the heads' yardstick
-                rows.append((f"{label}_site_vs_truth", m_name, what, _pearson(site, true_map),
+                rows.append((f"{label}_site_vs_truth", m_name, what, pearson(site, true_map),
                              "r of the training set's own map with the truth (the yardstick)"))
                 maps[(m_name, label, what)]["truth"] = true_map
             if p is None:

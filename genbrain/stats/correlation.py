@@ -1,6 +1,6 @@
 """Pearson's r, written once: every correlation the package reports (map overlap and the BWAS
 screen, registration QC, the clinical regressor's validation and test r, the pretraining
-sample panel) is :func:`pearson`."""
+sample panel, the fine-tune and paired-sample checks) is :func:`pearson`."""
 
 from __future__ import annotations
 
