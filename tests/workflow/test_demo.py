@@ -9,8 +9,9 @@ import torch
 import yaml
 from scipy import stats
 
-from genbrain.bwas.plan import fwhm_suffix, smoothing_kernels
+from genbrain.bwas.plan import smoothing_kernels
 from genbrain.io import read_tsv
+from genbrain.jobs import fwhm_suffix
 from genbrain.space import standard_space
 from genbrain.store import ImageStore
 from genbrain.tables import score_names
@@ -199,8 +200,8 @@ def test_demo_draws_gates_and_exports_the_researchers_grid_cohort(demo):
 def test_demo_fine_tunes_learn_the_disease_direction_and_draw_a_gated_cohort(demo):
     """config/demo.yaml's finetune.tasks: scz (siteA, siteB of the BWAS cohort scz: all their
     T1w and VBM) and sczdx (siteC's training split of the diagnosis cohort sczdx, T1w), each
-    with the disease head its diagnosis condition implies, checks of what it learned, and the
-    cohort `sitea` drawn from scz/siteA through its own audit and gate."""
+    with the disease head its diagnosis condition implies (and its label tokens), checks of what
+    it learned, and the cohort `sitea` drawn from scz/siteA through its own audit and gate."""
     import json
 
     cfg = yaml.safe_load((ROOT / "config" / "demo.yaml").read_text())
@@ -214,8 +215,9 @@ def test_demo_fine_tunes_learn_the_disease_direction_and_draw_a_gated_cohort(dem
         for site in spec["sites"]:
             out = res / "finetune" / task / site
             ckpt = torch.load(out / "checkpoint.pt", weights_only=True)
+            tokens = {**cfg["finetune"]["train"], **spec.get("train", {})}.get("label_tokens")
             assert ckpt["step"] == steps and ckpt["config"]["surgeries"] == [
-                ["add_disease_head", 2]]
+                ["add_disease_head", 2]] + ([["add_label_tokens"]] if tokens else [])
             assert ckpt["config"]["train"]["preset"] == cfg["pretrain"]["train"]["preset"]
             members = set(read_tsv(out / "training.tsv")["participant_id"])
             at_site = set(people.loc[people["site"] == site, "participant_id"])
