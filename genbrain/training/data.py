@@ -18,6 +18,7 @@ from torch.utils.data import Dataset, Sampler
 
 from genbrain.conditions import Conditions, encode_labels, fit_norms, fit_ranges
 from genbrain.errors import GenbrainInputError
+from genbrain.layout import Converter, store_converter
 from genbrain.model.dit import DiT
 from genbrain.seeds import seed_of
 from genbrain.store import ImageStore
@@ -39,6 +40,10 @@ class VoxelDataset(Dataset):
     fitted here over one value per (site, participant_id) and exposed as ``self.norms``.
     ``self.ranges`` ({"age": {"min", "max"}, "score": ...}): the values of those participants,
     widened to span ``ranges`` (a fine-tune's init model's age range, a resumed run's own).
+
+    Vectors are in the stores' layout until :meth:`to_model` names the model they feed: then
+    ``x``, ``x_cond`` and :attr:`n_voxels` are in the model's layout (converted per batch,
+    :func:`genbrain.layout.store_converter`), which templates and training see alike.
     """
 
     def __init__(self, stores: Sequence[ImageStore], *, modalities: Sequence[str] | None = None,
@@ -49,6 +54,7 @@ class VoxelDataset(Dataset):
         self.stores = list(stores)
         self.diagnosis_levels, self.score_column = diagnosis_levels, score_column
         self.sources = list(sources or [])
+        self._convert: list[Converter | None] = [None] * len(self.stores)  # store -> model
         wanted = ["participant_id", "site", "modality", "modality_index"]
         wanted += ["age", "sex"] * demographics + ["diagnosis"] * bool(diagnosis_levels)
         wanted += [score_column] * bool(score_column)
@@ -116,15 +122,20 @@ class VoxelDataset(Dataset):
         """(n, V) rows ``rows`` of the stores of items ``idx``, in the stores' dtype."""
         stores = np.unique(self._store[idx])
         if len(stores) == 1:  # the usual case: the store's rows are the batch, no second copy
-            return self.stores[int(stores[0])].rows(rows)
+            return self._as_model(int(stores[0]), self.stores[int(stores[0])].rows(rows))
         x = None
         for s in stores:
             sel = np.flatnonzero(self._store[idx] == s)
-            block = self.stores[int(s)].rows(rows[sel])  # (m, V)
+            block = self._as_model(int(s), self.stores[int(s)].rows(rows[sel]))  # (m, V)
             if x is None:
                 x = np.empty((len(idx), block.shape[1]), dtype=block.dtype)
             x[sel] = block
         return x
+
+    def _as_model(self, s: int, block: np.ndarray) -> np.ndarray:
+        """(m, V_store) rows of store ``s`` -> (m, V) in the model's layout."""
+        conv = self._convert[s]
+        return block if conv is None else conv(block)
 
     def __getitem__(self, i: int) -> dict[str, Tensor]:
         return {k: v[0] for k, v in self.__getitems__([i]).items()}
@@ -144,8 +155,20 @@ class VoxelDataset(Dataset):
 
     @property
     def n_voxels(self) -> int:
-        """V of the first store that has items."""
-        return self.stores[self._store[0]].n_voxels
+        """V of the items: the model's after :meth:`to_model`, else the first store's."""
+        conv = self._convert[self._store[0]]
+        return self.stores[self._store[0]].n_voxels if conv is None else conv.dst.n_voxels
+
+    def to_model(self, config: Mapping, source: str) -> None:
+        """Serve items in the layout of the model of checkpoint ``config`` (named ``source``):
+        its ``layout`` record and ``model.n_voxels``. Every store with items must hold the
+        standard layout or the model's length (one-line error otherwise)."""
+        for s, store in enumerate(self.stores):
+            if (self._store == s).any():
+                self._convert[s] = store_converter(config.get("layout"),
+                                                   config["model"]["n_voxels"],
+                                                   store.n_voxels, source,
+                                                   str(store.index_path))
 
     def check_voxels(self, n_voxels: int, source: str) -> None:
         """Every store with items must have ``n_voxels`` voxels (those of ``source``)."""

@@ -234,7 +234,8 @@ def train(config: TrainConfig, stores: StoreLike | Sequence[StoreLike],
 
 def _open_data(config: TrainConfig, stores: StoreLike | Sequence[StoreLike], init: Mapping | None,
                init_path: Any, resume: Mapping | None, ckpt_path: Path) -> VoxelDataset:
-    """The training items, their voxel count checked against the model to be trained."""
+    """The training items in the layout of the model to be trained (a resumed run's or the
+    init checkpoint's; a fresh model is built for the first store)."""
     stores = [stores] if isinstance(stores, (ImageStore, str, os.PathLike)) else list(stores)
     stores = [s if isinstance(s, ImageStore) else ImageStore(s) for s in stores]
     # The scalings: the resumed run's, else the pretrained age scaling, else fitted on the data.
@@ -249,10 +250,11 @@ def _open_data(config: TrainConfig, stores: StoreLike | Sequence[StoreLike], ini
                         diagnosis_levels=config.diagnosis_levels,
                         score_column=config.score_column, sources=config.sources,
                         demographics=config.demographics, ranges=ranges)
+    # a model of another layout than the stores' reads them converted (logged)
     if resume is not None:
-        data.check_voxels(resume["config"]["model"]["n_voxels"], f"the checkpoint {ckpt_path}")
+        data.to_model(resume["config"], f"the checkpoint {ckpt_path}")
     elif init is not None:
-        data.check_voxels(init["config"]["model"]["n_voxels"], f"the init checkpoint {init_path}")
+        data.to_model(init["config"], f"the init checkpoint {init_path}")
     else:
         data.check_voxels(data.n_voxels, "the model (built for the first store)")
     return data

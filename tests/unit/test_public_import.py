@@ -391,3 +391,72 @@ def test_layout_checks_and_records(small_layout):
     assert layout_of({"layout": pub.to_dict(), "model": {"n_voxels": 228_453}}) == pub
     with pytest.raises(GenbrainInputError, match="records no voxel layout"):
         layout_of({"model": {"n_voxels": V}})
+
+
+# --------------------------------------------------------------------------------------------
+# An imported checkpoint on the pipeline's stores (standard layout)
+# --------------------------------------------------------------------------------------------
+
+
+def full_size_import(tmp_path: Path) -> Path:
+    """A public nano DiT_UKB (patch 256, 893 tokens) on the public layout, random weights,
+    written in the public code's format and imported with the project's converter."""
+    torch.manual_seed(0)
+    base = PublicDiT(228_453, D, DEPTH, HEADS, patch_size=256, n_modalities=N_MOD)
+    with torch.no_grad():  # every weight non-zero, so outputs depend on every voxel's token
+        for name, p in base.named_parameters():
+            if name != "pos_embed":
+                p.copy_(torch.randn(p.shape) * 0.1)
+        base.pos_embed.copy_(torch.tensor(public_pos_embed(D, 893)).float().unsqueeze(0))
+    path = tmp_path / "0000001.pt"
+    torch.save({"model": spelled(base.state_dict(), "public"), "args": None}, path)
+    return import_public_checkpoint(path, PUBLIC, tmp_path / "imported.pt", age_norm=AGE)
+
+
+def standard_store(root: Path, n: int = 4) -> Path:
+    """A store of the pipeline's (standard layout, 228,483 voxels) with ``n`` T1w images."""
+    root.mkdir()
+    rng = np.random.default_rng(0)
+    write_shard(rng.standard_normal((n, 228_483)).astype(np.float32), root / "T1w.npy",
+                "float16")
+    save_tsv(pd.DataFrame({"participant_id": [f"sub-{i}" for i in range(n)], "site": "a",
+                           "age": np.linspace(50.0, 80.0, n), "sex": ["M", "F"] * (n // 2),
+                           "modality": "T1w", "modality_index": 0, "shard": "T1w.npy",
+                           "row": range(n), "diagnosis": ["CN", "SCZ"] * (n // 2)}),
+             root / "index.tsv")
+    return root / "index.tsv"
+
+
+@pytest.fixture(scope="module")
+def imported(tmp_path_factory) -> Path:
+    return full_size_import(tmp_path_factory.mktemp("imported"))
+
+
+def test_an_imported_checkpoint_fine_tunes_on_a_standard_store(tmp_path, imported, caplog,
+                                                                monkeypatch):
+    """The store's 228,483-voxel vectors reach the public-layout model converted (one log
+    line naming both layouts); the fine-tune keeps the model's layout, and the batches the
+    model sees are the store's images in the public layout."""
+    monkeypatch.delenv("FSLDIR", raising=False)
+    index = standard_store(tmp_path / "store")
+    cfg = TrainConfig(preset="nano/256", n_modalities=N_MOD, steps=2, global_batch=2,
+                      finetune="new-modules-only", diagnosis_levels=["CN", "SCZ"],
+                      sampling_weights="model", checkpoint_every=1000, log_every=1000)
+    caplog.set_level("INFO", logger="genbrain.layout")
+    tuned = train(cfg, index, tmp_path / "tuned", init_checkpoint=imported).checkpoint
+    state = torch.load(tuned, weights_only=True)
+    assert state["config"]["layout"] == public_layout().to_dict()
+    assert state["config"]["model"]["n_voxels"] == 228_453
+    lines = [r.getMessage() for r in caplog.records if "converted" in r.getMessage()]
+    assert len(lines) == 1 and "fsl-brain-mask (228,483 voxels" in lines[0]
+    assert "-> fsl-t1-brain-nonzero (228,453 voxels" in lines[0]
+    # the items a model of that layout reads: the store's images, converted
+    from genbrain.store import ImageStore
+    from genbrain.training.data import VoxelDataset
+    store = ImageStore(index)
+    data = VoxelDataset([store])
+    data.to_model(state["config"], "the fine-tune")
+    x = data.__getitems__([1, 3])["x"][:, 0].float().numpy()  # (2, 228,453)
+    want = convert(store.rows(np.array([1, 3])), standard_layout(), public_layout())
+    np.testing.assert_array_equal(x, want.astype(np.float32))
+    assert data.n_voxels == 228_453
