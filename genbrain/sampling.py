@@ -14,7 +14,10 @@ shard or batch its row falls into.
 Synthesis (:func:`genbrain.synthesize.synthesize_shard`), the pretraining sample panel and the
 paired-sample checks of pretrained and fine-tuned models all draw through
 :func:`sample_table`. Images are in the model's normalised units (those of the training
-store).
+store) and in the standard voxel layout whatever the model's (:mod:`genbrain.layout`): a model
+of another layout (an imported public checkpoint: ``model.voxel_layout``) reads its source
+images converted to its layout and its samples are converted back (one log line each), so
+synthetic stores, the audit, the export and every statistic see standard-layout vectors.
 """
 
 from __future__ import annotations
@@ -31,6 +34,7 @@ import torch
 from genbrain.conditions import Conditions, encode_labels
 from genbrain.covariates import check_covariates
 from genbrain.errors import GenbrainInputError
+from genbrain.layout import standard_converter, store_converter
 from genbrain.modalities import DEFAULT_REGISTRY, ModalityRegistry
 from genbrain.model.diffusion import DDIMSampler, GaussianDiffusion
 from genbrain.model.dit import DiT
@@ -122,10 +126,12 @@ def sample_table(model: DiT, norms: Mapping[str, Mapping[str, float]], config: T
                  registry: ModalityRegistry = DEFAULT_REGISTRY, source: str = "covariates",
                  device: torch.device | str | None = None,
                  sources: np.ndarray | None = None) -> np.ndarray:
-    """Images for every row of ``table`` -> (N, V) float32, each the mean of ``sampling.k``
-    samples; progress (rows, images/s, ETA) is logged after every batch. An image-conditioned
-    model (``config.sources``) needs ``sources`` (N, K, V): each row's source images, in the
-    order of ``config.sources`` (:func:`source_images` reads them from a store)."""
+    """Images for every row of ``table`` -> (N, V) float32 in the standard layout (V of the
+    model when it records none), each the mean of ``sampling.k`` samples; progress (rows,
+    images/s, ETA) is logged after every batch. An image-conditioned model (``config.sources``)
+    needs ``sources`` (N, K, V): each row's source images, in the order of ``config.sources``
+    (:func:`source_images` reads them from a store; a standard-layout store's are converted to
+    a model of another layout)."""
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     labels = condition_labels(table, model, norms, config, registry, source)
     want = len(config.sources or [])
@@ -144,7 +150,12 @@ def sample_table(model: DiT, norms: Mapping[str, Mapping[str, float]], config: T
     model.compile_blocks(sampling.compile)  # compiles at the first batch (and a smaller last)
     ids = table["synthetic_id"].to_numpy(np.int64)
     n, V, C = len(table), model.n_voxels, model.out_channels
-    out = np.empty((n, V), np.float32)
+    if sources is not None:
+        to_model = store_converter(model.voxel_layout, V, sources.shape[-1], "the model",
+                                   f"{source}: source images")
+        sources = sources if to_model is None else to_model(sources)  # (N, K, V)
+    to_standard = standard_converter(model.voxel_layout, f"{source}: the model")
+    out = np.empty((n, V if to_standard is None else to_standard.dst.n_voxels), np.float32)
     t0 = time.perf_counter()
     for start in range(0, n, sampling.batch_size):
         rows = slice(start, min(start + sampling.batch_size, n))
@@ -154,7 +165,8 @@ def sample_table(model: DiT, norms: Mapping[str, Mapping[str, float]], config: T
         x = sampler.sample(model, {k: v[rows].to(device) for k, v in labels.items()}, V,
                            torch.Generator(), n_channels=C, k=sampling.k, noise=noise,
                            x_cond=x_cond)
-        out[rows] = x[:, 0].float().cpu().numpy()  # (b, V)
+        x = x[:, 0].float().cpu().numpy()  # (b, V) in the model's layout
+        out[rows] = x if to_standard is None else to_standard(x)
         done, spent = rows.stop, time.perf_counter() - t0
         log.info("%s: %d/%d images  %.2f images/s  ETA %ds", source, done, n, done / spent,
                  round(spent / done * (n - done)))

@@ -11,7 +11,8 @@ resume independently.
 A synthetic store has the layout of a cohort store (:mod:`genbrain.store`): per shard a folder
 ``shard-<k>/`` with ``<modality>.npy`` and ``index.tsv``; :func:`genbrain.store.merge_indices`
 makes the cohort index. Images are in the model's normalised units (those of the training
-store).
+store) and in the standard voxel layout whatever the model's (an imported public checkpoint's
+samples are converted by the sampler, :mod:`genbrain.sampling`), like every cohort store.
 """
 
 from __future__ import annotations

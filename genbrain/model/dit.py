@@ -285,6 +285,10 @@ class DiT(nn.Module):
             docstring); the images start at zero and are set with :meth:`set_modality_template`.
     """
 
+    #: the voxel layout record (``config["layout"]``, :mod:`genbrain.layout`) of the checkpoint
+    #: the model was loaded from (set by ``load_for_sampling``); None = none recorded (standard)
+    voxel_layout: dict[str, Any] | None = None
+
     def __init__(self, n_voxels: int, *, hidden_size: int, depth: int, num_heads: int,
                  patch_size: int = 256, mlp_ratio: float = 4.0, in_channels: int = 1,
                  out_channels: int = 1, n_modalities: int = N_MODALITIES,

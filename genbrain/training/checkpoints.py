@@ -73,7 +73,8 @@ def load_for_sampling(checkpoint_path: str | os.PathLike, weights: str | None = 
                       ) -> tuple[DiT, dict[str, dict[str, float]], TrainConfig]:
     """A trained model ready to sample: (DiT in eval mode on ``device``, the label scalings
     ``{"age": {"mean", "std"}, "score": ...}`` to z-score sampling covariates with, the run's
-    TrainConfig). ``weights``: "ema" or "model"; None = the run's ``sampling_weights``."""
+    TrainConfig). ``weights``: "ema" or "model"; None = the run's ``sampling_weights``. The
+    model's ``voxel_layout`` is the checkpoint's layout record."""
     ckpt = read_checkpoint(checkpoint_path)
     config = TrainConfig.from_dict(ckpt["config"]["train"], f"{checkpoint_path}: config")
     weights = weights or config.sampling_weights
@@ -83,6 +84,7 @@ def load_for_sampling(checkpoint_path: str | os.PathLike, weights: str | None = 
     with torch.random.fork_rng(devices=[]):  # the throwaway initialisation leaves the RNG alone
         model = dit_from_spec(ckpt["config"]["model"])
     model.load_state_dict(ckpt[weights])
+    model.voxel_layout = ckpt["config"].get("layout")  # what the sampler converts samples from
     return model.to(device).eval(), ckpt["config"]["norms"], config
 
 

@@ -460,3 +460,58 @@ def test_an_imported_checkpoint_fine_tunes_on_a_standard_store(tmp_path, importe
     want = convert(store.rows(np.array([1, 3])), standard_layout(), public_layout())
     np.testing.assert_array_equal(x, want.astype(np.float32))
     assert data.n_voxels == 228_453
+
+
+def test_an_imported_checkpoint_end_to_end_writes_standard_space(tmp_path, imported,
+                                                                 monkeypatch):
+    """Public format -> import -> fine-tune on a standard store -> synthesis -> audit ->
+    export: the synthetic store holds standard-layout vectors, and the exported NIfTI are the
+    model's public-layout samples placed on the standard grid (same affine and shape, zero
+    outside the brain mask, zero on the 30 mask voxels the public layout lacks)."""
+    from genbrain.audit import memorisation_audit, privacy_gate
+    from genbrain.export import export_cohort
+    from genbrain.sampling import SamplingConfig, sample_table
+    from genbrain.store import ImageStore, merge_indices
+    from genbrain.synthesize import synthesize_shard
+    from tests.unit.test_sampling import REG  # T1w = modality index 0
+
+    monkeypatch.delenv("FSLDIR", raising=False)
+    index = standard_store(tmp_path / "store")
+    cfg = TrainConfig(preset="nano/256", n_modalities=N_MOD, steps=2, global_batch=2,
+                      finetune="new-modules-only", diagnosis_levels=["CN", "SCZ"],
+                      sampling_weights="model", checkpoint_every=1000, log_every=1000)
+    tuned = train(cfg, index, tmp_path / "tuned", init_checkpoint=imported).checkpoint
+    assert torch.load(tuned, weights_only=True)["config"]["layout"]["name"] == PUBLIC
+
+    table = pd.DataFrame({"synthetic_id": [0, 1, 2], "age": [55.0, 65.0, 75.0],
+                          "sex": ["F", "M", "F"], "modality": "T1w",
+                          "diagnosis": ["CN", "SCZ", "SCZ"]})
+    sampling = SamplingConfig(steps=2, guidance=1.2, batch_size=2, seed=3)
+    shard = synthesize_shard(tuned, table, tmp_path / "syn" / "shard-000", sampling, REG)
+    syn_index = tmp_path / "syn" / "index.tsv"
+    merge_indices([tmp_path / "syn" / "shard-000" / "index.tsv"], syn_index)
+    syn = ImageStore(syn_index)
+    std, pub = standard_layout(), public_layout()
+    assert syn.n_voxels == std.n_voxels and len(shard) == 3
+
+    audit = memorisation_audit(syn, ImageStore(index))
+    assert len(audit) == 3 and audit["max_r"].abs().max() < 0.5  # noise vs noise
+    gate = privacy_gate(audit)
+    save_tsv(gate, tmp_path / "gate.tsv")
+    files = export_cohort(syn_index, tmp_path / "gate.tsv", tmp_path / "export",
+                          {"steps": 2}, tuned, registry=REG)
+
+    # the same samples straight from the model, in its own (public) layout
+    model, norms, config = load_for_sampling(tuned)
+    model.voxel_layout = None  # unrecorded: the sampler converts nothing
+    raw = sample_table(model, norms, config, table, sampling, REG)
+    assert raw.shape == (3, 228_453)
+    space_ = space.standard_space()
+    for i, rel in enumerate(files["path"]):
+        img = nib.load(tmp_path / "export" / rel)
+        np.testing.assert_allclose(img.affine, space_.affine)
+        assert img.shape == space.SHAPE
+        vol = np.asanyarray(img.dataobj)
+        assert not vol[~std.mask].any()  # nothing outside the brain mask
+        assert not vol[std.mask & ~pub.mask].any()  # the slice the public layout lacks
+        np.testing.assert_allclose(vol, pub.to_volume(raw[i]), atol=1e-6)
