@@ -13,8 +13,9 @@ A task (config ``finetune.tasks.<name>``) names its cohort, target ``modalities`
 whether it keeps ``demographics``; with ``per_site`` it is one job per site (the paper's
 single-site fine-tunes), else one job on the cohort's selected sites. Nothing about surgery or
 architecture is restated: the model starts from the init checkpoint (``init``: ``pretrain`` or
-a checkpoint path) with its architecture, and the trainer adds the heads, modality rows and
-input channels the data imply (:mod:`genbrain.training.surgery`). Training settings are
+a checkpoint path, a public GenBrain checkpoint converted by ``python -m genbrain.model.public``
+included: its voxel layout is kept, the stores are converted to it) with its architecture, and
+the trainer adds the heads, modality rows and input channels the data imply (:mod:`genbrain.training.surgery`). Training settings are
 ``finetune.train`` (shared) overridden by the task's ``train``.
 
 :func:`plan_finetunes` runs at DAG build time (no torch): it checks every task against the
@@ -211,7 +212,9 @@ def plan_finetunes(config: Mapping, cohorts: Mapping, pretrain: str | None,
 
 def _check_init(init: str, pretrain: str | None, key: str) -> str:
     """``pretrain`` (needs a pretraining cohort) or a genbrain training checkpoint, known by the
-    keys of its pickle (:func:`genbrain.io.peek_checkpoint`: no weights are read)."""
+    keys of its pickle (:func:`genbrain.io.peek_checkpoint`: no weights are read): one of our
+    runs or a public GenBrain checkpoint converted by ``python -m genbrain.model.public``.
+    Logs which voxel layout its model has and whether the stores will be converted to it."""
     if init == "pretrain":
         if pretrain is None:
             raise GenbrainInputError(f"config: '{key}' is 'pretrain' but no cohort has role "
@@ -235,7 +238,32 @@ def _check_init(init: str, pretrain: str | None, key: str) -> str:
     if missing:
         raise GenbrainInputError(f"{init}: not a genbrain training checkpoint (config key "
                                  f"'{key}'): its pickle lacks {missing}")
+    log.info("config key '%s': %s", key, _layout_note(init, record["config"], key))
     return str(init)
+
+
+def _layout_note(init: str, config: Mapping[str, Any], key: str) -> str:
+    """Which voxel layout the init checkpoint's model has (its ``config["layout"]``, resolved
+    now so that a mask that cannot be found fails at parse time) and whether the stores'
+    vectors will be converted to it (:func:`genbrain.layout.store_converter`)."""
+    from genbrain import layout as layouts
+
+    record = config.get("layout") if isinstance(config, Mapping) else None
+    n_model = (config.get("model") or {}).get("n_voxels") if isinstance(config, Mapping) \
+        else None
+    imported = " (imported from the public GenBrain code)" if config.get("public_import") \
+        else ""
+    if record is None or record.get("sha256") == layouts.KNOWN_SHA256[layouts.STANDARD]:
+        how = "records no layout" if record is None else f"has layout {layouts.STANDARD}"
+        return (f"{init}{imported} {how} ({n_model} voxels): the stores' vectors reach it "
+                "unconverted")
+    try:
+        layout = layouts.VoxelLayout.from_dict(record, init)
+    except GenbrainInputError as err:
+        raise GenbrainInputError(f"{err} (config key '{key}')") from None
+    return (f"{init}{imported} has layout {layout}; the stores' {layouts.STANDARD} vectors "
+            f"({layouts.N_VOXELS[layouts.STANDARD]:,}) will be converted to it for "
+            f"fine-tuning, and its samples back to {layouts.STANDARD} for synthesis")
 
 
 def _check_members(job: FinetuneJob, table: pd.DataFrame, key: str) -> None:

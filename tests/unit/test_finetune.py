@@ -690,3 +690,40 @@ def test_a_train_split_checks_every_site_of_the_cohort_at_parse_time():
                      "split": "train"}}, {"scz": c})
     assert ("'finetune.tasks.dx.split' is 'train', but the cohort's 3:1:1 split fails"
             in one_line(err)) and "site 'b' has one class only" in one_line(err)
+
+
+def test_plan_says_the_init_checkpoints_layout_and_the_conversion(tmp_path, caplog,
+                                                                   monkeypatch):
+    """An imported public checkpoint as ``init``: the plan logs its layout and that the stores
+    will be converted to it; one of ours says no conversion; a layout whose mask is gone
+    fails at parse time, naming the key."""
+    from genbrain.layout import PUBLIC, VoxelLayout, public_layout, standard_layout
+
+    monkeypatch.delenv("FSLDIR", raising=False)
+
+    def fake(name, config):  # a checkpoint's pickle as the plan peeks at it (no weights)
+        path = tmp_path / name
+        torch.save({"model": {}, "ema": {}, "step": 0, "config": config}, path)
+        return str(path)
+
+    caplog.set_level("INFO", logger="genbrain.finetune")
+    pub = fake("imported.pt", {"layout": public_layout().to_dict(),
+                               "model": {"n_voxels": 228_453}, "public_import": {"dialect": "x"}})
+    jobs = plan({"t": {"cohort": "scz", "init": pub}})
+    assert jobs["t/all"].init == pub
+    assert (f"config key 'finetune.tasks.t.init': {pub} (imported from the public GenBrain "
+            f"code) has layout {PUBLIC} (228,453 voxels") in caplog.text
+    assert ("the stores' fsl-brain-mask vectors (228,483) will be converted to it for "
+            "fine-tuning, and its samples back to fsl-brain-mask for synthesis") in caplog.text
+    caplog.clear()
+    ours = fake("ours.pt", {"layout": standard_layout().to_dict(),
+                            "model": {"n_voxels": 228_483}})
+    plan({"t": {"cohort": "scz", "init": ours}})
+    assert f"{ours} has layout fsl-brain-mask (228483 voxels): the stores' vectors reach it " \
+        "unconverted" in caplog.text
+    gone = VoxelLayout("custom:gone.nii.gz", str(tmp_path / "gone.nii.gz"),
+                       public_layout().mask).to_dict()
+    bad = fake("gone.pt", {"layout": gone, "model": {"n_voxels": 228_453}})
+    with pytest.raises(GenbrainInputError) as err:
+        plan({"t": {"cohort": "scz", "init": bad}})
+    assert one_line(err).endswith("is not found (config key 'finetune.tasks.t.init')")
