@@ -468,6 +468,7 @@ def finetune_checks(checkpoint: str | os.PathLike, index: str | os.PathLike,
     """
     import torch
 
+    from genbrain.layout import standard_converter
     from genbrain.model.diffusion import GaussianDiffusion
     from genbrain.stats.correlation import pearson
     from genbrain.store import ImageStore
@@ -499,6 +500,11 @@ def finetune_checks(checkpoint: str | os.PathLike, index: str | os.PathLike,
                         diagnosis_levels=config.diagnosis_levels,
                         score_column=config.score_column, sources=config.sources,
                         demographics=config.demographics)
+    # a model of another layout (an imported public checkpoint) reads the store converted; its
+    # one-step effects go back to the standard layout of the maps they are compared with
+    data.to_model({"layout": model.voxel_layout, "model": {"n_voxels": model.n_voxels}},
+                  f"the model of {checkpoint}")
+    to_standard = standard_converter(model.voxel_layout, f"the model of {checkpoint}")
     diffusion = GaussianDiffusion.linear(prediction=config.prediction)
     modality = data._labels["modality"]
     maps: dict[tuple[str, str, str], dict[str, np.ndarray]] = {}
@@ -526,6 +532,7 @@ def finetune_checks(checkpoint: str | os.PathLike, index: str | os.PathLike,
             b = _x0(model, diffusion, x, t, noise,
                     {**labels, head: torch.full((len(items),), lo, dtype=dtype)}, x_cond)
             effect = (a - b).mean(axis=0)  # (V,)
+            effect = effect if to_standard is None else to_standard(effect)
             rows.append((f"{head}_effect_sd", m_name, what, float(effect.std()),
                          f"{what}: spatial SD of the model's effect (0 = nothing learned)"))
             all_items = np.flatnonzero(modality == modality[items[0]])

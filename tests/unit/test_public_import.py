@@ -483,6 +483,17 @@ def test_an_imported_checkpoint_end_to_end_writes_standard_space(tmp_path, impor
     tuned = train(cfg, index, tmp_path / "tuned", init_checkpoint=imported).checkpoint
     assert torch.load(tuned, weights_only=True)["config"]["layout"]["name"] == PUBLIC
 
+    # the fine-tune checks: one-step and paired-sample maps in the standard layout
+    from genbrain.finetune import finetune_checks
+    checks, maps = finetune_checks(tuned, index, pd.DataFrame({"participant_id": [
+        f"sub-{i}" for i in range(4)]}), paired_samples=1, registry=REG,
+        sampling=SamplingConfig(steps=2, batch_size=2, seed=3))
+    got = checks.set_index(["check", "contrast"])["value"]
+    assert np.isfinite(got[("disease_effect_vs_site", "SCZ minus CN")])
+    assert np.isfinite(got[("disease_sample_vs_site", "SCZ minus CN")])
+    for m in maps.values():
+        assert {len(v) for v in m.values()} == {228_483}
+
     table = pd.DataFrame({"synthetic_id": [0, 1, 2], "age": [55.0, 65.0, 75.0],
                           "sex": ["F", "M", "F"], "modality": "T1w",
                           "diagnosis": ["CN", "SCZ", "SCZ"]})
