@@ -36,8 +36,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from genbrain.finetune import FinetuneJob, finetune_checks, run_finetune
 from genbrain.modalities import registry_from_config
 from genbrain.sampling import SamplingConfig
-from genbrain.simulate.cohort import reference_subject
-from genbrain.simulate.write import read_truth
+from genbrain.simulate.write import checks_truth
 from genbrain.training.checkpoints import read_checkpoint
 
 LABELS = ("disease", "score", "age", "sex")
@@ -79,11 +78,8 @@ def main(argv: list[str] | None = None) -> None:
     index = args.results / "stores" / job.cohort / "index.tsv"
     training = demo / "training.tsv"
     spec = config["cohorts"][job.cohort]["simulate"]
-    truth: dict = {}
-    for (m, effect), v in read_truth(args.results / "simulated" / job.cohort / "ground_truth",
-                                     list(job.modalities)).items():
-        truth.setdefault(effect, {})[m] = v
-    reference = reference_subject(spec, list(job.modalities))
+    truth, reference = checks_truth(args.results / "simulated" / job.cohort / "ground_truth",
+                                    spec, list(job.modalities))
     s = config["synthesize"]
     sampling = SamplingConfig(steps=s["ddim_steps"], guidance=s["guidance"],
                               batch_size=s["batch_size"], seed=config["seed"])

@@ -37,8 +37,7 @@ from genbrain.finetune import finetune_checks
 from genbrain.modalities import registry_from_config
 from genbrain.pretrain import pretrain
 from genbrain.sampling import SamplingConfig
-from genbrain.simulate.cohort import reference_subject
-from genbrain.simulate.write import read_truth
+from genbrain.simulate.write import checks_truth
 
 KEEP = ("age_sample_sd", "age_sample_vs_truth", "age_sample_gain", "age_site_gain",
         "sex_sample_sd", "sex_sample_vs_truth", "sex_sample_gain", "sex_site_gain")
@@ -65,10 +64,8 @@ def main(argv: list[str] | None = None) -> None:
     index = args.results / "stores" / cohort / "index.tsv"
     split = args.results / "pretrain" / "split.tsv"
     truth_dir = args.results / "simulated" / cohort / "ground_truth"
-    truth: dict = {}
-    for (m, effect), v in read_truth(truth_dir, args.modalities).items():
-        truth.setdefault(effect, {})[m] = v
-    reference = reference_subject(config["cohorts"][cohort]["simulate"], args.modalities)
+    truth, reference = checks_truth(truth_dir, config["cohorts"][cohort]["simulate"],
+                                    args.modalities)
     s = config["synthesize"]
     sampling = SamplingConfig(steps=s["ddim_steps"], guidance=s["guidance"],
                               batch_size=s["batch_size"], seed=config["seed"])

@@ -24,6 +24,7 @@ from genbrain.simulate.cohort import (
     native_grid,
     native_pose,
     participants,
+    reference_subject,
     site_specs,
     subject_rng,
     to_volume,
@@ -152,3 +153,15 @@ def read_truth(truth_dir: str | os.PathLike,
         raise GenbrainInputError(f"{truth_dir}: no ground-truth maps (effect-<effect>_"
                                  f"<modality>.nii.gz) of {', '.join(modalities)}")
     return out
+
+
+def checks_truth(truth_dir: str | os.PathLike, spec: Mapping, modalities: Sequence[str]
+                 ) -> tuple[dict[str, dict[str, np.ndarray]], dict[str, np.ndarray]]:
+    """What :func:`genbrain.finetune.finetune_checks` compares with on a simulated cohort:
+    (the planted maps as effect -> modality -> (V,), the noise-free reference subject the
+    maps are changes of, modality -> (V,); :func:`genbrain.simulate.cohort.reference_subject`
+    of the cohort's ``simulate`` section ``spec``)."""
+    truth: dict[str, dict[str, np.ndarray]] = {}
+    for (m, effect), v in read_truth(truth_dir, modalities).items():
+        truth.setdefault(effect, {})[m] = v
+    return truth, reference_subject(spec, modalities)

@@ -122,6 +122,18 @@ def test_ground_truth_written_reads_back_and_is_drawn(tmp_path):
     assert (tmp_path / "fig" / "truth.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     with pytest.raises(GenbrainInputError, match=r"gt: no ground-truth maps .* of VBM"):
         read_truth(tmp_path / "gt", ["VBM"])
+    # the same maps regrouped for the checks, with the reference subject they are changes of
+    from genbrain.simulate.cohort import reference_subject
+    from genbrain.simulate.write import checks_truth
+
+    truth, reference = checks_truth(tmp_path / "gt", spec, ["FA", "T1w"])
+    assert sorted(truth) == ["age", "score", "sex"]
+    for (m, e), vec in maps.items():
+        assert truth[e][m] is not None and np.array_equal(truth[e][m], vec)
+    expected = reference_subject(spec, ["FA", "T1w"])
+    assert sorted(reference) == ["FA", "T1w"]
+    for m in ("FA", "T1w"):
+        np.testing.assert_array_equal(reference[m], expected[m])
 
 
 # ---------------------------------------------------------------------------------------------

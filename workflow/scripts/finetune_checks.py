@@ -15,18 +15,15 @@ def main(smk):
     from genbrain.modalities import registry_from_config
     from genbrain.pretrain import loss_table
     from genbrain.sampling import SamplingConfig
-    from genbrain.simulate.cohort import reference_subject
-    from genbrain.simulate.write import read_truth
+    from genbrain.simulate.write import checks_truth
 
     torch.set_num_threads(smk.threads)
     job = smk.params.job
     truth = reference = None
     if smk.input.truth:  # effect -> modality -> the planted map, and the image it changes
-        truth = {}
-        for (m, effect), v in read_truth(smk.input.truth[0], job["modalities"]).items():
-            truth.setdefault(effect, {})[m] = v
-        reference = reference_subject(smk.config["cohorts"][job["cohort"]]["simulate"],
-                                      job["modalities"])
+        truth, reference = checks_truth(smk.input.truth[0],
+                                        smk.config["cohorts"][job["cohort"]]["simulate"],
+                                        job["modalities"])
     checks, maps = finetune_checks(smk.input.checkpoint, smk.input.index, smk.input.training,
                                    truth, seed=smk.params.seed,
                                    paired_samples=smk.params.paired_samples,

@@ -16,8 +16,7 @@ def main(smk):
     from genbrain.modalities import registry_from_config
     from genbrain.pretrain import loss_table
     from genbrain.sampling import SamplingConfig
-    from genbrain.simulate.cohort import reference_subject
-    from genbrain.simulate.write import read_truth
+    from genbrain.simulate.write import checks_truth
     from genbrain.store import ImageStore
 
     torch.set_num_threads(smk.threads)
@@ -27,11 +26,9 @@ def main(smk):
                                                  .unique())
     truth = reference = None
     if smk.input.truth:  # effect -> modality -> the planted map, and the image it changes
-        truth = {}
-        for (m, effect), v in read_truth(smk.input.truth[0], modalities).items():
-            truth.setdefault(effect, {})[m] = v
-        reference = reference_subject(smk.config["cohorts"][smk.params.cohort]["simulate"],
-                                      modalities)
+        truth, reference = checks_truth(smk.input.truth[0],
+                                        smk.config["cohorts"][smk.params.cohort]["simulate"],
+                                        modalities)
     checks, maps = finetune_checks(smk.input.checkpoint, smk.input.index, training, truth,
                                    seed=smk.params.seed,
                                    paired_samples=smk.params.paired_samples,
