@@ -452,8 +452,10 @@ def test_demo_report_opens_in_chromium_with_every_stage_and_its_provenance(demo,
             [("QC mosaic", site) for site in cohort["simulate"]["sites"]]
             + [("demographics", ""), ("registration QC table", "")]), (name, shown)
     shown = menu(browser, html, ("Pretraining",))[1]
-    assert sorted(r["FIGURE"] for r in shown) == ["loss curve", "samples vs the mean image",
-                                                  "synthetic vs real"], shown
+    assert sorted(r["FIGURE"] for r in shown) == [
+        "age and sex in paired samples", "checks table",  # rule pretrain_checks
+        "loss curve", "samples vs the mean image", "synthetic vs real"], shown
+    assert {r["MODEL"] for r in shown} == {"pretrained"}, shown
     bwas_sites = [(name, site) for name, a in cfg["bwas"]["analyses"].items()
                   for site in cfg["finetune"]["tasks"][a["finetune"]]["sites"]]
     dx_sites = [(name, site) for name, a in cfg["diagnosis"]["analyses"].items()
