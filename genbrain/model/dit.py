@@ -98,6 +98,8 @@ N_MODALITIES = 34
 TIMESTEP_FREQUENCY_DIMS = 256  # sinusoidal features of t fed to the timestep MLP (as DiT)
 #: keys :meth:`DiT.spec` gained later -> what a spec without them (an older checkpoint) means
 SPEC_DEFAULTS: dict[str, Any] = {"label_tokens": False}
+#: the parameters :meth:`DiT.add_label_tokens` adds (None until then)
+LABEL_TOKEN_PARAMS = ("disease_tokens", "score_tokens")
 
 
 # --------------------------------------------------------------------------------------------
@@ -319,7 +321,7 @@ class DiT(nn.Module):
         # spatial maps of the disease and score heads (add_label_tokens); every head added
         # after that surgery gets its own
         self.label_tokens = False
-        for name in ("disease_tokens", "score_tokens"):
+        for name in LABEL_TOKEN_PARAMS:
             self.register_parameter(name, None)
 
         if pos_embed == "raster2d":

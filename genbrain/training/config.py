@@ -69,7 +69,9 @@ class TrainConfig:
     ``FINETUNE_MODES``, with ``finetune_k`` blocks for ``last-k-blocks``. ``label_tokens``: give
     the model's disease and score heads label tokens, a spatial path for regional effects (the
     ``add_label_tokens`` surgery after the heads', see :mod:`genbrain.model.dit`; not in the
-    paper); new parameters, they train in every ``finetune`` mode. ``sampling_weights``:
+    paper); new parameters, they train in every ``finetune`` mode, at ``label_tokens_lr``
+    (None = ``lr``: zero-initialised, AdamW moves each entry by about lr per step, so short
+    fine-tunes may want them faster than the pretrained weights). ``sampling_weights``:
     which weights (``ema`` or ``model``) sampling uses by default; short runs want ``model``
     (with decay 0.9999 the EMA is still ~90% initial weights after 1,000 steps).
     ``precision``: ``auto`` (bf16 autocast on CUDA, fp32 on CPU), ``fp32`` or ``bf16`` (autocast
@@ -105,6 +107,7 @@ class TrainConfig:
     finetune: str = "full"
     finetune_k: int = 2
     label_tokens: bool = False
+    label_tokens_lr: float | None = None
     sampling_weights: str = "ema"
     precision: str = "auto"
     compile: bool | None = None
@@ -136,6 +139,9 @@ class TrainConfig:
                 bad(key, "an integer >= 1 or null")
         if not isinstance(self.seed, int) or self.seed < 0:
             bad("seed", "an integer >= 0")
+        if self.label_tokens_lr is not None and not (
+                isinstance(self.label_tokens_lr, (int, float)) and self.label_tokens_lr > 0):
+            bad("label_tokens_lr", "a number > 0 or null (the label tokens train at lr)")
         if not self.lr > 0 or self.weight_decay < 0:
             bad("lr" if not self.lr > 0 else "weight_decay", "lr > 0 and weight_decay >= 0")
         if not 0 <= self.ema_decay <= 1:

@@ -81,7 +81,7 @@ from genbrain.conditions import Conditions, inherited_ranges
 from genbrain.errors import GenbrainInputError
 from genbrain.io import atomic_path
 from genbrain.model.diffusion import GaussianDiffusion
-from genbrain.model.dit import DiT
+from genbrain.model.dit import LABEL_TOKEN_PARAMS, DiT
 from genbrain.seeds import seed_of
 from genbrain.store import ImageStore
 from genbrain.training.checkpoints import (
@@ -268,7 +268,11 @@ def _optimizer(model: DiT, rules: Mapping[str, bool | Tensor], config: TrainConf
     masks = {n: r.to(params[n].device) for n, r in rules.items() if isinstance(r, Tensor)}
     for name, p in params.items():
         p.requires_grad_(rules[name] is not False)
-    groups = [{"params": [params[n] for n, r in rules.items() if r is True]},
+    # the label tokens train in a group of their own at label_tokens_lr, when it is set
+    fast = set(LABEL_TOKEN_PARAMS) if config.label_tokens_lr is not None else set()
+    groups = [{"params": [params[n] for n, r in rules.items() if r is True and n not in fast]},
+              {"params": [params[n] for n, r in rules.items() if r is True and n in fast],
+               "lr": config.label_tokens_lr},
               # partly frozen tensors: no weight decay, so their frozen entries stay exact
               {"params": [params[n] for n in masks], "weight_decay": 0.0}]
     cuda = next(iter(params.values())).is_cuda

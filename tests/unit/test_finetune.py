@@ -303,6 +303,30 @@ def test_label_tokens_train_round_trip_and_reach_the_checks(tmp_path, pretrained
     assert np.isfinite(value[("disease_sample_gain", "paired-sample")])
 
 
+def test_label_tokens_lr_moves_only_the_tokens_faster(tmp_path, pretrained):
+    """``label_tokens_lr``: the tokens get their own AdamW group. AdamW's first step moves each
+    entry by lr x g / (|g| + eps), and the zero-initialised tokens change no forward pass before
+    it, so after one step the tokens are exactly the ratio of the rates apart and every other
+    weight is bitwise the same."""
+    store = effect_store(tmp_path / "s", diagnosis=True)
+    one = {**job().train, "steps": 1, "label_tokens": True}
+    runs = {}
+    for name, lr in (("same", None), ("fast", 0.05)):
+        ckpt, _ = tune(tmp_path / name, store, pretrained, diagnosis_levels=("CN", "SCZ"),
+                       train={**one, "label_tokens_lr": lr})
+        runs[name] = read_checkpoint(ckpt)["model"]
+    same, fast = runs["same"], runs["fast"]
+    assert same["disease_tokens"].abs().max() > 0
+    torch.testing.assert_close(fast["disease_tokens"], same["disease_tokens"] * (0.05 / 5e-3),
+                               rtol=1e-5, atol=1e-9)
+    assert all(torch.equal(same[k], fast[k]) for k in same if k != "disease_tokens")
+
+
+def test_label_tokens_lr_is_checked():
+    with pytest.raises(GenbrainInputError, match="'label_tokens_lr' is -1"):
+        TrainConfig(label_tokens_lr=-1)
+
+
 @pytest.mark.parametrize("mode", ["new-modules-only", "last-k-blocks"])
 def test_label_tokens_train_when_the_pretrained_weights_are_frozen(tmp_path, pretrained, mode):
     store = effect_store(tmp_path / "s", diagnosis=True)
