@@ -489,6 +489,32 @@ def test_scores_with_ranges_validate_and_read_as_names(demo_config):
             in one_line(e)), one_line(e)
 
 
+def test_the_demographics_caption_names_scores_declared_with_a_range(demo_config):
+    # The caption used to join the config's raw 'scores' entries, printing a {name, range}
+    # score as a dict (and, under the report's trim_blocks, ran ")and" together); it reads the
+    # rule's params instead: the names, as get_cohort_scores gives them.
+    from types import SimpleNamespace
+
+    import jinja2
+
+    from genbrain.workflow import load_cohorts
+
+    demo_config["cohorts"]["stroke"]["scores"] = [{"name": "score", "range": [0, 42]}]
+    cfg = validate_config(demo_config, SCHEMA, "demo.yaml")
+    cohorts = load_cohorts(cfg, PSCHEMA, 60)
+    caption = (ROOT / "workflow" / "report" / "qc_demographics.rst").read_text()
+    with_scores = ("``qc.min_corr``) and the mean and SD of the clinical score(s)\nscore "
+                   "(``cohorts.stroke.scores``).")
+    for name, shown in (("stroke", with_scores), ("scz", "``qc.min_corr``).")):
+        smk = SimpleNamespace(config=cfg, wildcards=SimpleNamespace(cohort=name),
+                              params=SimpleNamespace(scores=cohorts[name].scores))
+        # the environment Snakemake's report renders captions in
+        env = jinja2.Environment(trim_blocks=True, lstrip_blocks=True)
+        text = env.from_string(caption).render(snakemake=smk)
+        assert text.rstrip().endswith(shown), text
+        assert "'range'" not in text and "{" not in text, text  # no dict printed
+
+
 def test_brain_extracted_names_known_sites_and_is_per_site_for_simulated_cohorts(demo_config):
     scz = demo_config["cohorts"]["scz"]
     scz["brain_extracted"] = True
