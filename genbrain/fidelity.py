@@ -479,11 +479,16 @@ def _bwas_sites(results: Path, name: str) -> list[Path]:
     return files
 
 
-def _bwas_subject(path: Path) -> str:
+def _bwas_subject(path: Path, table: pd.DataFrame) -> str:
     """``<analysis> <site>``, and ``fwhm <mm>`` for a smoothed analysis (``bwas.smoothing_fwhm``:
-    ``site-siteA_fwhm-8`` -> ``scz siteA fwhm 8``), so each kernel's rows stand apart."""
-    label, fwhm = split_path_label(path.parent.name.removeprefix("site-"))
-    return f"{path.parent.parent.name} {label}" + (f" fwhm {fwhm:g}" if fwhm else "")
+    ``site-siteA_fwhm-8`` -> ``scz siteA fwhm 8``), so each kernel's rows stand apart. The site
+    is the table's ``site`` column, its name in the participants table (``Site A-1``), as every
+    BWAS table has it; the path holds only its label (``SiteA1``)."""
+    sites = table["site"].astype(str).unique()
+    if len(sites) != 1:
+        raise MissingResult(path, f"'site' column holds {sorted(sites)}; expected one site")
+    _, fwhm = split_path_label(path.parent.name.removeprefix("site-"))
+    return f"{path.parent.parent.name} {sites[0]}" + (f" fwhm {fwhm:g}" if fwhm else "")
 
 
 def _bwas_gain(claim: Claim, metric: str) -> Collector:
@@ -493,7 +498,7 @@ def _bwas_gain(claim: Claim, metric: str) -> Collector:
         rows = []
         for path in _bwas_sites(results, "scores.tsv"):
             table = read_result(results, str(path.relative_to(results)), (
-                "metric", "real", "synthetic", "difference", "difference_ci_low",
+                "site", "metric", "real", "synthetic", "difference", "difference_ci_low",
                 "difference_ci_high", "real_ci_low", "real_ci_high", "synthetic_ci_low",
                 "synthetic_ci_high", "chance_real", "chance_synthetic", "p_bootstrap",
                 "n_boot"))
@@ -506,7 +511,7 @@ def _bwas_gain(claim: Claim, metric: str) -> Collector:
                     f"{t['synthetic_ci_high']:.3f}]; chance {t['chance_real']:.2f} / "
                     f"{t['chance_synthetic']:.2f}; bootstrap p {t['p_bootstrap']:.3g}")
             rows.append(claim.measured(
-                t["difference"], _bwas_subject(path),
+                t["difference"], _bwas_subject(path, table),
                 ci=(t["difference_ci_low"], t["difference_ci_high"]),
                 ci_method="bootstrap percentile, bias-shifted", n=int(t["n_boot"]),
                 source=str(path), note=note))
@@ -525,12 +530,13 @@ def _bwas_truth(results: Path) -> list[Row]:
     rows = []
     for path in _bwas_sites(results, "maps.tsv"):
         table = read_result(results, str(path.relative_to(results)),
-                            ("map", "n", "r_truth")).set_index("map")
+                            ("site", "map", "n", "r_truth")).set_index("map")
         if not np.isfinite(table["r_truth"]).all():
             continue  # a real cohort: no ground truth
         real, syn = table.loc["real", "r_truth"], table.loc["synthetic", "r_truth"]
         rows.append(BWAS_TRUTH.measured(
-            syn - real, _bwas_subject(path), ci_method="one map each", source=str(path),
+            syn - real, _bwas_subject(path, table), ci_method="one map each",
+            source=str(path),
             note=f"real (n {int(table.loc['real', 'n'])}) {real:.3f}, synthetic (n "
                  f"{int(table.loc['synthetic', 'n'])}) {syn:.3f}, reference (n "
                  f"{int(table.loc['reference', 'n'])}) {table.loc['reference', 'r_truth']:.3f}"))
@@ -545,11 +551,13 @@ def _bwas_effective_n(results: Path) -> list[Row]:
     n over the real site's, both from the attenuation model fitted to the curve."""
     rows = []
     for path in _bwas_sites(results, "effective_n.tsv"):
-        t = read_result(results, str(path.relative_to(results)), (
-            "n_real", "n_synthetic", "r_real", "r_synthetic", "n_effective_interp",
-            "n_effective_model", "gain_model")).iloc[0]
+        table = read_result(results, str(path.relative_to(results)), (
+            "site", "n_real", "n_synthetic", "r_real", "r_synthetic", "n_effective_interp",
+            "n_effective_model", "gain_model"))
+        t = table.iloc[0]
         rows.append(BWAS_EFFECTIVE_N.measured(
-            t["gain_model"], _bwas_subject(path), ci_method="model fit", source=str(path),
+            t["gain_model"], _bwas_subject(path, table), ci_method="model fit",
+            source=str(path),
             note=f"n real {int(t['n_real'])} (r {t['r_real']:.3f}), synthetic "
                  f"{int(t['n_synthetic'])} (r {t['r_synthetic']:.3f}): effective n "
                  f"{t['n_effective_model']:.0f} (model), {t['n_effective_interp']:.0f} "

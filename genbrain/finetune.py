@@ -235,11 +235,30 @@ def _check_init(init: str, pretrain: str | None, key: str) -> str:
             f"genbrain.model.public --checkpoint {init} --mask MNI152_T1_2mm_brain.nii.gz "
             "--data-info data_info.json --out genbrain.pt")
     missing = [k for k in CHECKPOINT_KEYS if k not in keys]
-    if missing:
+    problem = f"its pickle lacks {missing}" if missing else _init_record_problem(record)
+    if problem:
         raise GenbrainInputError(f"{init}: not a genbrain training checkpoint (config key "
-                                 f"'{key}'): its pickle lacks {missing}")
+                                 f"'{key}'): {problem}")
     log.info("config key '%s': %s", key, _layout_note(init, record["config"], key))
     return str(init)
+
+
+def _init_record_problem(record: Mapping[str, Any]) -> str:
+    """What in a checkpoint's pickle (read by :func:`genbrain.io.peek_checkpoint`) the
+    fine-tune could not start from, or "": ``model`` and ``ema`` must be state dicts, and
+    ``config`` must hold the model's architecture (``model``), its training settings
+    (``train``) and its age scaling (``norms.age``), which the fine-tune inherits."""
+    for weights in ("model", "ema"):
+        if not isinstance(record[weights], Mapping):
+            return f"its '{weights}' is not a state dict"
+    config = record["config"]
+    if not isinstance(config, Mapping):
+        return "its 'config' is not a dict"
+    lacking = [k for k in ("model", "train") if not isinstance(config.get(k), Mapping)]
+    norms = config.get("norms")
+    if not (isinstance(norms, Mapping) and isinstance(norms.get("age"), Mapping)):
+        lacking.append("norms.age")
+    return f"its 'config' lacks {lacking}" if lacking else ""
 
 
 def _layout_note(init: str, config: Mapping[str, Any], key: str) -> str:

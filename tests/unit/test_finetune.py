@@ -6,6 +6,7 @@ parse-time plan names every mistake in one line.
 Models are nano widths with patch 16 on 512-voxel toy stores (see
 tests/unit/training/test_loop.py)."""
 
+import argparse
 from dataclasses import replace
 from pathlib import Path
 from types import SimpleNamespace
@@ -645,6 +646,33 @@ def test_plan_checks_the_sites_and_scores_and_the_init(tmp_path):
     assert f"{fake}: not a PyTorch checkpoint" in one_line(err)
 
 
+@pytest.mark.parametrize("record, message", [
+    ({"model": {}, "step": 0, "config": {}}, "its pickle lacks ['ema']"),
+    ({"model": torch.zeros(2), "ema": {}, "step": 0, "config": {}},
+     "its 'model' is not a state dict"),
+    # the fine-tune reads the init model's architecture, training settings and age scaling
+    ({"model": {}, "ema": {}, "step": 0, "config": argparse.Namespace(lr=1e-4)},
+     "its 'config' is not a dict"),
+    ({"model": {}, "ema": {}, "step": 0, "config": {"model": {}, "norms": {}}},
+     "its 'config' lacks ['train', 'norms.age']"),
+])
+def test_plan_refuses_an_init_checkpoint_the_fine_tune_could_not_start_from(tmp_path, record,
+                                                                            message):
+    """Read at parse time from the pickle alone: one line naming the file and the key, where
+    the fine-tune would otherwise stop (with a traceback) after preprocessing."""
+    path = tmp_path / "init.pt"
+    torch.save(record, path)
+    with pytest.raises(GenbrainInputError) as err:
+        plan({"t": {"cohort": "scz", "init": str(path)}})
+    assert one_line(err) == (f"{path}: not a genbrain training checkpoint (config key "
+                             f"'finetune.tasks.t.init'): {message}")
+
+
+def test_plan_accepts_a_trained_checkpoint_as_init(pretrained):
+    assert plan({"t": {"cohort": "scz", "init": str(pretrained)}})["t/all"].init == \
+        str(pretrained)
+
+
 def test_a_pooled_task_needs_each_level_in_its_pooled_data_a_per_site_one_at_each_site():
     c = cohort()
     bd = c.table[c.table["site"] == "a"].head(3)
@@ -727,6 +755,7 @@ def test_plan_says_the_init_checkpoints_layout_and_the_conversion(tmp_path, capl
 
     def fake(name, config):  # a checkpoint's pickle as the plan peeks at it (no weights)
         path = tmp_path / name
+        config = {"train": {}, "norms": {"age": {"mean": 60.0, "std": 10.0}}, **config}
         torch.save({"model": {}, "ema": {}, "step": 0, "config": config}, path)
         return str(path)
 

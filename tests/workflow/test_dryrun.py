@@ -228,6 +228,17 @@ def test_bwas_mistakes_stop_the_dag_with_one_line(tmp_path):
         out = res.stdout + res.stderr
         assert message in out, (change, out[-600:])
         assert "Traceback" not in out
+    # an agreement size a subsample's design cannot fit: refused now, not after fine-tuning,
+    # synthesis and the privacy gate, and blamed on the key rather than the reference
+    cfg_path = _paper_config_for(data, tmp_path, finetune=True)
+    cfg = yaml.safe_load(cfg_path.read_text())
+    cfg["bwas"].setdefault("agreement", {})["sizes"] = [4, 25]
+    cfg_path.write_text(yaml.safe_dump(cfg))
+    res = snakemake("-n", "--configfile", str(cfg_path), "-d", str(tmp_path / "work"))
+    out = res.stdout + res.stderr
+    assert res.returncode != 0 and "Traceback" not in out
+    assert ("config: 'bwas.agreement.sizes' has 4; each agreement subsample's d map fits 4 "
+            "design columns") in out, out[-600:]
 
 
 def test_fine_tune_mistakes_stop_the_dag_with_one_line(tmp_path):

@@ -349,10 +349,20 @@ def test_every_table_names_the_site_by_its_name_not_its_path_label(tmp_path):
     cov = cov.assign(participant_id=[f"syn{i:06d}" for i in cov["synthetic_id"]],
                      site="synthetic")
     syn_index = _store(tmp_path / "syn", cov, _images(cov, truth, 1, site_shift=False))
-    result = site_analysis(job, real_index, syn_index, n_boot=10, n_null=0, sizes=(20,),
-                           n_repeats=1, seed=7)
+    result = site_analysis(job, real_index, syn_index, truth=truth, n_boot=10, n_null=0,
+                           sizes=(20,), n_repeats=1, seed=7)
     for key in ("scores", "maps", "effective_n"):
         assert set(result[key]["site"]) == {"Site S-1"}, key
+    # the fidelity record too: its subject reads the site from the tables, not the path
+    out_dir = tmp_path / job.out_dir
+    write_site_analysis(result, SimpleNamespace(
+        scores=out_dir / "scores.tsv", maps=out_dir / "maps.tsv",
+        agreement=out_dir / "agreement.tsv", effective=out_dir / "effective_n.tsv",
+        d_maps=out_dir / "d_maps"))
+    record = fidelity_table(tmp_path / "results")
+    rows = record[record["claim_id"].str.startswith("bwas.")]
+    assert len(rows) == 4 and set(rows["subject"]) == {"scz Site S-1"}
+    assert rows["source"].str.contains("site-SiteS1/").all()
 
 
 def test_gm_mask_refuses_a_map_that_is_not_grey_matter(tmp_path):
