@@ -5,9 +5,10 @@ step (32 NIHSS, 8 WAB-AQ) for ``epochs`` epochs (paper 50), evaluates the valida
 every epoch and keeps the weights of the epoch with the lowest one (ties: the earliest). It
 reuses the DiT trainer's machinery from :mod:`genbrain.training`: ``seed_of`` for independent
 seeded streams, :class:`~genbrain.training.data.ItemOrder` (epoch e's item order is a
-permutation drawn from (seed, e)), ``atomic_path`` checkpoints, ``hms`` ETAs. Every random
-number is a function of (seed, epoch): initial weights from (seed, init), dropout of epoch e
-from a generator seeded with (seed, dropout, e) inside ``fork_rng``, so a checkpoint (written
+permutation drawn from (seed, e)), :mod:`~genbrain.training.checkpoints` (reading with one-line
+errors, refusing to resume a changed run, atomic writes), ``hms`` ETAs. Every random number is
+a function of (seed, epoch): initial weights from (seed, init), dropout of epoch e from a
+generator seeded with (seed, dropout, e) inside ``fork_rng``, so a checkpoint (written
 atomically after every epoch: model, optimizer, best weights, history) resumes bitwise on CPU
 and the caller's RNG is never touched. The test split is never passed to :func:`fit`, so it
 cannot influence the epoch chosen.
@@ -19,7 +20,6 @@ import copy
 import logging
 import math
 import os
-import pickle
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -35,16 +35,23 @@ from genbrain.clinical.config import RESUMABLE_CHANGES, STREAM_DROPOUT, RegressC
 from genbrain.clinical.data import CropVolumes, ScoreImages
 from genbrain.clinical.network import ScoreRegressor, build_regressor
 from genbrain.errors import GenbrainInputError
-from genbrain.io import atomic_path
 from genbrain.seeds import seed_of
 from genbrain.space import StandardSpace
 from genbrain.stats.correlation import pearson
+from genbrain.training.checkpoints import (
+    check_same_run,
+    clear_killed_writes,
+    read_checkpoint,
+    save_checkpoint,
+)
+from genbrain.training.config import CHECKPOINT
 from genbrain.training.data import ItemOrder
 from genbrain.training.loop import hms
 
 log = logging.getLogger(__name__)
 
-CHECKPOINT = "checkpoint.pt"
+#: keys every regression checkpoint has (besides best_epoch, best_mae, history, versions)
+CHECKPOINT_KEYS = ("model", "optimizer", "epoch", "best_model", "run")
 
 
 @torch.no_grad()
@@ -97,9 +104,10 @@ def fit(config: RegressConfig, train: ScoreImages, val: ScoreImages,
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     run = {"config": config.to_dict(), "train": train.fingerprint(), "val": val.fingerprint(),
            "n_train": len(train), "n_val": len(val)}
-    resume = _read_checkpoint(ckpt_path) if ckpt_path.exists() else None
+    resume = (read_checkpoint(ckpt_path, CHECKPOINT_KEYS, "regression")
+              if ckpt_path.exists() else None)
     if resume is not None:
-        _check_resume(ckpt_path, resume["run"], run)
+        check_same_run(ckpt_path, _resume_diffs(resume["run"], run))
         if resume["epoch"] > config.epochs:
             raise GenbrainInputError(f"{ckpt_path}: cannot resume: the checkpoint is at epoch "
                                      f"{resume['epoch']}, past 'epochs' = {config.epochs}")
@@ -115,9 +123,7 @@ def fit(config: RegressConfig, train: ScoreImages, val: ScoreImages,
         epoch, best_epoch, best_mae = resume["epoch"], resume["best_epoch"], resume["best_mae"]
         best_state, history = resume["best_model"], list(resume["history"])
         log.info("resuming %s at epoch %d", ckpt_path, epoch)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    for tmp in out_dir.glob(f".{CHECKPOINT.split('.')[0]}.*.pt"):  # left by a killed write
-        tmp.unlink()
+    clear_killed_writes(ckpt_path)
 
     order = ItemOrder(len(train), config.seed)
     forked = [device] if device.type == "cuda" else []
@@ -152,10 +158,8 @@ def fit(config: RegressConfig, train: ScoreImages, val: ScoreImages,
                         "val_r": r, "seconds": seconds})
         state = {"model": model.state_dict(), "optimizer": opt.state_dict(), "epoch": epoch,
                  "best_epoch": best_epoch, "best_mae": best_mae, "best_model": best_state,
-                 "history": history, "run": run,
-                 "versions": {"torch": str(torch.__version__)}}
-        with atomic_path(ckpt_path) as tmp:
-            torch.save(state, tmp)
+                 "history": history, "run": run}
+        save_checkpoint(ckpt_path, state)
         rate = (time.perf_counter() - t_start) / (epoch - start_epoch)  # s per epoch
         log.info("epoch %d/%d  train loss %.4g  val MAE %.4g  r %.3f  (best %.4g @ %d)  "
                  "%.1f s  ETA %s", epoch, config.epochs, total / len(perm), mae, r, best_mae,
@@ -168,30 +172,9 @@ def fit(config: RegressConfig, train: ScoreImages, val: ScoreImages,
         history, columns=["epoch", "train_loss", "val_mae", "val_r", "seconds"]))
 
 
-def _read_checkpoint(path: Path) -> dict[str, Any]:
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except (RuntimeError, EOFError, OSError, ValueError, pickle.UnpicklingError) as err:
-        raise GenbrainInputError(f"{path}: not a readable regression checkpoint "
-                                 f"({type(err).__name__}: {err})") from err
-    missing = [k for k in ("model", "optimizer", "epoch", "best_model", "run") if k not in ckpt]
-    if missing:
-        raise GenbrainInputError(f"{path}: not a regression checkpoint (missing {missing})")
-    return ckpt
-
-
-def _check_resume(path: Path, old: Mapping[str, Any], new: Mapping[str, Any]) -> None:
-    """One-line error naming the first setting or input where the checkpoint's fit differs."""
+def _resume_diffs(old: Mapping[str, Any], new: Mapping[str, Any]) -> list[tuple[str, Any, Any]]:
+    """(what, the checkpoint's value, this run's) for every setting and input a resume keeps."""
     diffs = [(f"config key '{k}'", old["config"].get(k), v) for k, v in new["config"].items()
              if k not in RESUMABLE_CHANGES]
     diffs += [(f"{k} images", old.get(k), new[k]) for k in ("n_train", "n_val", "train", "val")]
-    for what, a, b in diffs:
-        if a != b:
-            raise GenbrainInputError(
-                f"{path}: cannot resume: {what} is {_short(a)} in the checkpoint but {_short(b)} "
-                "in this run; use another output folder or delete the checkpoint")
-
-
-def _short(value: Any) -> str:
-    text = repr(value)
-    return text if len(text) <= 40 else text[:37] + "..."
+    return diffs

@@ -1,6 +1,8 @@
 """The clinical-score regressor's fit: learning a planted score, the epoch chosen by
 validation MAE, bitwise resume of a killed fit."""
 
+import os
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -54,8 +56,10 @@ def test_killed_and_rerun_fit_equals_an_uninterrupted_one_bitwise(tmp_path, spac
             raise Killed
     with pytest.raises(Killed):
         fit(c, parts["train"], parts["val"], tmp_path / "cut", space=space, on_epoch=die)
+    (tmp_path / "cut" / ".checkpoint.dead1234.pt").write_bytes(b"half a killed write")
     torch.manual_seed(123)  # a resumed fit must not depend on the global RNG either
     resumed = fit(c, parts["train"], parts["val"], tmp_path / "cut", space=space)
+    assert os.listdir(tmp_path / "cut") == ["checkpoint.pt"]  # the stale temporary file went
     a = torch.load(whole.checkpoint, weights_only=True)
     b = torch.load(resumed.checkpoint, weights_only=True)
     for key in ("model", "best_model"):
@@ -74,3 +78,9 @@ def test_killed_and_rerun_fit_equals_an_uninterrupted_one_bitwise(tmp_path, spac
         fit(cfg(epochs=4, batch_size=4, dropout=0.5, lr=1e-4), parts["train"], parts["val"],
             tmp_path / "whole", space=space)
     assert "cannot resume" in one_line(err)
+    (tmp_path / "junk").mkdir()
+    (tmp_path / "junk" / "checkpoint.pt").write_bytes(b"not a checkpoint")
+    with pytest.raises(GenbrainInputError, match="junk/checkpoint.pt: not a readable "
+                       "regression checkpoint") as err:
+        fit(c, parts["train"], parts["val"], tmp_path / "junk", space=space)
+    one_line(err)
