@@ -3,9 +3,9 @@
 - :func:`sweep_figure`: Fig. 6d/f, Pearson r (left) and MAE (right) of the validation and test
   splits against the synthetic:real ratio, mean and 95% CI (1.96 x SE over seeds) per ratio,
   the chosen ratio (lowest mean validation MAE) as a dashed line. Drawn from
-  :attr:`genbrain.clinical.regress.SweepSummary.per_ratio`, nothing is computed here.
+  :attr:`genbrain.clinical.sweep.SweepSummary.per_ratio`, nothing is computed here.
 - :func:`pairs_figure`: Fig. 6c/e, real and synthetic images matched for age, sex and score
-  (:func:`genbrain.clinical.regress.match_pairs`), one axial and one coronal slice each.
+  (:func:`genbrain.clinical.sweep.match_pairs`), one axial and one coronal slice each.
 """
 
 from __future__ import annotations
@@ -61,7 +61,7 @@ def pairs_figure(pairs: pd.DataFrame, real: ImageStore, synthetic: ImageStore,
     """One row per matched pair: axial and coronal slices of the real and the synthetic image,
     both on the real image's 1-99th percentile window, with age, sex and score under each.
 
-    ``pairs``: :func:`genbrain.clinical.regress.match_pairs` output; its real_row /
+    ``pairs``: :func:`genbrain.clinical.sweep.match_pairs` output; its real_row /
     synthetic_row are positions in ``real_rows`` / ``synthetic_rows`` (store rows; None = the
     stores' own rows).
     """

@@ -1,9 +1,18 @@
-"""Checkpoints: reading them, checking a resume against them, loading a model to sample.
+"""Checkpoints: reading them, checking a resume against them, writing them, loading a model to
+sample.
 
-A checkpoint (``checkpoint.pt``) holds ``model``, ``ema`` (state dicts), ``optimizer``,
-``step``, ``data_position`` (epoch, offset, n_items), ``rng`` (the global torch and CUDA
-states), ``losses`` (float64: the mean loss of every step since step 1) and ``config`` =
-{train: TrainConfig as a dict (the model's conditions among them), model: DiT.spec(), norms
+Every resumable fit (the DiT trainer, :mod:`genbrain.training.loop`; the clinical regressor,
+:mod:`genbrain.clinical.fit`) uses the same machinery: :func:`read_checkpoint` (one-line errors
+for a missing, unreadable or foreign file), :func:`check_same_run` (a resume must continue the
+run that wrote the checkpoint: one-line error naming the first setting that differs),
+:func:`clear_killed_writes` and :func:`save_checkpoint` (atomic: a reader sees the previous
+checkpoint or the new one, never a partial file). :func:`check_resume` is the DiT trainer's run
+description on top of :func:`check_same_run`.
+
+The DiT trainer's checkpoint (``checkpoint.pt``) holds ``model``, ``ema`` (state dicts),
+``optimizer``, ``step``, ``data_position`` (epoch, offset, n_items), ``rng`` (the global torch
+and CUDA states), ``losses`` (float64: the mean loss of every step since step 1) and ``config``
+= {train: TrainConfig as a dict (the model's conditions among them), model: DiT.spec(), norms
 (label scalings), ranges (of age and score seen in training), surgeries, init_checkpoint}; see
 :mod:`genbrain.training.loop`.
 """
@@ -12,7 +21,7 @@ from __future__ import annotations
 
 import os
 import pickle
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -21,25 +30,27 @@ import torch
 
 from genbrain.conditions import Conditions
 from genbrain.errors import GenbrainInputError
-from genbrain.io import CHECKPOINT_KEYS
+from genbrain.io import CHECKPOINT_KEYS, atomic_path
 from genbrain.model.dit import SPEC_DEFAULTS, DiT, dit_from_spec
 from genbrain.training.config import RESUMABLE_CHANGES, WEIGHTS, TrainConfig
 
 
-def read_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
-    """A training checkpoint as a dict (CPU tensors); one-line errors for a missing file, an
-    unreadable one, or one that is not a genbrain training checkpoint."""
+def read_checkpoint(path: str | os.PathLike, keys: Sequence[str] = CHECKPOINT_KEYS,
+                    kind: str = "training") -> dict[str, Any]:
+    """A checkpoint as a dict (CPU tensors, plain data only: ``weights_only``); one-line errors
+    for a missing file, an unreadable one, or one that lacks any of ``keys`` (default: a DiT
+    training checkpoint's). ``kind`` names what was expected in the messages."""
     path = Path(path)
     if not path.exists():
         raise GenbrainInputError(f"{path}: checkpoint not found")
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except (RuntimeError, EOFError, OSError, ValueError, pickle.UnpicklingError) as err:
-        raise GenbrainInputError(f"{path}: not a readable training checkpoint "
+        raise GenbrainInputError(f"{path}: not a readable {kind} checkpoint "
                                  f"({type(err).__name__}: {err})") from err
-    missing = [k for k in CHECKPOINT_KEYS if k not in ckpt]
+    missing = [k for k in keys if k not in ckpt]
     if missing:
-        raise GenbrainInputError(f"{path}: not a training checkpoint (missing {missing})")
+        raise GenbrainInputError(f"{path}: not a {kind} checkpoint (missing {missing})")
     return ckpt
 
 
@@ -55,17 +66,39 @@ def check_resume(path: Path, ckpt: Mapping, run: Mapping, n_items: int) -> None:
     diffs += [("model spec key", k, spec.get(k), run["model"].get(k))
               for k in {**spec, **run["model"]}]
     diffs.append(("number of training images", "", ckpt["data_position"]["n_items"], n_items))
-    for what, key, a, b in diffs:
+    check_same_run(path, [(f"{what} '{key}'" if key else what, a, b)
+                          for what, key, a, b in diffs])
+
+
+def check_same_run(path: Path, diffs: Iterable[tuple[str, Any, Any]]) -> None:
+    """Refuse to resume a different run: ``diffs`` holds (what, the checkpoint's value, this
+    run's value) for every setting and input a resume must keep; a one-line error names the
+    first that differ, with both values."""
+    for what, a, b in diffs:
         if a != b:
-            name = f"{what} '{key}'" if key else what
             raise GenbrainInputError(
-                f"{path}: cannot resume: {name} is {_short(a)} in the checkpoint but "
+                f"{path}: cannot resume: {what} is {_short(a)} in the checkpoint but "
                 f"{_short(b)} in this run; use another output folder or delete the checkpoint")
 
 
 def _short(value: Any) -> str:
     text = repr(value)
     return text if len(text) <= 40 else text[:37] + "..."
+
+
+def clear_killed_writes(path: Path) -> None:
+    """Make ``path``'s folder, and delete the temporary files a killed :func:`save_checkpoint`
+    of ``path`` left in it (:func:`genbrain.io.atomic_path` names them ``.<stem>.*<suffix>``)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    for tmp in path.parent.glob(f".{path.name.split('.')[0]}.*{''.join(path.suffixes)}"):
+        tmp.unlink()
+
+
+def save_checkpoint(path: Path, state: Mapping[str, Any]) -> None:
+    """Write ``state`` plus ``versions`` (the torch version) to ``path`` atomically: a reader,
+    or a resume after a kill, finds the previous checkpoint or this one, never a partial file."""
+    with atomic_path(path) as tmp:
+        torch.save({**state, "versions": {"torch": str(torch.__version__)}}, tmp)
 
 
 def load_for_sampling(checkpoint_path: str | os.PathLike, weights: str | None = None,

@@ -31,7 +31,7 @@ covariates are checked against.
 
 Where things are: the run's settings in :mod:`genbrain.training.config`, items and their order
 in :mod:`genbrain.training.data`, surgery and trainability in
-:mod:`genbrain.training.surgery`, checkpoint reading and loading in
+:mod:`genbrain.training.surgery`, checkpoint reading, resume checks, writing and loading in
 :mod:`genbrain.training.checkpoints`; this module holds the loop.
 
 A checkpoint (``out_dir/checkpoint.pt``; written atomically by rank 0 every ``checkpoint_every``
@@ -79,14 +79,15 @@ from torch.utils.data import DataLoader
 
 from genbrain.conditions import Conditions, inherited_ranges
 from genbrain.errors import GenbrainInputError
-from genbrain.io import atomic_path
 from genbrain.model.diffusion import GaussianDiffusion
 from genbrain.model.dit import LABEL_TOKEN_PARAMS, DiT
 from genbrain.seeds import seed_of
 from genbrain.store import ImageStore
 from genbrain.training.checkpoints import (
     check_resume,
+    clear_killed_writes,
     read_checkpoint,
+    save_checkpoint,
 )
 from genbrain.training.config import (
     CHECKPOINT,
@@ -351,9 +352,7 @@ def _train(config: TrainConfig, stores: StoreLike | Sequence[StoreLike], out_dir
         if rank == 0:
             log.info("resuming %s at step %d", ckpt_path, step)
     if rank == 0:
-        out_dir.mkdir(parents=True, exist_ok=True)
-        for tmp in out_dir.glob(f".{CHECKPOINT.split('.')[0]}.*.pt"):  # left by a killed write
-            tmp.unlink()
+        clear_killed_writes(ckpt_path)
 
     # after the EMA copy: only the trained model runs the blocks; state dict keys unchanged
     if model.compile_blocks(config.compile) and rank == 0:
@@ -377,9 +376,8 @@ def _train(config: TrainConfig, stores: StoreLike | Sequence[StoreLike], out_dir
                  "rng": {"torch": torch.get_rng_state(),
                          "cuda": torch.cuda.get_rng_state(device) if cuda else None},
                  "losses": torch.tensor(history, dtype=torch.float64),
-                 "config": run_config, "versions": {"torch": str(torch.__version__)}}
-        with atomic_path(ckpt_path) as tmp:
-            torch.save(state, tmp)
+                 "config": run_config}
+        save_checkpoint(ckpt_path, state)
         if on_checkpoint is not None:
             on_checkpoint(step, ckpt_path)
 
