@@ -1,6 +1,8 @@
 """The embedded demo end to end (`make test-demo`: ~30 min on 2 cores)."""
 
+import os
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -33,7 +35,10 @@ from tests.workflow.helpers import ROOT, snakemake
 
 @pytest.fixture(scope="module")
 def demo(tmp_path_factory):
-    work = tmp_path_factory.mktemp("demo")
+    # GENBRAIN_DEMO_DIR: continue the demo in that folder (a run stopped by the timeout below, or
+    # a finished one after a change): Snakemake runs only what is missing or out of date there
+    work = (Path(os.environ["GENBRAIN_DEMO_DIR"]) if os.environ.get("GENBRAIN_DEMO_DIR")
+            else tmp_path_factory.mktemp("demo"))
     res = snakemake("--configfile", str(ROOT / "config" / "demo.yaml"), "--cores", "2",
                     "-d", str(work), timeout=3600)
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
