@@ -38,6 +38,7 @@ from genbrain.layout import standard_converter, store_converter
 from genbrain.modalities import DEFAULT_REGISTRY, ModalityRegistry
 from genbrain.model.diffusion import DDIMSampler, GaussianDiffusion
 from genbrain.model.dit import DiT
+from genbrain.precision import use_bf16
 from genbrain.store import ImageStore
 from genbrain.training.config import TrainConfig
 
@@ -145,7 +146,8 @@ def sample_table(model: DiT, norms: Mapping[str, Mapping[str, float]], config: T
     sampler = DDIMSampler(GaussianDiffusion.linear(prediction=config.prediction),
                           steps=sampling.steps,
                           guidance_scale=sampling.guidance, clip_x0=sampling.clip_x0,
-                          precision=sampling.precision)
+                          precision="bf16" if use_bf16(sampling.precision, device, "sampling")
+                          else "fp32")
     model = model.to(device).eval()
     model.compile_blocks(sampling.compile)  # compiles at the first batch (and a smaller last)
     ids = table["synthetic_id"].to_numpy(np.int64)

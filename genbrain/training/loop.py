@@ -81,6 +81,7 @@ from genbrain.conditions import Conditions, inherited_ranges
 from genbrain.errors import GenbrainInputError
 from genbrain.model.diffusion import GaussianDiffusion
 from genbrain.model.dit import LABEL_TOKEN_PARAMS, DiT
+from genbrain.precision import use_bf16
 from genbrain.seeds import seed_of
 from genbrain.store import ImageStore
 from genbrain.training.checkpoints import (
@@ -288,7 +289,7 @@ def _train(config: TrainConfig, stores: StoreLike | Sequence[StoreLike], out_dir
            on_checkpoint: Callable[[int, Path], None] | None, rank: int, world: int,
            device: torch.device, meta: dict[str, Any]) -> TrainResult:
     B, cuda = config.global_batch, device.type == "cuda"
-    bf16 = config.precision == "bf16" or (config.precision == "auto" and cuda)
+    bf16 = use_bf16(config.precision, device, "training")
     if B % world:
         raise GenbrainInputError(f"training config: global_batch {B} is not divisible by the "
                                  f"{world} processes")
