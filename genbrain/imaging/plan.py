@@ -169,6 +169,10 @@ def plan_imaging(config: Mapping, cohorts: Mapping, pretrain: str | None
         if kind not in KINDS:
             raise _unknown(f"{key}.kind", kind, KINDS, "one of")
         cohort_name = spec.get("cohort") or pretrain
+        if cohort_name is None:
+            raise GenbrainInputError(f"config: '{key}': no cohort has role 'pretrain', whose "
+                                     "hold-out the test images come from; add one or remove "
+                                     "the task")
         if cohort_name not in cohorts:
             raise _unknown(f"{key}.cohort", cohort_name, list(cohorts), "a cohort, one of")
         if cohort_name != pretrain:

@@ -88,6 +88,7 @@ def _paper_config_for(root, tmp_path, finetune=False, **cohort_overrides):
     for task in tasks.values():
         task["init"] = str(ckpt)
     cfg["finetune"]["tasks"] = tasks if finetune else {}
+    cfg.pop("imaging")  # its tasks take the pretraining cohort's hold-out: none here
     if not finetune:
         cfg.pop("bwas")  # their analyses are fine-tuning tasks'
         cfg.pop("diagnosis")

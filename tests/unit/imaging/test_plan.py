@@ -88,6 +88,12 @@ def test_each_bad_key_is_refused_with_one_line_naming_it(change, message):
     assert "\n" not in str(err.value)
 
 
+def test_a_task_without_a_pretraining_cohort_is_refused():
+    with pytest.raises(GenbrainInputError, match="'imaging.tasks.t1': no cohort has role "
+                                                 "'pretrain'"):
+        ip.plan_imaging(_config(), COHORTS, None)
+
+
 def test_a_hold_out_too_small_to_test_is_refused():
     cohorts = {"population": SimpleNamespace(table=_table(4), modalities=["T1w"])}
     with pytest.raises(GenbrainInputError, match="'imaging.tasks.t1.n_test': 1 test image"):
