@@ -28,13 +28,13 @@ diagnosis   ``diagnosis/``              ``diagnosis/``,         ``diagnosis/``
                                         ``volumes/``
 report      ``fidelity.py``,            ``fidelity/``,          ``test_fidelity.py``,
             ``provenance.py``           ``provenance/``         ``test_provenance.py``
-imaging     ``imaging/``                (not wired yet)         ``imaging/``
+imaging     ``imaging/``                ``imaging/``            ``imaging/``
 clinical    ``clinical/``               (not wired yet)         ``clinical/``
 ==========  ==========================  ======================  ==================================
 
 The DAG is planned at parse time by ``rules/common.smk`` with :mod:`genbrain.workflow` and
 each stage's planner (:func:`genbrain.finetune.plan_finetunes`, :mod:`genbrain.bwas.plan`,
-:mod:`genbrain.diagnosis.plan`): the glue above the stages, which may import any of them.
+:mod:`genbrain.diagnosis.plan`, :mod:`genbrain.imaging.plan`): the glue above the stages, which may import any of them.
 
 *Layers* are what several stages share: :mod:`~genbrain.errors`, :mod:`~genbrain.io`,
 :mod:`~genbrain.config`, :mod:`~genbrain.tables`, :mod:`~genbrain.modalities`,

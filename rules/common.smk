@@ -13,6 +13,8 @@ from genbrain.bwas.plan import plan_bwas
 from genbrain.diagnosis.plan import plan_diagnosis
 from genbrain.errors import GenbrainInputError
 from genbrain.finetune import plan_finetunes
+from genbrain.imaging.plan import METHODS as IMAGING_METHODS
+from genbrain.imaging.plan import plan_imaging
 from genbrain.modalities import registry_from_config
 from genbrain.workflow import (
     load_cohorts,
@@ -42,6 +44,7 @@ try:
     FINETUNES = plan_finetunes(config, COHORTS, PRETRAIN, registry_from_config(config))
     BWAS, BWAS_SCREENS = plan_bwas(config, COHORTS, FINETUNES)
     DIAGNOSIS = plan_diagnosis(config, COHORTS, FINETUNES)
+    IMAGING = plan_imaging(config, COHORTS, PRETRAIN)
     SYNTHETIC = synthetic_cohorts(config, COHORTS, PRETRAIN, FINETUNES, BWAS, DIAGNOSIS)
 except GenbrainInputError as err:
     raise WorkflowError(str(err)) from None
@@ -70,6 +73,10 @@ DX_SYNTHETIC_PATTERN = (
 # the diagnosis analyses, and the cohorts whose real volumes they need
 DX_ANALYSES = sorted({job.analysis for job in DIAGNOSIS.values()})
 DX_COHORTS = sorted({job.cohort for job in DIAGNOSIS.values()})
+# the image tasks (their rules constrain {task} to these), and the methods a rule of its own
+# predicts with (the baselines; the GenBrain fine-tune's predictions come from its own rules)
+IMAGING_PATTERN = "|".join(IMAGING) or "(?!)"
+IMAGING_BASELINES = "|".join(IMAGING_METHODS)
 
 
 wildcard_constraints:
@@ -270,6 +277,7 @@ def get_all_outputs(provenance=True):
     outputs += get_finetune_outputs()
     outputs += get_bwas_outputs()
     outputs += get_diagnosis_outputs()
+    outputs += get_imaging_outputs()
     if PRETRAIN:
         outputs.append("results/fidelity/fidelity.html")
     for name in SYNTHETIC:
@@ -406,6 +414,7 @@ def get_fidelity_inputs(wildcards):
             for name in ("scores", "maps", "effective_n")
         ],
         "diagnosis": [f"results/diagnosis/{a}/summary.tsv" for a in DX_ANALYSES],
+        "imaging": [f"{job.out_dir}/summary.tsv" for job in IMAGING.values()],
     }
 
 
@@ -595,5 +604,36 @@ def get_diagnosis_outputs():
             f"results/figures/diagnosis/{a}/ratios.png",
             f"results/figures/diagnosis/{a}/harmonization.png",
             f"results/figures/diagnosis/{a}/shap.png",
+        ]
+    return out
+
+
+# ------------------------------------------------------------------ image tasks
+
+
+def get_imaging_job(wildcards):
+    """An image task's plan as a plain dict."""
+    return IMAGING[wildcards.task].to_dict()
+
+
+def get_imaging_store(wildcards):
+    """The store index of an image task's cohort."""
+    return f"results/stores/{IMAGING[wildcards.task].cohort}/index.tsv"
+
+
+def get_imaging_predictions(wildcards):
+    """Every method's predictions of an image task, in the task's method order."""
+    job = IMAGING[wildcards.task]
+    return [f"{job.out_dir}/predictions/{m}.npy" for m in job.methods]
+
+
+def get_imaging_outputs():
+    """Every image task's summary and figures."""
+    out = []
+    for job in IMAGING.values():
+        out += [
+            f"{job.out_dir}/summary.tsv",
+            f"results/figures/imaging/{job.task}/examples.png",
+            f"results/figures/imaging/{job.task}/metrics.png",
         ]
     return out

@@ -1,6 +1,10 @@
 """Image enhancement and cross-modality synthesis (paper Figs. 3-4): how corrupted images are
 made, how predicted images are scored, and the non-DiT methods the DiT is compared with.
-Engines, not yet wired into the workflow.
+Wired by ``rules/imaging.smk`` (config ``imaging``, ``results/imaging/<task>/``).
+
+- :mod:`genbrain.imaging.plan`: the stage: its planner, the pairs step, the methods'
+  predictions, the score tables (the GenBrain fine-tune is not yet a method).
+- :mod:`genbrain.imaging.figures`: its figures (the paper's Fig. 3 layout).
 
 - :mod:`genbrain.imaging.corrupt`: the corruption simulator of the enhancement task (rigid
   motion in k-space, Gaussian and Rician noise).

@@ -438,7 +438,7 @@ def test_demo_report_opens_in_chromium_with_every_stage_and_its_provenance(demo,
     assert ran == set(by_rule), sorted(set(by_rule) ^ ran)
     expected = set().union(*by_rule.values())
     assert {"Simulation", "Preprocessing", "Pretraining", "Fine-tuning", "Synthetic images",
-            "BWAS", "Diagnosis", "Provenance"} <= expected
+            "BWAS", "Diagnosis", "Imaging", "Provenance"} <= expected
     text = open_report(browser, html)
     assert sorted(expected - {line.strip() for line in text.splitlines()}) == []
     assert severe(browser) == []
@@ -500,6 +500,14 @@ def test_demo_report_opens_in_chromium_with_every_stage_and_its_provenance(demo,
             [(f"every site{x}", "screen") for x in suffixes]
             + [(f"{site}{x}", fig) for a, site in bwas_sites if a == name for x in suffixes
                for fig in ("score table", "d maps", "gain and effective n")]), shown
+    # Imaging: per task the summary table and two figures, labelled by figure alone; one task:
+    # no subcategory level, and a one-label table is drawn as a list headed FIGURE
+    imaging = cfg["imaging"]["tasks"]
+    figures = ["examples", "metric distributions", "summary table"]
+    for name in imaging:
+        entries, shown = menu(browser, html, ("Imaging",) if len(imaging) == 1
+                              else ("Imaging", name))
+        assert entries[:1] == ["FIGURE"] and sorted(entries[1:]) == figures, (name, entries)
     assert menu(browser, html, ("Provenance",))[1] == [{"PAGE": "provenance"}]
     page = open_provenance_page(browser, html)
     record = json.loads((demo / "results" / "provenance" / "provenance.json").read_text())

@@ -88,6 +88,7 @@ def _paper_config_for(root, tmp_path, finetune=False, **cohort_overrides):
     for task in tasks.values():
         task["init"] = str(ckpt)
     cfg["finetune"]["tasks"] = tasks if finetune else {}
+    cfg.pop("imaging")  # its tasks take the pretraining cohort's hold-out: none here
     if not finetune:
         cfg.pop("bwas")  # their analyses are fine-tuning tasks'
         cfg.pop("diagnosis")
@@ -532,4 +533,60 @@ def test_diagnosis_mistakes_stop_the_dag_with_one_line(tmp_path):
         assert res.returncode != 0, change
         out = res.stdout + res.stderr
         assert message in out, (change, task, out[-600:])
+        assert "Traceback" not in out
+
+
+def _imaging_config(tmp_path, source, tasks=None):
+    cfg = yaml.safe_load(source.read_text())
+    if tasks is not None:
+        cfg["imaging"]["tasks"].update(tasks)
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    return path
+
+
+def test_imaging_jobs_are_planned_for_the_demo_and_smoke_and_a_task_adds_only_its_own(tmp_path):
+    imaging = ("imaging_pairs", "imaging_method", "imaging_scores", "imaging_figure")
+    for name, source in (("demo", ROOT / "config" / "demo.yaml"),
+                         ("smoke", ROOT / ".test" / "smoke" / "config.yaml")):
+        res = snakemake("-n", "--configfile", str(source), "-d", str(tmp_path / name))
+        assert res.returncode == 0, res.stderr
+        jobs = _jobs(res.stdout)
+        # one pairs, scores and figure job per task; one prediction job per method
+        assert [jobs.get(r) for r in imaging] == ["1", "3", "1", "1"], (name, jobs)
+        for path in ("results/imaging/t1enhance/predictions/unet.npy",
+                     "results/imaging/t1enhance/summary.tsv",
+                     "results/figures/imaging/t1enhance/examples.png"):
+            assert path in res.stdout, (name, path)
+    # a second task with one method: its own four jobs and nothing else of the first
+    smoke = ROOT / ".test" / "smoke" / "config.yaml"
+    cfg = _imaging_config(tmp_path, smoke, {"t1nl": {"n_test": 2, "methods": ["nlmeans"]}})
+    res = snakemake("-n", "--configfile", str(cfg), "-d", str(tmp_path / "two"))
+    assert res.returncode == 0, res.stderr
+    jobs = _jobs(res.stdout)
+    assert [jobs.get(r) for r in imaging] == ["2", "4", "2", "2"], jobs
+    res = snakemake("-n", "--configfile", str(cfg), "-d", str(tmp_path / "two"),
+                    "results/imaging/t1nl/summary.tsv")
+    assert res.returncode == 0, res.stderr
+    jobs = _jobs(res.stdout)
+    assert [jobs.get(r) for r in imaging[:3]] == ["1", "1", "1"], jobs
+    assert "results/imaging/t1enhance" not in res.stdout
+    assert "results/imaging/t1nl/predictions/nlmeans.npy" in res.stdout
+
+
+def test_imaging_mistakes_stop_the_dag_with_one_line(tmp_path):
+    smoke = ROOT / ".test" / "smoke" / "config.yaml"
+    for change, message in (
+            ({"cohort": "scz"}, "'imaging.tasks.t1enhance.cohort' is 'scz'; the test images "),
+            ({"modality": "FA"}, "'imaging.tasks.t1enhance.modality' is 'FA'"),
+            ({"n_test": 50, "n_examples": 9}, "'imaging.tasks.t1enhance.n_examples' is 9"),
+            ({"corrupt": {"max_translation": 20}}, "imaging.tasks.t1enhance.corrupt")):
+        cfg = yaml.safe_load(smoke.read_text())
+        cfg["imaging"]["tasks"]["t1enhance"].update(change)
+        path = tmp_path / "config.yaml"
+        path.write_text(yaml.safe_dump(cfg))
+        res = snakemake("-n", "--configfile", str(path), "-d", str(tmp_path / "work"))
+        out = res.stdout + res.stderr
+        assert res.returncode != 0, change
+        assert message in out, (change, out[-800:])
         assert "Traceback" not in out

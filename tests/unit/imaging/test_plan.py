@@ -1,0 +1,247 @@
+"""The image-level stage (genbrain.imaging.plan): the planner and the config mistakes it
+refuses naming the key, the choice of test and training images, the pairs step (seeded per
+image: the same image is corrupted alike whatever else is drawn and in whatever order), the
+baselines' predictions, the score tables against a hand computation, and the fidelity rows."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import numpy as np
+import pandas as pd
+import pytest
+from scipy import stats as sstats
+
+from genbrain.errors import GenbrainInputError
+from genbrain.fidelity import fidelity_table
+from genbrain.imaging import plan as ip
+from genbrain.io import read_tsv, save_tsv
+from genbrain.space import standard_space, template_t1
+from genbrain.splits import holdout_split
+from genbrain.store import write_shard
+
+SEED = 5
+NO_MOTION = {"n_movements": [0, 0], "sigmas": [10, 20], "noise_scale": 0.001}
+
+
+def _table(n: int = 20) -> pd.DataFrame:
+    return pd.DataFrame({"participant_id": [f"sub-P{i:03d}" for i in range(n)],
+                         "site": "S1", "age": np.linspace(45, 80, n).round(1),
+                         "sex": ["F", "M"] * (n // 2)})
+
+
+def _config(task: dict | None = None, fraction: float = 0.25, **section) -> dict:
+    spec = {"modality": "T1w", "n_test": 3, "n_train": 4, "corrupt": dict(NO_MOTION),
+            "unet": {"steps": 2}}
+    spec.update(task or {})
+    return {"seed": SEED, "pretrain": {"holdout_fraction": fraction},
+            "imaging": {"n_boot": 50, "tasks": {"t1": spec}, **section}}
+
+
+COHORTS = {"population": SimpleNamespace(table=_table(), modalities=["T1w", "VBM"]),
+           "scz": SimpleNamespace(table=_table(8), modalities=["T1w"])}
+
+
+def _plan(task: dict | None = None, **kw) -> ip.ImagingTask:
+    return ip.plan_imaging(_config(task, **kw), COHORTS, "population")["t1"]
+
+
+def test_plan_of_a_valid_task_and_its_round_trip():
+    job = _plan()
+    assert (job.task, job.kind, job.cohort, job.modality) == ("t1", "enhancement",
+                                                              "population", "T1w")
+    # 20 participants, hold-out 0.25: 5 hold-out, 15 training; the caps apply
+    assert (job.n_test, job.n_train) == (3, 4)
+    assert job.methods == ip.METHODS and job.out_dir == "results/imaging/t1"
+    assert job.corrupt["seed"] == SEED and job.unet["seed"] == SEED
+    assert job.corruption().sigmas == (10.0, 20.0) and job.unet_settings().steps == 2
+    assert ip.ImagingTask.from_dict(job.to_dict()) == job
+    # caps above what there is give what there is; no training images without a trained method
+    big = _plan({"n_test": 50, "n_train": None})
+    assert (big.n_test, big.n_train) == (5, 15)
+    assert _plan({"methods": ["nlmeans"]}).n_train == 0
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"kind": "synthesys"}, "'imaging.tasks.t1.kind' is 'synthesys'"),
+    ({"cohort": "nosuch"}, "'imaging.tasks.t1.cohort' is 'nosuch'"),
+    ({"cohort": "scz"}, ("'imaging.tasks.t1.cohort' is 'scz'; the test images are the "
+                        "pretraining cohort's hold-out")),
+    ({"modality": "FLAIR"}, "'imaging.tasks.t1.modality' is 'FLAIR'"),
+    ({"methods": ["unett"]}, "'imaging.tasks.t1.methods' is 'unett' (did you mean 'unet'?)"),
+    ({"methods": ["mean", "mean"]}, "'imaging.tasks.t1.methods' lists a method twice"),
+    ({"metrics": ["ssim"]}, "'imaging.tasks.t1.metrics' is 'ssim'"),
+    ({"n_test": 1}, "'imaging.tasks.t1.n_test': 1 test image(s)"),
+    ({"n_train": 0}, "'imaging.tasks.t1.n_train' is 0"),
+    ({"n_examples": 4}, "'imaging.tasks.t1.n_examples' is 4; expected 1..3"),
+    ({"corrupt": {"max_rotation": 45}}, "'imaging.tasks.t1.corrupt.max_rotation'"),
+    ({"corrupt": {"seed": 3}}, "'imaging.tasks.t1.corrupt.seed'"),
+    ({"corrupt": {"noise_scal": 1.0}}, ("unknown key 'noise_scal' under "
+                                       "'imaging.tasks.t1.corrupt' (did you mean 'noise_scale'?)")),
+    ({"unet": {"strides": [2, 2, 2]}}, "'imaging.tasks.t1.unet.strides'"),
+    ({"unet": {"step": 3}}, "'imaging.tasks.t1.unet.step' is 'step' (did you mean 'steps'?)"),
+])
+def test_each_bad_key_is_refused_with_one_line_naming_it(change, message):
+    with pytest.raises(GenbrainInputError) as err:
+        _plan(change)
+    assert message in str(err.value)
+    assert "\n" not in str(err.value)
+
+
+def test_a_task_without_a_pretraining_cohort_is_refused():
+    with pytest.raises(GenbrainInputError, match="'imaging.tasks.t1': no cohort has role "
+                                                 "'pretrain'"):
+        ip.plan_imaging(_config(), COHORTS, None)
+
+
+def test_a_hold_out_too_small_to_test_is_refused():
+    cohorts = {"population": SimpleNamespace(table=_table(4), modalities=["T1w"])}
+    with pytest.raises(GenbrainInputError, match="'imaging.tasks.t1.n_test': 1 test image"):
+        ip.plan_imaging(_config(), cohorts, "population")
+
+
+def test_selection_ignores_order_and_others_and_is_nested():
+    ids = [f"sub-{i}" for i in range(30)]
+    four = ip.select_participants(ids, 4, SEED, "t1")
+    assert four == sorted(four) and len(four) == 4
+    assert ip.select_participants(ids[::-1], 4, SEED, "t1") == four
+    assert set(four) <= set(ip.select_participants(ids, 9, SEED, "t1"))
+    # an id that is not chosen can be dropped without changing the choice
+    others = [i for i in ids if i not in four][:5]
+    assert ip.select_participants([i for i in ids if i not in others], 4, SEED, "t1") == four
+    assert ip.select_participants(ids, 4, SEED, "t2") != four  # each task its own draw
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory):
+    """A one-shard T1w store of 20 participants (z-scored template plus subject noise) and the
+    pretraining split of them."""
+    root = tmp_path_factory.mktemp("store")
+    space = standard_space()
+    base = space.to_vector(template_t1()).astype(np.float64)
+    rng = np.random.default_rng(0)
+    x = base + 0.05 * base.std() * rng.standard_normal((20, len(base)))
+    x = (x - x.mean(1, keepdims=True)) / x.std(1, keepdims=True)
+    write_shard(x, root / "T1w.npy", dtype="float32")
+    table = _table()
+    index = table.assign(modality="T1w", modality_index=27, shard="T1w.npy", row=range(20))
+    save_tsv(index, root / "index.tsv")
+    split = holdout_split(table, 0.25, SEED)
+    save_tsv(split, root / "split.tsv")
+    return root, split
+
+
+def _pairs(job, index, split, out_dir):
+    out = {k: str(out_dir / f"{k}.npy") for k in ("test_source", "test_target",
+                                                   "train_source", "train_target")}
+    out.update(images=str(out_dir / "images.tsv"), corruption=str(out_dir / "corruption.tsv"))
+    images = ip.make_pairs(job, index, split, out)
+    return out, images
+
+
+def test_pairs_are_seeded_per_image_whatever_else_is_drawn(store, tmp_path):
+    root, split = store
+    job = _plan({"n_test": 2, "n_train": 3})
+    out, images = _pairs(job, root / "index.tsv", root / "split.tsv", tmp_path / "a")
+    assert list(images["set"]) == ["test"] * 2 + ["train"] * 3
+    held = set(split.loc[split["split"] == "holdout", "participant_id"])
+    assert set(images.loc[images["set"] == "test", "participant_id"]) <= held
+    tgt, src = np.load(out["test_target"]), np.load(out["test_source"])
+    assert tgt.shape == src.shape == (2, standard_space().n_voxels)
+    assert tgt.min() == 0.0 and tgt.max() == 1.0  # each clean image on its [0, 1] range
+    assert not np.allclose(src, tgt)
+    # more test images, the split table's rows shuffled: the two first images are corrupted
+    # exactly as before (each from its own stream), and their draws are the same
+    save_tsv(split.sample(frac=1.0, random_state=1), tmp_path / "shuffled.tsv")
+    more = _plan({"n_test": 4, "n_train": 3})
+    out2, images2 = _pairs(more, root / "index.tsv", tmp_path / "shuffled.tsv", tmp_path / "b")
+    ids, ids2 = list(images["participant_id"][:2]), list(images2["participant_id"][:4])
+    assert set(ids) <= set(ids2)
+    rows2 = [ids2.index(i) for i in ids]
+    np.testing.assert_array_equal(np.load(out2["test_source"])[rows2], src)
+    np.testing.assert_array_equal(np.load(out2["train_source"]), np.load(out["train_source"]))
+    d1 = read_tsv(out["corruption"]).set_index("image_id")
+    d2 = read_tsv(out2["corruption"]).set_index("image_id")
+    pd.testing.assert_frame_equal(d1, d2.loc[d1.index])
+    assert set(d1.columns) >= {"set", "rotations_deg", "translations_mm", "sigma_gaussian",
+                               "sigma_rician"}
+
+
+def test_pairs_without_a_trained_method_keep_an_empty_training_set(store, tmp_path):
+    root, _ = store
+    job = _plan({"methods": ["nlmeans"], "n_test": 2})
+    out, images = _pairs(job, root / "index.tsv", root / "split.tsv", tmp_path)
+    assert np.load(out["train_source"]).shape == (0, standard_space().n_voxels)
+    assert set(images["set"]) == {"test"}
+
+
+def test_mean_baseline_predicts_the_mean_training_target(store, tmp_path):
+    root, _ = store
+    job = _plan({"n_test": 2, "n_train": 3})
+    out, _ = _pairs(job, root / "index.tsv", root / "split.tsv", tmp_path)
+    pred = ip.predict(job, "mean", out)
+    want = np.load(out["train_target"]).astype(np.float64).mean(axis=0)
+    np.testing.assert_allclose(pred, np.broadcast_to(want, pred.shape), atol=1e-6)
+    with pytest.raises(GenbrainInputError, match="method 'unet' is not among"):
+        ip.predict(_plan({"methods": ["mean"]}), "unet", out)
+
+
+def test_scores_and_summary_against_a_hand_computation():
+    job = ip.ImagingTask(task="t", kind="enhancement", cohort="c", modality="T1w", n_test=3,
+                         n_train=0, methods=("m",), corrupt={}, unet={},
+                         metrics=("psnr", "rmse"), n_examples=1, n_boot=200, seed=1)
+    target = np.array([[0.0, 0.5, 1.0, 0.25], [0.0, 1.0, 0.5, 0.75], [1.0, 0.0, 0.5, 0.5]])
+    source = target + np.array([[0.0, 0.2, 0.0, 0.0], [0.0, 0.0, 0.0, 0.1],
+                                [0.0, 0.1, 0.0, 0.1]])
+    pred = target + np.array([[0.0, 0.1, 0.0, 0.0], [0.0, 0.0, 0.0, 0.05],
+                              [0.0, 0.0, 0.0, 0.1]])
+    res = ip.score_task(job, source, target, {"m": pred}, ["a", "b", "c"])
+    scores, summary = res["scores"], res["summary"]
+    assert len(scores) == 2 * 2 * 3  # (input, m) x (psnr, rmse) x 3 images
+
+    def hand_rmse(p, t):
+        # every image is min-max normalised over its voxels before scoring; these sources and
+        # predictions keep each target's min 0 and max 1 except where noted, so by hand:
+        pn = (p - p.min()) / (p.max() - p.min())
+        return np.sqrt(np.mean((pn - t) ** 2))
+
+    r_in = np.array([hand_rmse(source[i], target[i]) for i in range(3)])
+    r_m = np.array([hand_rmse(pred[i], target[i]) for i in range(3)])
+    got = scores[scores["metric"] == "rmse"].set_index(["method", "subject"])["value"]
+    np.testing.assert_allclose(got.loc["input"].to_numpy(), r_in)
+    np.testing.assert_allclose(got.loc["m"].to_numpy(), r_m)
+    psnr = scores[(scores["metric"] == "psnr") & (scores["method"] == "m")]["value"]
+    np.testing.assert_allclose(psnr.to_numpy(), -20 * np.log10(r_m))
+    s = summary.set_index(["method", "metric"])
+    assert s.loc[("m", "rmse"), "mean"] == pytest.approx(r_m.mean())
+    assert s.loc[("m", "rmse"), "mean_difference"] == pytest.approx((r_m - r_in).mean())
+    t = sstats.ttest_rel(-20 * np.log10(r_m), -20 * np.log10(r_in))
+    assert s.loc[("m", "psnr"), "t"] == pytest.approx(t.statistic)
+    assert s.loc[("m", "psnr"), "p"] == pytest.approx(t.pvalue)
+    for (method, metric), row in s.iterrows():
+        assert row["ci_low"] <= row["mean"] <= row["ci_high"], (method, metric)
+    assert s.loc[("m", "rmse"), "difference_ci_low"] <= (r_m - r_in).mean() \
+        <= s.loc[("m", "rmse"), "difference_ci_high"]
+    assert np.isnan(s.loc[("input", "psnr"), "p"]) and (summary["baseline"] == "input").all()
+
+
+def test_fidelity_rows_are_each_baselines_gain_over_the_input(tmp_path):
+    summary = pd.DataFrame([
+        {"task": "t1", "method": "input", "metric": "psnr", "n": 8, "mean": 20.0,
+         "ci_low": 19.0, "ci_high": 21.0, "mean_difference": 0.0, "difference_ci_low": np.nan,
+         "difference_ci_high": np.nan, "p": np.nan},
+        {"task": "t1", "method": "unet", "metric": "psnr", "n": 8, "mean": 22.0,
+         "ci_low": 21.0, "ci_high": 23.0, "mean_difference": 2.0, "difference_ci_low": 1.0,
+         "difference_ci_high": 3.0, "p": 0.01},
+        {"task": "t1", "method": "mean", "metric": "psnr", "n": 8, "mean": 15.0,
+         "ci_low": 14.0, "ci_high": 16.0, "mean_difference": -5.0, "difference_ci_low": -6.0,
+         "difference_ci_high": -4.0, "p": 0.001}])
+    (tmp_path / "imaging" / "t1").mkdir(parents=True)
+    save_tsv(summary, tmp_path / "imaging" / "t1" / "summary.tsv")
+    table = fidelity_table(tmp_path)
+    rows = table[table["claim_id"] == "imaging.baseline_gain.psnr"].set_index("subject")
+    assert rows.loc["t1 unet (baseline)", "verdict"] == "met"
+    assert rows.loc["t1 mean (baseline)", "verdict"] == "not met"
+    assert rows.loc["t1 unet (baseline)", "measured"] == 2.0
+    ssim = table[table["claim_id"] == "imaging.baseline_gain.ssim3d"]
+    assert list(ssim["verdict"]) == ["not measured"]  # no ssim3d rows in this summary

@@ -1,0 +1,18 @@
+"""An image task's scores: every method and the corrupted input against the clean targets,
+per image, and the summary with bootstrap CIs and paired tests against the input."""
+
+import sys
+
+sys.path.insert(0, snakemake.scriptdir)  # noqa: F821
+from _smk import run
+
+
+def main(smk):
+    from genbrain.imaging.plan import ImagingTask, scores_outputs
+
+    pairs = {k: smk.input[k] for k in ("images", "test_source", "test_target")}
+    scores_outputs(ImagingTask.from_dict(smk.params.job), pairs, list(smk.input.predictions),
+                   dict(smk.output))
+
+
+run(main, snakemake)  # noqa: F821
