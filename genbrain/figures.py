@@ -124,10 +124,18 @@ def audit_histogram(audit: pd.DataFrame, out_png: str | os.PathLike, threshold: 
 
 
 def loss_curve(table: pd.DataFrame, out_png: str | os.PathLike, title: str = "") -> None:
-    """Per-step training loss (light) and its running mean (dark) on a log scale."""
+    """Per-step training loss (light) and its running mean (dark) on a log scale. A table
+    without rows (a checkpoint trained elsewhere, which records no loss, e.g. one imported by
+    :mod:`genbrain.model.public`) gives a figure that says so."""
     plt = pyplot()
     fig, ax = plt.subplots(figsize=(5.5, 3.2))
-    _loss_axes(ax, table, "optimizer step", title)
+    if len(table):
+        _loss_axes(ax, table, "optimizer step", title)
+    else:
+        ax.text(0.5, 0.5, "the checkpoint records no training loss\n(a model trained elsewhere, "
+                "e.g. imported)", ha="center", va="center", transform=ax.transAxes)
+        ax.set_axis_off()
+        ax.set_title(title, fontsize=9)
     fig.tight_layout()
     save_figure(fig, out_png)
 

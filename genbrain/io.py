@@ -20,7 +20,7 @@ import shutil
 import tempfile
 import zipfile
 import zlib
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -221,3 +221,78 @@ def peek_checkpoint(path: str | os.PathLike) -> Any:
                 AttributeError, zipfile.BadZipFile) as err:
             raise GenbrainInputError(f"{path}: not a readable PyTorch checkpoint ({names[0]}: "
                                      f"{type(err).__name__}: {err})") from None
+
+
+def check_start_checkpoint(path: str | os.PathLike, key: str, purpose: str) -> str:
+    """A genbrain training checkpoint that a run starts from (config key ``key``), checked
+    before any job by the keys of its pickle (:func:`peek_checkpoint`: no weights are read):
+    one of our runs, or a public GenBrain checkpoint converted by ``python -m
+    genbrain.model.public``. Returns a one-line note saying which voxel layout its model has
+    and whether the stores' vectors will be converted to it for ``purpose`` (e.g.
+    "fine-tuning"); one-line errors for a missing file, a public checkpoint not yet converted
+    (with the command that converts it) or a pickle the run could not start from."""
+    init = str(path)
+    if not Path(init).exists():
+        raise GenbrainInputError(f"{init}: init checkpoint not found (config key '{key}')")
+    try:
+        record = peek_checkpoint(init)
+    except GenbrainInputError as err:
+        raise GenbrainInputError(f"{err} (config key '{key}'); expected a genbrain training "
+                                 "checkpoint") from None
+    keys = set(record) if isinstance(record, Mapping) else set()
+    if {"model", "args"} <= keys and "config" not in keys:
+        raise GenbrainInputError(
+            f"{init}: a checkpoint of the public GenBrain code ({{model, ema, opt, args}}), not "
+            f"a genbrain training checkpoint (config key '{key}'); convert it first: python -m "
+            f"genbrain.model.public --checkpoint {init} --mask MNI152_T1_2mm_brain.nii.gz "
+            "--data-info data_info.json --out genbrain.pt")
+    missing = [k for k in CHECKPOINT_KEYS if k not in keys]
+    problem = f"its pickle lacks {missing}" if missing else _init_record_problem(record)
+    if problem:
+        raise GenbrainInputError(f"{init}: not a genbrain training checkpoint (config key "
+                                 f"'{key}'): {problem}")
+    return _layout_note(init, record["config"], key, purpose)
+
+
+def _init_record_problem(record: Mapping[str, Any]) -> str:
+    """What in a checkpoint's pickle (read by :func:`peek_checkpoint`) a run could not start
+    from, or "": ``model`` and ``ema`` must be state dicts, and ``config`` must hold the
+    model's architecture (``model``), its training settings (``train``) and its age scaling
+    (``norms.age``), which a fine-tune inherits."""
+    for weights in ("model", "ema"):
+        if not isinstance(record[weights], Mapping):
+            return f"its '{weights}' is not a state dict"
+    config = record["config"]
+    if not isinstance(config, Mapping):
+        return "its 'config' is not a dict"
+    lacking = [k for k in ("model", "train") if not isinstance(config.get(k), Mapping)]
+    norms = config.get("norms")
+    if not (isinstance(norms, Mapping) and isinstance(norms.get("age"), Mapping)):
+        lacking.append("norms.age")
+    return f"its 'config' lacks {lacking}" if lacking else ""
+
+
+def _layout_note(init: str, config: Mapping[str, Any], key: str, purpose: str) -> str:
+    """Which voxel layout the checkpoint's model has (its ``config["layout"]``, resolved
+    now so that a mask that cannot be found fails at parse time) and whether the stores'
+    vectors will be converted to it (:func:`genbrain.layout.store_converter`)."""
+    from genbrain import layout as layouts
+
+    record = config.get("layout") if isinstance(config, Mapping) else None
+    n_model = (config.get("model") or {}).get("n_voxels") if isinstance(config, Mapping) \
+        else None
+    imported = " (imported from the public GenBrain code)" if config.get("public_import") \
+        else ""
+    if record is None or record.get("sha256") == layouts.KNOWN_SHA256[layouts.STANDARD]:
+        how = "records no layout" if record is None else f"has layout {layouts.STANDARD}"
+        return (f"{init}{imported} {how} ({n_model} voxels): the stores' vectors reach it "
+                "unconverted")
+    try:
+        layout = layouts.VoxelLayout.from_dict(record, init)
+    except GenbrainInputError as err:
+        raise GenbrainInputError(f"{err} (config key '{key}')") from None
+    return (f"{init}{imported} has layout {layout}; the stores' {layouts.STANDARD} vectors "
+            f"({layouts.N_VOXELS[layouts.STANDARD]:,}) will be converted to it for "
+            f"{purpose}, and its samples back to {layouts.STANDARD} for synthesis")
+
+

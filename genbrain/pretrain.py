@@ -31,7 +31,7 @@ import torch
 
 from genbrain.errors import GenbrainInputError
 from genbrain.figures import synthetic_vs_real
-from genbrain.io import atomic_path
+from genbrain.io import atomic_path, file_sha256
 from genbrain.modalities import DEFAULT_REGISTRY, ModalityRegistry
 from genbrain.model.dit import PRESETS, token_centroids
 from genbrain.sampling import SamplingConfig, sample_table
@@ -148,6 +148,22 @@ def run_pretraining(index: str | os.PathLike, split: str | os.PathLike,
     if res.returncode != 0:
         raise GenbrainInputError(f"distributed pretraining failed (exit {res.returncode}): "
                                  f"{shlex.join(cmd)}; see the log above")
+    return Path(checkpoint)
+
+
+def take_pretrained(given: str | os.PathLike, checkpoint: str | os.PathLike) -> Path:
+    """The checkpoint ``pretrain.checkpoint`` gives, taken as the pretrained model instead of
+    training one: its model is built and its weights loaded
+    (:func:`genbrain.training.checkpoints.load_for_sampling`: a file that is not a genbrain
+    training checkpoint, or whose weights do not fit its recorded architecture or layout, is a
+    one-line error), then the file is copied unchanged to ``checkpoint`` (atomically)."""
+    model, _, config = load_for_sampling(given)
+    layout = (model.voxel_layout or {}).get("name", "unrecorded (standard)")
+    log.info("pretrain.checkpoint %s (sha256 %s): preset %s, %d voxels, layout %s; taken as "
+             "the pretrained model, nothing is trained", given, file_sha256(given)[:12],
+             config.preset, model.n_voxels, layout)
+    with atomic_path(checkpoint) as tmp:
+        shutil.copyfile(given, tmp)
     return Path(checkpoint)
 
 

@@ -6,6 +6,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -16,13 +17,15 @@ import pandas as pd
 
 from genbrain.chunks import assign_chunks
 from genbrain.errors import GenbrainInputError
-from genbrain.io import read_tsv
+from genbrain.io import check_start_checkpoint, read_tsv
 from genbrain.simulate.cohort import participants as simulated_participants
 from genbrain.simulate.write import image_path
 from genbrain.tables import score_names, score_ranges, site_labels, validate_participants
 
 if TYPE_CHECKING:
     from genbrain.conditions import Conditions
+
+log = logging.getLogger(__name__)
 
 SIM_ROOT = "results/simulated"
 
@@ -173,6 +176,23 @@ def pretrain_cohort(cohorts: Mapping[str, Cohort]) -> str | None:
     return names[0] if names else None
 
 
+def given_pretrained(config: Mapping, pretrain: str | None) -> str | None:
+    """``pretrain.checkpoint``: the genbrain checkpoint the workflow takes as its pretrained
+    model instead of training one (e.g. the authors' model, imported), checked now with
+    :func:`genbrain.io.check_start_checkpoint` and its layout note logged; None when the
+    workflow pretrains. It needs the pretraining cohort, whose hold-out evaluates it."""
+    path = (config.get("pretrain") or {}).get("checkpoint")
+    if path is None:
+        return None
+    key = "pretrain.checkpoint"
+    if pretrain is None:
+        raise GenbrainInputError(f"config: '{key}' is set but no cohort has role 'pretrain', "
+                                 "whose hold-out evaluates the model; to fine-tune from the "
+                                 "checkpoint alone, set 'finetune.tasks.<name>.init' to it")
+    log.info("config key '%s': %s", key, check_start_checkpoint(path, key, "its evaluation"))
+    return str(path)
+
+
 def model_checkpoint(model: str) -> str:
     """The checkpoint of a model the workflow trains: ``pretrain`` or a fine-tune's
     ``<task>/<unit>`` (:mod:`genbrain.finetune`)."""
@@ -229,7 +249,8 @@ def planned_conditions(model: str, config: Mapping, cohorts: Mapping[str, Cohort
     """The :class:`genbrain.conditions.Conditions` (scalings and ranges) that ``model``
     (``pretrain`` or a fine-tune ``<task>/<unit>`` of ``finetunes``) will record once trained,
     from the tables it trains on, so that synthetic covariates are checked before any job:
-    the pretrained model's training split (:func:`genbrain.splits.holdout_split`); a
+    the pretrained model's training split (:func:`genbrain.splits.holdout_split`), or the
+    record of the checkpoint ``pretrain.checkpoint`` gives (:func:`given_pretrained`); a
     fine-tune's training participants (:func:`genbrain.finetune.training_table`), its age range
     widened by its init model's (that model's plan, or the init checkpoint's record read by
     :func:`genbrain.io.peek_checkpoint`). None when an init checkpoint records no conditions."""
@@ -238,6 +259,8 @@ def planned_conditions(model: str, config: Mapping, cohorts: Mapping[str, Cohort
     from genbrain.io import peek_checkpoint
     from genbrain.splits import holdout_split
 
+    if model == "pretrain" and config["pretrain"].get("checkpoint"):
+        return Conditions.from_record(peek_checkpoint(config["pretrain"]["checkpoint"])["config"])
     if model == "pretrain":
         split = holdout_split(cohorts[pretrain].table, config["pretrain"]["holdout_fraction"],
                               int(config["seed"]))

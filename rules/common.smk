@@ -17,6 +17,7 @@ from genbrain.imaging.plan import METHODS as IMAGING_METHODS
 from genbrain.imaging.plan import plan_imaging
 from genbrain.modalities import registry_from_config
 from genbrain.workflow import (
+    given_pretrained,
     load_cohorts,
     model_checkpoint,
     model_training_set,
@@ -41,6 +42,7 @@ except GenbrainInputError as err:
 
 try:
     PRETRAIN = pretrain_cohort(COHORTS)
+    PRETRAINED = given_pretrained(config, PRETRAIN)  # pretrain.checkpoint, or None
     FINETUNES = plan_finetunes(config, COHORTS, PRETRAIN, registry_from_config(config))
     BWAS, BWAS_SCREENS = plan_bwas(config, COHORTS, FINETUNES)
     DIAGNOSIS = plan_diagnosis(config, COHORTS, FINETUNES)
@@ -174,6 +176,17 @@ def get_pretrain_participants(wildcards):
 
 def get_pretrain_store(wildcards):
     return f"results/stores/{PRETRAIN}/index.tsv"
+
+
+def get_pretrain_inputs(wildcards):
+    """What pretrain_dit reads: the checkpoint pretrain.checkpoint gives (it is only checked
+    and copied), else the store and the split it trains on."""
+    if PRETRAINED:
+        return {"given": PRETRAINED}
+    return {
+        "index": get_pretrain_store(wildcards),
+        "split": "results/pretrain/split.tsv",
+    }
 
 
 def get_pretrain_truth(wildcards):

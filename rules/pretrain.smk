@@ -21,10 +21,10 @@ rule split_pretrain:
 rule pretrain_dit:
     """Pretrain the GenBrain DiT (IDDPM hybrid loss) on the training split of the pretraining
     cohort's image store. Resumable: rerunning continues from the last checkpoint in the work
-    folder (results/pretrain/work/), which is deliberately not a declared output."""
+    folder (results/pretrain/work/), which is deliberately not a declared output. With
+    pretrain.checkpoint, only check that checkpoint and copy it: no training."""
     input:
-        index=get_pretrain_store,
-        split="results/pretrain/split.tsv",
+        unpack(get_pretrain_inputs),
     output:
         checkpoint="results/pretrain/checkpoint.pt",
     log:

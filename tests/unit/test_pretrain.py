@@ -14,6 +14,7 @@ from genbrain.pretrain import (
     pretrain,
     run_pretraining,
     sample_panel,
+    take_pretrained,
     training_store,
 )
 from genbrain.sampling import SamplingConfig
@@ -142,3 +143,29 @@ def test_launch_commands():
         launch_command([], 4, 2)
     with pytest.raises(GenbrainInputError, match="do not divide"):
         run_pretraining("i", "s", {}, "w", "c", seed=0, gpus=3, nodes=2)
+
+
+def test_a_given_checkpoint_is_copied_unchanged_and_its_missing_losses_are_drawn_as_such(
+        tmp_path, monkeypatch, caplog):
+    """pretrain.checkpoint: an imported public checkpoint (no loss history) is loaded, logged
+    with its layout and copied byte for byte; its loss table is empty and the loss figure says
+    so. A file that is not a genbrain checkpoint is a one-line error and writes nothing."""
+    from genbrain.figures import loss_curve
+    from genbrain.layout import PUBLIC
+    from genbrain.model.public import import_public_checkpoint
+    from tests.public_checkpoint import AGE, write_full_size
+
+    monkeypatch.delenv("FSLDIR", raising=False)
+    given = import_public_checkpoint(write_full_size(tmp_path / "0000200.pt"), PUBLIC,
+                                     tmp_path / "genbrain.pt", age_norm=AGE)
+    caplog.set_level("INFO", logger="genbrain.pretrain")
+    out = take_pretrained(given, tmp_path / "results" / "checkpoint.pt")
+    assert out.read_bytes() == given.read_bytes()
+    assert f"layout {PUBLIC}; taken as the pretrained model, nothing is trained" in caplog.text
+    table = loss_table(out)
+    assert len(table) == 0 and list(table.columns) == ["step", "loss", "smoothed"]
+    loss_curve(table, tmp_path / "loss.png", title="pretraining: 0 steps")
+    assert (tmp_path / "loss.png").read_bytes()[:4] == b"\x89PNG"
+    with pytest.raises(GenbrainInputError, match="0000200.pt: not a training checkpoint"):
+        take_pretrained(tmp_path / "0000200.pt", tmp_path / "junk.pt")
+    assert not (tmp_path / "junk.pt").exists()

@@ -12,7 +12,6 @@ exactly that network).
 
 import argparse
 import json
-import sys
 from pathlib import Path
 
 import nibabel as nib
@@ -50,13 +49,19 @@ from genbrain.store import write_shard
 from genbrain.training.checkpoints import load_for_sampling
 from genbrain.training.config import TrainConfig
 from genbrain.training.loop import train
+from tests.public_checkpoint import (
+    AGE,
+    DEPTH,
+    HEADS,
+    N_MOD,
+    D,
+    PublicDiT,
+    full_size_model,
+    spelled,
+    write_full_size,
+)
 
-# the repository's benchmarks/ folder (a site-packages package is also named "benchmarks")
-sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
-from _public_dit import PublicDiT
-
-V, P, D, DEPTH, HEADS, N_MOD = 512, 16, 64, 2, 2, 3
-AGE = {"mean": 63.5, "std": 7.25}  # the public data_info.json's age_info (years)
+V, P = 512, 16
 FSL_AFFINE = np.array([[-2.0, 0, 0, 90], [0, 2, 0, -126], [0, 0, 2, -72], [0, 0, 0, 1]])
 
 
@@ -97,21 +102,6 @@ def public_model(seed: int) -> PublicDiT:
                 p.copy_(torch.randn(p.shape) * 0.1)
         model.pos_embed.copy_(torch.tensor(public_pos_embed(D, V // P)).float().unsqueeze(0))
     return model.eval()
-
-
-def spelled(state: dict, dialect: str) -> dict:
-    """PublicDiT's state dict in the ``benchmark`` or the GenBrain repository's spelling."""
-    if dialect == "benchmark":
-        return dict(state)
-    renames = {"x_embedder.": "x_embedder.proj.", "age_embedder.": "y1_embedder.",
-               "sex_embedder.": "y2_embedder.", "modality_embedder.": "y3_embedder."}
-    out = {}
-    for key, value in state.items():
-        for old, new in renames.items():
-            if key.startswith(old):
-                key = new + key[len(old):]
-        out[key] = value
-    return out
 
 
 def write_public(tmp_path: Path, dialect: str, model: PublicDiT, ema: PublicDiT) -> Path:
@@ -271,10 +261,7 @@ def test_layout_names_resolve_at_the_paper_size(tmp_path, monkeypatch, caplog):
     tokens of 256). Our standard mask also makes 893 tokens, so the weights cannot tell the
     wrong mask: the import warns instead."""
     monkeypatch.delenv("FSLDIR", raising=False)
-    torch.manual_seed(0)
-    base = PublicDiT(228_453, D, DEPTH, HEADS, patch_size=256, n_modalities=N_MOD)
-    with torch.no_grad():  # as DiT_UKB.initialize_weights sets it
-        base.pos_embed.copy_(torch.tensor(public_pos_embed(D, 893)).float().unsqueeze(0))
+    base = full_size_model(random=False)  # pos_embed as DiT_UKB.initialize_weights sets it
     path = tmp_path / "0000001.pt"
     torch.save({"model": spelled(base.state_dict(), "public"), "ema": base.state_dict(),
                 "args": argparse.Namespace(model="x")}, path)
@@ -401,16 +388,8 @@ def test_layout_checks_and_records(small_layout):
 def full_size_import(tmp_path: Path) -> Path:
     """A public nano DiT_UKB (patch 256, 893 tokens) on the public layout, random weights,
     written in the public code's format and imported with the project's converter."""
-    torch.manual_seed(0)
-    base = PublicDiT(228_453, D, DEPTH, HEADS, patch_size=256, n_modalities=N_MOD)
-    with torch.no_grad():  # every weight non-zero, so outputs depend on every voxel's token
-        for name, p in base.named_parameters():
-            if name != "pos_embed":
-                p.copy_(torch.randn(p.shape) * 0.1)
-        base.pos_embed.copy_(torch.tensor(public_pos_embed(D, 893)).float().unsqueeze(0))
-    path = tmp_path / "0000001.pt"
-    torch.save({"model": spelled(base.state_dict(), "public"), "args": None}, path)
-    return import_public_checkpoint(path, PUBLIC, tmp_path / "imported.pt", age_norm=AGE)
+    return import_public_checkpoint(write_full_size(tmp_path / "0000001.pt"), PUBLIC,
+                                    tmp_path / "imported.pt", age_norm=AGE)
 
 
 def standard_store(root: Path, n: int = 4) -> Path:

@@ -590,3 +590,55 @@ def test_imaging_mistakes_stop_the_dag_with_one_line(tmp_path):
         assert res.returncode != 0, change
         assert message in out, (change, out[-800:])
         assert "Traceback" not in out
+
+
+def _job_block(stdout: str, rule: str) -> str:
+    """The dry-run's lines of the first job of ``rule`` (``rule <name>:`` up to a blank line)."""
+    text = stdout.split(f"rule {rule}:", 1)[1]
+    return text.split("\n\n", 1)[0]
+
+
+def test_a_given_pretrained_checkpoint_is_copied_not_trained(tmp_path):
+    """pretrain.checkpoint: pretrain_dit reads only that file (no store, no split: nothing to
+    train on), so asking for the pretrained model schedules that one job; the evaluation and
+    the `init: pretrain` fine-tunes still run on it. Without a pretraining cohort, or with a
+    checkpoint of the public code not yet converted, the DAG stops with one line."""
+    given = _checkpoint(tmp_path / "given.pt")
+    overlay = tmp_path / "given.yaml"
+    overlay.write_text(yaml.safe_dump({"pretrain": {"checkpoint": str(given)}}))
+    smoke = ROOT / ".test" / "smoke" / "config.yaml"
+    work = str(tmp_path / "work")
+    res = snakemake("-n", "--configfile", str(smoke), str(overlay), "-d", work)
+    assert res.returncode == 0, res.stderr[-2000:]
+    block = _job_block(res.stdout, "pretrain_dit")
+    assert f"input: {given}\n" in block and "results/stores" not in block, block
+    jobs = _jobs(res.stdout)
+    for rule in ("pretrain_checks", "pretrain_loss_curve", "evaluate_similarity",
+                 "finetune_model"):
+        assert int(jobs[rule]) >= 1, rule
+    res = snakemake("-n", "--configfile", str(smoke), str(overlay), "-d", work,
+                    "results/pretrain/checkpoint.pt")
+    assert res.returncode == 0, res.stderr[-2000:]
+    jobs = _jobs(res.stdout)
+    assert (jobs["pretrain_dit"], jobs["total"]) == ("1", "1"), jobs
+
+    public = _checkpoint(tmp_path / "0000200.pt", model={}, ema={}, opt={}, args={})
+    overlay.write_text(yaml.safe_dump({"pretrain": {"checkpoint": str(public)}}))
+    res = snakemake("-n", "--configfile", str(smoke), str(overlay), "-d", work)
+    assert res.returncode == 1 and "Traceback" not in res.stdout + res.stderr
+    assert (f"{public}: a checkpoint of the public GenBrain code ({{model, ema, opt, args}}), "
+            "not a genbrain training checkpoint (config key 'pretrain.checkpoint'); convert it "
+            "first: python -m genbrain.model.public") in res.stdout + res.stderr
+
+    data = tmp_path / "data"
+    data.mkdir()
+    _fake_dataset(data)
+    cfg_path = _paper_config_for(data, tmp_path)  # no cohort with role pretrain
+    cfg = yaml.safe_load(cfg_path.read_text())
+    cfg["pretrain"]["checkpoint"] = str(given)
+    cfg_path.write_text(yaml.safe_dump(cfg))
+    res = snakemake("-n", "--configfile", str(cfg_path), "-d", work)
+    assert res.returncode == 1
+    assert ("config: 'pretrain.checkpoint' is set but no cohort has role 'pretrain', whose "
+            "hold-out evaluates the model; to fine-tune from the checkpoint alone, set "
+            "'finetune.tasks.<name>.init' to it") in res.stdout + res.stderr

@@ -1,8 +1,11 @@
 """The smoke scenario (.test/smoke/config.yaml): every rule of the demo's DAG on tiny inputs, end
 to end in minutes, its report opened in headless Chromium.
 
-It checks that the workflow runs and that each stage writes what it promises, not that the
-models learn (the demo does: tests/workflow/test_demo.py, ``make test-demo``). A dry-run test
+It runs with the overlay .test/smoke/public-init.yaml: one more fine-tune, which starts from a
+checkpoint in the public GenBrain code's format (random weights, converted with the README's
+``python -m genbrain.model.public``), and a synthetic cohort drawn from it through the audit, the
+gate and the export. It checks that the workflow runs and that each stage writes what it
+promises, not that the models learn (the demo does: tests/workflow/test_demo.py, ``make test-demo``). A dry-run test
 keeps the scenario complete: every rule the demo's DAG schedules must be scheduled here too, so
 a stage added to the demo and forgotten here fails `make test` at once.
 """
@@ -12,12 +15,18 @@ from __future__ import annotations
 import hashlib
 import json
 
+import nibabel as nib
 import numpy as np
 import pytest
+import torch
 import yaml
 
+from genbrain import space
 from genbrain.io import read_tsv
+from genbrain.layout import PUBLIC, public_layout, standard_layout
+from genbrain.model.public import main as import_public
 from genbrain.store import ImageStore
+from tests.public_checkpoint import AGE, write_full_size
 from tests.workflow.browser import (
     categories_by_rule,
     open_provenance_page,
@@ -27,6 +36,7 @@ from tests.workflow.browser import (
 from tests.workflow.helpers import ROOT, snakemake
 
 SMOKE = ROOT / ".test" / "smoke" / "config.yaml"
+PUBLIC_INIT = ROOT / ".test" / "smoke" / "public-init.yaml"  # its init: <work>/pretrained/...
 DEMO = ROOT / "config" / "demo.yaml"
 # Categories the smoke report must show whatever the rules say: guards the derivation from the
 # rules' report() calls against silently expecting nothing.
@@ -61,14 +71,21 @@ def test_the_smoke_dag_holds_every_rule_of_the_demo_dag(tmp_path):
 
 @pytest.fixture(scope="module")
 def smoke(tmp_path_factory):
-    """Run the smoke scenario and build its report; returns the work folder and the report."""
+    """Import a public-format checkpoint into the work folder as the README does, run the smoke
+    scenario with the overlay that fine-tunes it, and build the report; returns the work folder
+    and the report."""
     tmp = tmp_path_factory.mktemp("smoke")
     work = tmp / "work"
-    res = snakemake("--configfile", str(SMOKE), "--cores", "2", "-d", str(work), timeout=1200)
+    (work / "pretrained").mkdir(parents=True)
+    public = write_full_size(work / "pretrained" / "0000200.pt")
+    assert import_public(["--checkpoint", str(public), "--mask", PUBLIC,
+                          "--age-mean", str(AGE["mean"]), "--age-std", str(AGE["std"]),
+                          "--out", str(work / "pretrained" / "genbrain.pt")]) == 0
+    configs = ("--configfile", str(SMOKE), str(PUBLIC_INIT))
+    res = snakemake(*configs, "--cores", "2", "-d", str(work), timeout=1200)
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
     html = tmp / "report.html"
-    res = snakemake("--configfile", str(SMOKE), "-d", str(work), "--report", str(html),
-                    timeout=600)
+    res = snakemake(*configs, "-d", str(work), "--report", str(html), timeout=600)
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
     return {"work": work, "html": html}
 
@@ -125,6 +142,46 @@ def test_each_stage_wrote_what_it_promises(smoke):
     assert len(fidelity) > 0
     pretrained = fidelity[fidelity["claim_id"] == "pretrain.paired_sample_gain"]
     assert len(pretrained) == len(gains) and pretrained["measured"].notna().all()
+
+
+@pytest.mark.slow
+def test_a_public_checkpoint_fine_tunes_and_its_cohort_is_audited_and_exported(smoke):
+    """The overlay's fine-tune starts from the imported public checkpoint (layout
+    fsl-t1-brain-nonzero): the store's standard vectors are converted to its layout on the way
+    in and its samples back on the way out, so the synthetic store, the audit and the export
+    see the standard layout, and the NIfTI are on the standard grid, zero outside the brain mask
+    and on the 30 mask voxels the public layout lacks."""
+    work, res = smoke["work"], smoke["work"] / "results"
+    overlay = yaml.safe_load(PUBLIC_INIT.read_text())
+    assert overlay["finetune"]["tasks"]["public"]["init"] == "pretrained/genbrain.pt"
+    std, pub = standard_layout(), public_layout()
+    log = (work / "logs" / "finetune_model" / "public" / "siteA.log").read_text()
+    assert "pretrained/genbrain.pt" in log
+    assert "its vectors are converted to the layout of" in log
+    assert f"{std} -> {pub}" in log  # both layouts named, with their sizes and hashes
+    config = torch.load(res / "finetune" / "public" / "siteA" / "checkpoint.pt",
+                        weights_only=True)["config"]
+    assert (config["layout"]["name"], config["layout"]["sha256"]) == (PUBLIC, pub.sha256)
+    assert config["model"]["n_voxels"] == 228_453
+    shard_logs = "".join(p.read_text() for p in (work / "logs" / "synthesize_shard" / "public")
+                         .glob("*.log"))
+    assert f"samples are converted to the standard layout: {pub} -> {std}" in shard_logs
+
+    syn = ImageStore(res / "synthetic" / "public" / "index.tsv")
+    assert len(syn) == 2 and syn.n_voxels == std.n_voxels
+    assert np.isfinite(syn.batch(range(2))).all()
+    assert len(read_tsv(res / "evaluate" / "audit" / "public.tsv")) == 2
+    assert bool(read_tsv(res / "evaluate" / "audit" / "public_gate.tsv")["passed"].item())
+    files = sorted((res / "export" / "public").rglob("*.nii.gz"))
+    assert len(files) == 2
+    for path in files:
+        img = nib.load(path)
+        np.testing.assert_allclose(img.affine, space.AFFINE)
+        assert img.shape == space.SHAPE
+        vol = np.asanyarray(img.dataobj)
+        assert not vol[~std.mask].any(), path  # nothing outside the brain mask
+        assert not vol[std.mask & ~pub.mask].any(), path  # the slice the public layout lacks
+        assert np.count_nonzero(vol[pub.mask]) > 0.99 * pub.n_voxels, path
 
 
 @pytest.mark.slow
