@@ -26,6 +26,7 @@ cohort tables and names the config key, site or participant of a mistake before 
 from __future__ import annotations
 
 import logging
+import math
 import os
 import shutil
 from collections.abc import Mapping, Sequence
@@ -125,6 +126,7 @@ def plan_finetunes(config: Mapping, cohorts: Mapping, pretrain: str | None,
     section = config.get("finetune") or {}
     shared = dict(section.get("train") or {})
     jobs: dict[str, FinetuneJob] = {}
+    bases: dict[str, tuple[str, SplitBasis]] = {}  # cohort -> (first task, its split's basis)
     for task, spec in (section.get("tasks") or {}).items():
         key = f"finetune.tasks.{task}"
         name = spec["cohort"]
@@ -169,14 +171,21 @@ def plan_finetunes(config: Mapping, cohorts: Mapping, pretrain: str | None,
                     f"config: '{key}.conditions' has '{c}'; expected 'diagnosis' or one of "
                     f"cohort '{name}'s scores {score_names(cohort.spec.get('scores'))}")
         split = spec.get("split", "all")
-        if split == "train" and not levels:
+        if split == "train" and not (levels or score):
             raise GenbrainInputError(f"config: '{key}.split' is 'train', which needs the "
-                                     "per-site split stratified by diagnosis; condition the "
-                                     "task on 'diagnosis' or use split 'all'")
+                                     "per-site split stratified by diagnosis or the split "
+                                     "stratified by a score; condition the task on "
+                                     "'diagnosis' or a score, or use split 'all'")
         if split == "train":  # the split job splits every site of the cohort: check them now
+            basis = SplitBasis.of(levels, score, cohort.spec.get("scores"))
+            other = bases.setdefault(name, (task, basis))
+            if other[1] != basis:
+                raise GenbrainInputError(
+                    f"config: '{key}.split' is 'train' {basis.describe()}, but task "
+                    f"'{other[0]}' trains on cohort '{name}'s split {other[1].describe()}; a "
+                    "cohort has one split (train both on the same condition)")
             try:
-                cohort_split(cohort.table, levels, int(config.get("seed", 0)),
-                             f"cohort '{name}'")
+                basis.split(cohort.table, int(config.get("seed", 0)), f"cohort '{name}'")
             except GenbrainInputError as err:
                 raise GenbrainInputError(f"config: '{key}.split' is 'train', but the cohort's "
                                          f"3:1:1 split fails: {err}") from None
@@ -337,15 +346,77 @@ def training_table(job: FinetuneJob, participants: pd.DataFrame,
     return out.reset_index(drop=True)
 
 
-def cohort_split(participants: pd.DataFrame, levels: Sequence[str], seed: int,
-                 source: str) -> pd.DataFrame:
-    """The cohort's seeded per-site 3:1:1 train/validation/test split, stratified by
-    diagnosis (:func:`genbrain.diagnosis.classify.split_sites`: fine-tunes and classifiers share
-    it)."""
-    from genbrain.splits import split_sites
+def cohort_split(participants: pd.DataFrame, levels: Sequence[str] | None, seed: int,
+                 source: str, score: str | None = None,
+                 score_max: float | None = None) -> pd.DataFrame:
+    """The cohort's seeded 3:1:1 train/validation/test split (participant_id, site, diagnosis,
+    split): per site, stratified by diagnosis when ``levels`` are given
+    (:func:`genbrain.splits.split_sites`: fine-tunes and classifiers share it; labels
+    ``validation``); else over all participants, stratified by the score column ``score``
+    (:func:`genbrain.splits.score_split`, at most ``score_max``: the clinical regressor and its
+    score-conditioned fine-tune share it; labels ``val``, the score column kept)."""
+    from genbrain.splits import score_split, split_sites
 
-    table = split_sites(participants, list(levels), seed, source=source)
-    return table[["participant_id", "site", "diagnosis", "split"]].reset_index(drop=True)
+    if levels:
+        table = split_sites(participants, list(levels), seed, source=source)
+        return table[["participant_id", "site", "diagnosis", "split"]].reset_index(drop=True)
+    if not score:
+        raise GenbrainInputError(f"{source}: a split needs diagnosis levels or a score column")
+    split = score_split(participants, score, seed,
+                        score_max=math.inf if score_max is None else float(score_max),
+                        source=source)
+    people = participants.drop_duplicates("participant_id")[["participant_id", "site",
+                                                              "diagnosis"]]
+    table = people.merge(split, on="participant_id")
+    return table[["participant_id", "site", "diagnosis", score, "split"]].sort_values(
+        "participant_id").reset_index(drop=True)
+
+
+@dataclass(frozen=True)
+class SplitBasis:
+    """What a cohort's split (``results/splits/<cohort>.tsv``) is stratified by: the diagnosis
+    ``levels`` (per site), or else the score column ``score`` (declared maximum
+    ``score_max``, None when the cohort declares no range)."""
+
+    levels: tuple[str, ...] | None = None
+    score: str | None = None
+    score_max: float | None = None
+
+    @classmethod
+    def of(cls, levels: Sequence[str] | None, score: str | None,
+           scores: Sequence | None = None) -> SplitBasis:
+        """The basis of a task conditioned on ``levels`` and/or ``score`` (diagnosis wins),
+        the score's maximum from the cohort's declared ``scores``."""
+        from genbrain.tables import score_ranges
+
+        if levels:
+            return cls(levels=tuple(levels))
+        high = score_ranges(scores).get(score, (0.0, None))[1] if score else None
+        return cls(score=score, score_max=high)
+
+    def describe(self) -> str:
+        return (f"by diagnosis {list(self.levels)}" if self.levels
+                else f"by score '{self.score}'")
+
+    def split(self, participants: pd.DataFrame, seed: int, source: str) -> pd.DataFrame:
+        """:func:`cohort_split` on this basis."""
+        return cohort_split(participants, self.levels, seed, source, self.score,
+                            self.score_max)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain dict (a rule's params)."""
+        return {"levels": list(self.levels) if self.levels else None, "score": self.score,
+                "score_max": self.score_max}
+
+
+def split_basis(cohort: str, spec: Mapping, finetunes: Mapping[str, FinetuneJob]) -> SplitBasis:
+    """The basis of cohort ``cohort``'s split: that of its fine-tunes with split ``train``
+    (:func:`plan_finetunes` checked they agree), else its diagnosis levels (``spec``: the
+    cohort's config entry)."""
+    for job in finetunes.values():
+        if job.cohort == cohort and job.split == "train":
+            return SplitBasis.of(job.diagnosis_levels, job.score_column, spec.get("scores"))
+    return SplitBasis(levels=tuple(spec.get("diagnosis_levels") or ()) or None)
 
 
 def run_finetune(job: Mapping[str, Any] | FinetuneJob, index: str | os.PathLike,

@@ -234,7 +234,7 @@ def planned_conditions(model: str, config: Mapping, cohorts: Mapping[str, Cohort
     widened by its init model's (that model's plan, or the init checkpoint's record read by
     :func:`genbrain.io.peek_checkpoint`). None when an init checkpoint records no conditions."""
     from genbrain.conditions import Conditions, fit_norms, fit_ranges, inherited_ranges
-    from genbrain.finetune import cohort_split, training_table
+    from genbrain.finetune import SplitBasis, training_table
     from genbrain.io import peek_checkpoint
     from genbrain.splits import holdout_split
 
@@ -253,8 +253,9 @@ def planned_conditions(model: str, config: Mapping, cohorts: Mapping[str, Cohort
             return None
         init = Conditions.from_record(record)
     cohort = cohorts[job.cohort]
-    split = cohort_split(cohort.table, job.diagnosis_levels, int(config.get("seed", 0)),
-                         f"cohort '{job.cohort}'") if job.split == "train" else None
+    basis = SplitBasis.of(job.diagnosis_levels, job.score_column, cohort.spec.get("scores"))
+    split = basis.split(cohort.table, int(config.get("seed", 0)),
+                        f"cohort '{job.cohort}'") if job.split == "train" else None
     ids = set(training_table(job, cohort.table, split)["participant_id"].astype(str))
     people = cohort.table[cohort.table["participant_id"].astype(str).isin(ids)]
     numeric = [("age", "age" if job.demographics else None), ("score", job.score_column)]

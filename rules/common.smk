@@ -12,7 +12,7 @@ from genbrain.config import validate_config
 from genbrain.bwas.plan import plan_bwas
 from genbrain.diagnosis.plan import plan_diagnosis
 from genbrain.errors import GenbrainInputError
-from genbrain.finetune import plan_finetunes
+from genbrain.finetune import plan_finetunes, split_basis
 from genbrain.modalities import registry_from_config
 from genbrain.workflow import (
     load_cohorts,
@@ -321,9 +321,11 @@ def get_finetune_split(wildcards):
     return [f"results/splits/{job.cohort}.tsv"] if job.split == "train" else []
 
 
-def get_split_levels(wildcards):
-    """The diagnosis levels a cohort's split is stratified by."""
-    return list(COHORTS[wildcards.cohort].spec["diagnosis_levels"])
+def get_split_basis(wildcards):
+    """What a cohort's split is stratified by: its diagnosis levels (per site), or the score
+    its score-conditioned fine-tune trains on (genbrain.finetune.SplitBasis, as a dict)."""
+    cohort = COHORTS[wildcards.cohort]
+    return split_basis(cohort.name, cohort.spec, FINETUNES).to_dict()
 
 
 def get_finetune_truth(wildcards):
