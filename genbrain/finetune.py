@@ -26,7 +26,6 @@ cohort tables and names the config key, site or participant of a mistake before 
 from __future__ import annotations
 
 import logging
-import math
 import os
 import shutil
 from collections.abc import Mapping, Sequence
@@ -46,6 +45,7 @@ from genbrain.io import (
     read_tsv,
     save_tsv,
 )
+from genbrain.splits import SplitBasis
 from genbrain.tables import score_names
 
 if TYPE_CHECKING:  # torch stays out of the plan, which runs at DAG build time
@@ -344,79 +344,6 @@ def training_table(job: FinetuneJob, participants: pd.DataFrame,
     out = rows[["participant_id", "site"]].copy()
     out["split"] = "train"
     return out.reset_index(drop=True)
-
-
-def cohort_split(participants: pd.DataFrame, levels: Sequence[str] | None, seed: int,
-                 source: str, score: str | None = None,
-                 score_max: float | None = None) -> pd.DataFrame:
-    """The cohort's seeded 3:1:1 train/validation/test split (participant_id, site, diagnosis,
-    split): per site, stratified by diagnosis when ``levels`` are given
-    (:func:`genbrain.splits.split_sites`: fine-tunes and classifiers share it; labels
-    ``validation``); else over all participants, stratified by the score column ``score``
-    (:func:`genbrain.splits.score_split`, at most ``score_max``: the clinical regressor and its
-    score-conditioned fine-tune share it; labels ``val``, the score column kept)."""
-    from genbrain.splits import score_split, split_sites
-
-    if levels:
-        table = split_sites(participants, list(levels), seed, source=source)
-        return table[["participant_id", "site", "diagnosis", "split"]].reset_index(drop=True)
-    if not score:
-        raise GenbrainInputError(f"{source}: a split needs diagnosis levels or a score column")
-    split = score_split(participants, score, seed,
-                        score_max=math.inf if score_max is None else float(score_max),
-                        source=source)
-    people = participants.drop_duplicates("participant_id")[["participant_id", "site",
-                                                              "diagnosis"]]
-    table = people.merge(split, on="participant_id")
-    return table[["participant_id", "site", "diagnosis", score, "split"]].sort_values(
-        "participant_id").reset_index(drop=True)
-
-
-@dataclass(frozen=True)
-class SplitBasis:
-    """What a cohort's split (``results/splits/<cohort>.tsv``) is stratified by: the diagnosis
-    ``levels`` (per site), or else the score column ``score`` (declared maximum
-    ``score_max``, None when the cohort declares no range)."""
-
-    levels: tuple[str, ...] | None = None
-    score: str | None = None
-    score_max: float | None = None
-
-    @classmethod
-    def of(cls, levels: Sequence[str] | None, score: str | None,
-           scores: Sequence | None = None) -> SplitBasis:
-        """The basis of a task conditioned on ``levels`` and/or ``score`` (diagnosis wins),
-        the score's maximum from the cohort's declared ``scores``."""
-        from genbrain.tables import score_ranges
-
-        if levels:
-            return cls(levels=tuple(levels))
-        high = score_ranges(scores).get(score, (0.0, None))[1] if score else None
-        return cls(score=score, score_max=high)
-
-    def describe(self) -> str:
-        return (f"by diagnosis {list(self.levels)}" if self.levels
-                else f"by score '{self.score}'")
-
-    def split(self, participants: pd.DataFrame, seed: int, source: str) -> pd.DataFrame:
-        """:func:`cohort_split` on this basis."""
-        return cohort_split(participants, self.levels, seed, source, self.score,
-                            self.score_max)
-
-    def to_dict(self) -> dict[str, Any]:
-        """Plain dict (a rule's params)."""
-        return {"levels": list(self.levels) if self.levels else None, "score": self.score,
-                "score_max": self.score_max}
-
-
-def split_basis(cohort: str, spec: Mapping, finetunes: Mapping[str, FinetuneJob]) -> SplitBasis:
-    """The basis of cohort ``cohort``'s split: that of its fine-tunes with split ``train``
-    (:func:`plan_finetunes` checked they agree), else its diagnosis levels (``spec``: the
-    cohort's config entry)."""
-    for job in finetunes.values():
-        if job.cohort == cohort and job.split == "train":
-            return SplitBasis.of(job.diagnosis_levels, job.score_column, spec.get("scores"))
-    return SplitBasis(levels=tuple(spec.get("diagnosis_levels") or ()) or None)
 
 
 def run_finetune(job: Mapping[str, Any] | FinetuneJob, index: str | os.PathLike,

@@ -234,9 +234,9 @@ def planned_conditions(model: str, config: Mapping, cohorts: Mapping[str, Cohort
     widened by its init model's (that model's plan, or the init checkpoint's record read by
     :func:`genbrain.io.peek_checkpoint`). None when an init checkpoint records no conditions."""
     from genbrain.conditions import Conditions, fit_norms, fit_ranges, inherited_ranges
-    from genbrain.finetune import SplitBasis, training_table
+    from genbrain.finetune import training_table
     from genbrain.io import peek_checkpoint
-    from genbrain.splits import holdout_split
+    from genbrain.splits import SplitBasis, holdout_split
 
     if model == "pretrain":
         split = holdout_split(cohorts[pretrain].table, config["pretrain"]["holdout_fraction"],

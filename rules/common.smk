@@ -12,7 +12,8 @@ from genbrain.config import validate_config
 from genbrain.bwas.plan import plan_bwas
 from genbrain.diagnosis.plan import plan_diagnosis
 from genbrain.errors import GenbrainInputError
-from genbrain.finetune import plan_finetunes, split_basis
+from genbrain.finetune import plan_finetunes
+from genbrain.splits import split_basis
 from genbrain.modalities import registry_from_config
 from genbrain.workflow import (
     load_cohorts,

@@ -748,7 +748,7 @@ def test_a_score_conditioned_task_trains_on_the_cohorts_score_split():
     """A task conditioned on a score only (the clinical fine-tune) with split 'train' trains on
     the cohort's split stratified by that score (train/val/test over all participants, the
     regressor's), which the split rule writes; a second task on another basis is refused."""
-    from genbrain.finetune import SplitBasis, cohort_split, split_basis
+    from genbrain.splits import SplitBasis, cohort_split, split_basis
 
     c = cohort(sites=("a", "b"))
     c.spec = {**c.spec, "diagnosis_levels": None, "scores": [{"name": "severity",

@@ -7,8 +7,8 @@ from _smk import run
 
 
 def main(smk):
-    from genbrain.finetune import cohort_split
     from genbrain.io import read_tsv, save_tsv
+    from genbrain.splits import cohort_split
 
     basis = smk.params.basis
     table = cohort_split(read_tsv(smk.input.participants), basis["levels"], smk.params.seed,
