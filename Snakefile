@@ -27,6 +27,7 @@ include: "rules/synthesize.smk"
 include: "rules/evaluate.smk"
 include: "rules/bwas.smk"
 include: "rules/diagnosis.smk"
+include: "rules/clinical.smk"
 include: "rules/report.smk"
 
 

@@ -360,3 +360,22 @@ def synthetic_cohorts(config: Mapping, cohorts: Mapping[str, Cohort], pretrain: 
         out[job.synth] = SyntheticCohort(job.synth, job.n_pool, shard_size, job.cohort,
                                          (job.modality,), 1, job.model)
     return out
+
+
+def clinical_pools(clinical: Mapping, taken: Mapping[str, SyntheticCohort], shard_size: int
+                   ) -> dict[str, SyntheticCohort]:
+    """The synthetic pools of the clinical analyses (``clinical``:
+    :class:`genbrain.clinical.plan.ClinicalAnalysis` by name, those whose largest ratio draws
+    any): the training split's covariates mirrored to the pool's size, one image per row, drawn
+    by the analysis's fine-tune; ``taken``: the other synthetic cohorts (a name clash is one
+    line)."""
+    out: dict[str, SyntheticCohort] = {}
+    for job in clinical.values():
+        if not job.n_pool:
+            continue
+        if job.synth in taken:
+            raise GenbrainInputError(f"config: synthetic cohort name '{job.synth}' is taken by "
+                                     f"clinical analysis {job.name}; rename the other cohort")
+        out[job.synth] = SyntheticCohort(job.synth, job.n_pool, shard_size, job.cohort,
+                                         (job.modality,), 1, job.model)
+    return out

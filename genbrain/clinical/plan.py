@@ -239,3 +239,85 @@ def pool_covariates(job: ClinicalAnalysis, split: pd.DataFrame, participants: pd
                                  f"{len(members)} participants; the plan was made for "
                                  f"{job.n_train} (was the participants table edited? rerun)")
     return mirror_covariates(members, job.n_pool, [job.score], job.modality, seed, job.synth)
+
+
+def run_sweep_job(job: ClinicalAnalysis, ratio: float, replicate: int, index: str,
+                  split: str, pool_index: str | None, work_dir: str) -> pd.DataFrame:
+    """One (ratio, replicate) fit of an analysis (:func:`genbrain.clinical.sweep.sweep_job`)
+    on the cohort's store ``index`` (the analysis's modality), its split table ``split`` and,
+    above ratio 0, the pool's store ``pool_index`` -> the one-row table, with the analysis's
+    name and the replicate. The fit's checkpoint lives in ``work_dir`` (resumed if there) and is
+    removed once the row exists."""
+    import shutil
+
+    from genbrain.clinical.config import RegressConfig
+    from genbrain.clinical.data import ScoreImages, split_images
+    from genbrain.clinical.sweep import sweep_job
+    from genbrain.io import read_tsv
+    from genbrain.store import ImageStore
+
+    config = RegressConfig.from_dict({**job.regress, "seed": 0}, f"clinical analysis {job.name}")
+    store = ImageStore(index, modalities=[job.modality])
+    splits = split_images(store, read_tsv(split), config)
+    if len(splits["train"]) != job.n_train:
+        raise GenbrainInputError(f"{split}: {len(splits['train'])} training images of "
+                                 f"{job.modality}; the plan was made for {job.n_train} (rerun)")
+    pool = None
+    if pool_index:
+        pool = ScoreImages.from_store(ImageStore(pool_index, modalities=[job.modality]),
+                                      job.score, job.score_max)
+    row = sweep_job(config, splits, pool, ratio, job.seeds[replicate], work_dir)
+    row.insert(0, "analysis", job.analysis)
+    row.insert(3, "replicate", int(replicate))
+    shutil.rmtree(work_dir, ignore_errors=True)
+    return row
+
+
+def summary_outputs(job: ClinicalAnalysis, row_tsvs: Sequence[str],
+                    out: Mapping[str, str]) -> None:
+    """Gather an analysis's fits into ``out['sweep']``, summarise them
+    (:func:`genbrain.clinical.sweep.summarise_sweep`: ``out['summary']`` per ratio and metric,
+    ``out['comparison']`` the chosen ratio against ratio 0) and draw Fig. 6d/f
+    (``out['figure']``)."""
+    from genbrain.clinical.figures import sweep_figure
+    from genbrain.clinical.sweep import summarise_sweep
+    from genbrain.io import read_tsv, save_tsv
+
+    table = pd.concat([read_tsv(p) for p in row_tsvs], ignore_index=True)
+    table = table.sort_values(["ratio", "replicate"]).reset_index(drop=True)
+    expected = len(job.ratios) * len(job.seeds)
+    if len(table) != expected:
+        raise GenbrainInputError(f"clinical analysis {job.name}: {len(table)} fits; the plan "
+                                 f"has {expected} ({len(job.ratios)} ratios x "
+                                 f"{len(job.seeds)} seeds)")
+    res = summarise_sweep(table, job.test, source=f"clinical analysis {job.name}")
+    for name, t in (("summary", res.per_ratio), ("comparison", res.comparison)):
+        t = t.copy()
+        t.insert(0, "analysis", job.analysis)
+        save_tsv(t, out[name])
+    save_tsv(table, out["sweep"])
+    sweep_figure(res.per_ratio, res.chosen_ratio, out["figure"], job.score,
+                 title=f"{job.analysis}: {job.score} from {job.modality} against the "
+                       f"synthetic:real ratio (mean and 95% CI over {len(job.seeds)} seeds)")
+
+
+def pairs_output(job: ClinicalAnalysis, index: str, split: str, pool_index: str,
+                 out_png: str, n_pairs: int = 4) -> None:
+    """Fig. 6c/e: test-split images of the analysis's modality beside the pool's images
+    nearest in (age, score) of the same sex (:func:`genbrain.clinical.sweep.match_pairs`)."""
+    import numpy as np
+
+    from genbrain.clinical.figures import pairs_figure
+    from genbrain.clinical.sweep import match_pairs
+    from genbrain.io import read_tsv
+    from genbrain.store import ImageStore
+
+    real = ImageStore(index, modalities=[job.modality])
+    synthetic = ImageStore(pool_index, modalities=[job.modality])
+    test = set(read_tsv(split).query("split == 'test'")["participant_id"].astype(str))
+    rows = np.flatnonzero(real.table["participant_id"].astype(str).isin(test).to_numpy())
+    pairs = match_pairs(real.table.iloc[rows].reset_index(drop=True), synthetic.table,
+                        job.score, n_pairs)
+    pairs_figure(pairs, real, synthetic, out_png, job.score, real_rows=rows,
+                 title=f"{job.analysis}: real (test split) and synthetic {job.modality} matched "
+                       f"for age, sex and {job.score}")

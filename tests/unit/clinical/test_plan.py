@@ -141,3 +141,59 @@ def test_the_pool_mirrors_the_training_split_deterministically():
     with pytest.raises(GenbrainInputError, match="the plan was made for 18"):
         pool_covariates(a, split, people[people["participant_id"] != train[
             "participant_id"].iloc[0]], 3)
+
+
+def test_the_stage_functions_run_a_tiny_analysis_end_to_end(tmp_path):
+    """What the rules call, on 20 standard-space images: a fit per (ratio, replicate) whose
+    row is the same twice (its checkpoint folder removed), the summary tables and figures, the
+    matched pairs from a pool store."""
+    from genbrain.io import read_tsv, save_tsv
+    from genbrain.space import standard_space
+    from genbrain.store import write_shard
+
+    from genbrain.clinical.plan import pairs_output, run_sweep_job, summary_outputs
+
+    people = stroke(n=20).table
+    a = plan({"ratios": [0, 1], "seeds": 2, "regress": {"pool": 6, "epochs": 1,
+                                                          "batch_size": 8, "lr": 1e-3},
+              "analyses": {"a": {"finetune": "sev"}}}, cohort=stroke(n=20))["a"]
+    split = cohort_split(people, None, 3, "s", "nihss", 42.0)
+    save_tsv(split, tmp_path / "split.tsv")
+    n_vox = standard_space().n_voxels
+    rng = np.random.default_rng(1)
+
+    def store(root, table):
+        root.mkdir()
+        write_shard(rng.standard_normal((len(table), n_vox)).astype(np.float32),
+                    root / "ADC.npy", "float16")
+        save_tsv(table.assign(modality="ADC", modality_index=34, shard="ADC.npy",
+                              row=range(len(table))), root / "index.tsv")
+        return str(root / "index.tsv")
+
+    real = store(tmp_path / "real", people)
+    cov = pool_covariates(a, split, people, 3).drop(columns="modality")
+    pool = store(tmp_path / "pool", cov.assign(participant_id=[f"syn-{i}" for i in range(len(
+        cov))], site="synthetic"))
+    rows = []
+    for ratio, k in a.jobs():
+        work = tmp_path / f"fit-{ratio}-{k}"
+        row = run_sweep_job(a, ratio, k, real, str(tmp_path / "split.tsv"),
+                            pool if ratio else None, str(work))
+        assert not work.exists() and len(row) == 1
+        assert (row["replicate"].item(), row["n_synthetic"].item()) == (k, round(ratio * 12))
+        path = tmp_path / f"row-{ratio}-{k}.tsv"
+        save_tsv(row, path)
+        rows.append(str(path))
+    again = run_sweep_job(a, 1.0, 1, real, str(tmp_path / "split.tsv"), pool,
+                          str(tmp_path / "again"))
+    pd.testing.assert_frame_equal(again, read_tsv(rows[-1]), check_dtype=False)
+    out = {k: str(tmp_path / f"{k}.{ext}") for k, ext in (
+        ("sweep", "tsv"), ("summary", "tsv"), ("comparison", "tsv"), ("figure", "png"))}
+    summary_outputs(a, rows, out)
+    comparison = read_tsv(out["comparison"])
+    assert list(comparison["metric"]) == ["test_mae", "test_r"]
+    assert (comparison["n_seeds_base"] == 2).all() and len(read_tsv(out["sweep"])) == 4
+    pairs_output(a, real, str(tmp_path / "split.tsv"), pool, str(tmp_path / "pairs.png"))
+    assert (tmp_path / "pairs.png").stat().st_size > 0
+    with pytest.raises(GenbrainInputError, match="3 fits; the plan has 4"):
+        summary_outputs(a, rows[:3], out)
