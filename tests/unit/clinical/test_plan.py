@@ -147,11 +147,10 @@ def test_the_stage_functions_run_a_tiny_analysis_end_to_end(tmp_path):
     """What the rules call, on 20 standard-space images: a fit per (ratio, replicate) whose
     row is the same twice (its checkpoint folder removed), the summary tables and figures, the
     matched pairs from a pool store."""
+    from genbrain.clinical.plan import pairs_output, run_sweep_job, summary_outputs
     from genbrain.io import read_tsv, save_tsv
     from genbrain.space import standard_space
     from genbrain.store import write_shard
-
-    from genbrain.clinical.plan import pairs_output, run_sweep_job, summary_outputs
 
     people = stroke(n=20).table
     a = plan({"ratios": [0, 1], "seeds": 2, "regress": {"pool": 6, "epochs": 1,
