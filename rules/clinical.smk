@@ -66,14 +66,14 @@ rule clinical_summary:
             caption="../workflow/report/clinical_comparison.rst",
             category="Clinical",
             subcategory="{analysis}",
-            labels={"figure": "chosen ratio vs real only"},
+            labels={"analysis": "{analysis}", "figure": "chosen ratio vs real only"},
         ),
         figure=report(
             "results/figures/clinical/{analysis}/sweep.png",
             caption="../workflow/report/clinical_sweep.rst",
             category="Clinical",
             subcategory="{analysis}",
-            labels={"figure": "MAE and r vs ratio"},
+            labels={"analysis": "{analysis}", "figure": "MAE and r vs ratio"},
         ),
     log:
         "logs/clinical_summary/{analysis}.log",
@@ -100,7 +100,7 @@ rule clinical_pairs:
             caption="../workflow/report/clinical_pairs.rst",
             category="Clinical",
             subcategory="{analysis}",
-            labels={"figure": "matched real/synthetic pairs"},
+            labels={"analysis": "{analysis}", "figure": "matched real/synthetic pairs"},
         ),
     log:
         "logs/clinical_pairs/{analysis}.log",

@@ -88,6 +88,7 @@ def _paper_config_for(root, tmp_path, finetune=False, **cohort_overrides):
     for task in tasks.values():
         task["init"] = str(ckpt)
     cfg["finetune"]["tasks"] = tasks if finetune else {}
+    cfg.pop("clinical")  # its analysis is the stroke cohort's task's
     if not finetune:
         cfg.pop("bwas")  # their analyses are fine-tuning tasks'
         cfg.pop("diagnosis")
@@ -533,3 +534,26 @@ def test_diagnosis_mistakes_stop_the_dag_with_one_line(tmp_path):
         out = res.stdout + res.stderr
         assert message in out, (change, task, out[-600:])
         assert "Traceback" not in out
+
+
+def test_the_demo_and_smoke_configs_schedule_every_clinical_job(tmp_path):
+    """The clinical stage in both checked-in scenarios: the score-conditioned fine-tune, one
+    pool (covariates, its synthesis through the gate), one fit per (ratio, seed), one summary
+    and one pairs figure per analysis, exactly as the config sizes them."""
+    for name, path in (("demo", ROOT / "config" / "demo.yaml"),
+                       ("smoke", ROOT / ".test" / "smoke" / "config.yaml")):
+        cfg = yaml.safe_load(path.read_text())
+        res = snakemake("-n", "--configfile", str(path), "-d", str(tmp_path / name))
+        assert res.returncode == 0, res.stderr
+        jobs = _jobs(res.stdout)
+        section = cfg["clinical"]
+        fits = sum(len(a.get("ratios", section["ratios"])) * a.get("seeds", section["seeds"])
+                   for a in section["analyses"].values())
+        n = len(section["analyses"])
+        assert (jobs["clinical_sweep"], jobs["clinical_summary"], jobs["clinical_pairs"],
+                jobs["clinical_pool_covariates"]) == (str(fits), str(n), str(n), str(n)), jobs
+        for analysis, a in section["analyses"].items():
+            assert f"results/synthetic/clinical-{analysis}/covariates.tsv" in res.stdout
+            assert f"results/evaluate/audit/clinical-{analysis}_gate.tsv" in res.stdout
+            assert f"results/finetune/{a['finetune']}/all/checkpoint.pt" in res.stdout
+            assert f"results/clinical/{analysis}/sweep/ratio-0_seed-1.tsv" in res.stdout
