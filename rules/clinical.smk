@@ -100,7 +100,10 @@ rule clinical_pairs:
             caption="../workflow/report/clinical_pairs.rst",
             category="Clinical",
             subcategory="{analysis}",
-            labels={"analysis": "{analysis}", "figure": "matched real/synthetic pairs"},
+            labels={
+                "analysis": "{analysis}",
+                "figure": "matched real/synthetic pairs",
+            },
         ),
     log:
         "logs/clinical_pairs/{analysis}.log",

@@ -339,8 +339,8 @@ def get_finetune_split(wildcards):
 
 
 def get_split_basis(wildcards):
-    """What a cohort's split is stratified by: its diagnosis levels (per site), or the score
-    its score-conditioned fine-tune trains on (genbrain.splits.SplitBasis, as a dict)."""
+    """What a cohort's split is stratified by: its diagnosis levels (per site), or the
+    score its score-conditioned fine-tune trains on (genbrain.splits.SplitBasis)."""
     cohort = COHORTS[wildcards.cohort]
     return split_basis(cohort.name, cohort.spec, FINETUNES).to_dict()
 
