@@ -28,6 +28,7 @@ include: "rules/evaluate.smk"
 include: "rules/bwas.smk"
 include: "rules/diagnosis.smk"
 include: "rules/imaging.smk"
+include: "rules/clinical.smk"
 include: "rules/report.smk"
 
 

@@ -192,3 +192,34 @@ def cohort_covariates(name: str, spec: Mapping, modalities: Sequence[str],
     if ranges:
         check_ranges(table, source, ranges, model, key, bool(spec.get("allow_extrapolation")))
     return table.reset_index(drop=True)
+
+
+def mirror_covariates(members: pd.DataFrame, n: int, columns: Sequence[str], modality: str,
+                      seed: int, synth: str) -> pd.DataFrame:
+    """The covariate table of a synthetic pool that mirrors a training set: ``n`` rows, each
+    copying one member's age, sex and ``columns`` (e.g. diagnosis, a score) with its
+    ``reference_participant_id``, taken from the concatenation of permutations of ``members``
+    seeded by (``seed``, ``synth``), so the pool keeps the training set's joint covariate
+    distribution and every member is mirrored equally often (within one).
+
+    ``members``: the training participants (participant_id, age, sex, ``columns``), in any
+    order (sorted by participant_id here). Columns: synthetic_id, age, sex, ``columns``,
+    modality, reference_participant_id."""
+    from genbrain.seeds import name_seed
+
+    members = members.sort_values("participant_id").reset_index(drop=True)
+    if n and members.empty:
+        raise GenbrainInputError(f"synthetic pool '{synth}': no training participants to mirror")
+    rng = np.random.default_rng([int(seed), name_seed(synth)])
+    cycles = -(-n // max(len(members), 1))
+    order = np.concatenate([rng.permutation(len(members)) for _ in range(cycles)]
+                           or [np.zeros(0, np.int64)])[:n]
+    sel = members.iloc[order]
+    out = {"synthetic_id": np.arange(len(sel)), "age": sel["age"].to_numpy(),
+           "sex": sel["sex"].to_numpy()}
+    for c in columns:
+        out[c] = sel[c].to_numpy()
+    out["modality"] = modality
+    out["reference_participant_id"] = sel["participant_id"].to_numpy()
+    return pd.DataFrame(out)
+

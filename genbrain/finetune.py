@@ -44,6 +44,7 @@ from genbrain.io import (
     read_tsv,
     save_tsv,
 )
+from genbrain.splits import SplitBasis
 from genbrain.tables import score_names
 
 if TYPE_CHECKING:  # torch stays out of the plan, which runs at DAG build time
@@ -124,6 +125,7 @@ def plan_finetunes(config: Mapping, cohorts: Mapping, pretrain: str | None,
     section = config.get("finetune") or {}
     shared = dict(section.get("train") or {})
     jobs: dict[str, FinetuneJob] = {}
+    bases: dict[str, tuple[str, SplitBasis]] = {}  # cohort -> (first task, its split's basis)
     for task, spec in (section.get("tasks") or {}).items():
         key = f"finetune.tasks.{task}"
         name = spec["cohort"]
@@ -168,14 +170,21 @@ def plan_finetunes(config: Mapping, cohorts: Mapping, pretrain: str | None,
                     f"config: '{key}.conditions' has '{c}'; expected 'diagnosis' or one of "
                     f"cohort '{name}'s scores {score_names(cohort.spec.get('scores'))}")
         split = spec.get("split", "all")
-        if split == "train" and not levels:
+        if split == "train" and not (levels or score):
             raise GenbrainInputError(f"config: '{key}.split' is 'train', which needs the "
-                                     "per-site split stratified by diagnosis; condition the "
-                                     "task on 'diagnosis' or use split 'all'")
+                                     "per-site split stratified by diagnosis or the split "
+                                     "stratified by a score; condition the task on "
+                                     "'diagnosis' or a score, or use split 'all'")
         if split == "train":  # the split job splits every site of the cohort: check them now
+            basis = SplitBasis.of(levels, score, cohort.spec.get("scores"))
+            other = bases.setdefault(name, (task, basis))
+            if other[1] != basis:
+                raise GenbrainInputError(
+                    f"config: '{key}.split' is 'train' {basis.describe()}, but task "
+                    f"'{other[0]}' trains on cohort '{name}'s split {other[1].describe()}; a "
+                    "cohort has one split (train both on the same condition)")
             try:
-                cohort_split(cohort.table, levels, int(config.get("seed", 0)),
-                             f"cohort '{name}'")
+                basis.split(cohort.table, int(config.get("seed", 0)), f"cohort '{name}'")
             except GenbrainInputError as err:
                 raise GenbrainInputError(f"config: '{key}.split' is 'train', but the cohort's "
                                          f"3:1:1 split fails: {err}") from None
@@ -272,17 +281,6 @@ def training_table(job: FinetuneJob, participants: pd.DataFrame,
     out = rows[["participant_id", "site"]].copy()
     out["split"] = "train"
     return out.reset_index(drop=True)
-
-
-def cohort_split(participants: pd.DataFrame, levels: Sequence[str], seed: int,
-                 source: str) -> pd.DataFrame:
-    """The cohort's seeded per-site 3:1:1 train/validation/test split, stratified by
-    diagnosis (:func:`genbrain.diagnosis.classify.split_sites`: fine-tunes and classifiers share
-    it)."""
-    from genbrain.splits import split_sites
-
-    table = split_sites(participants, list(levels), seed, source=source)
-    return table[["participant_id", "site", "diagnosis", "split"]].reset_index(drop=True)
 
 
 def run_finetune(job: Mapping[str, Any] | FinetuneJob, index: str | os.PathLike,

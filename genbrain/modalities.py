@@ -23,11 +23,15 @@ import numpy as np
 from genbrain.errors import GenbrainInputError
 
 NORMALISATIONS = ("zscore", "fixed")
-#: The modalities the embedded simulator writes (:class:`genbrain.simulate.cohort.Generator`),
-#: all in the default registry: a simulated cohort may ask for these only (config check).
+#: The modalities the embedded simulator writes (:class:`genbrain.simulate.cohort.Generator`):
+#: a simulated cohort may ask for these only (config check). All are in the default registry
+#: but ``ADC``, the acute-stroke map the paper's pretraining never saw (:data:`SIMULATED_NEW`).
 SIMULATED_MODALITIES = (
-    "T1w", "VBM", "FLAIR", "FA", "fc01", "fc02", "fc03", "task_shapes", "task_faces",
+    "T1w", "VBM", "FLAIR", "FA", "fc01", "fc02", "fc03", "task_shapes", "task_faces", "ADC",
 )
+#: The simulated modalities outside the default registry: a config using them declares them
+#: under ``modalities:`` with a new index (config/demo.yaml: ADC, index 34, the paper config's).
+SIMULATED_NEW = ("ADC",)
 
 
 @dataclass(frozen=True)

@@ -19,6 +19,10 @@ use the same people, and none depending on the order of the table's rows.
   the 72 demo subjects can leave the validation set without a severe case); ``random``: a
   plain seeded shuffle, 60% / 20% / the rest.
 
+A cohort's split table (``results/splits/<cohort>.tsv``, :func:`cohort_split`) is one of the
+last two, by its :class:`SplitBasis`: the site split of a case-control cohort, or the score
+split of a clinical cohort whose score-conditioned fine-tune trains on its training part.
+
 They are different draws for different questions, not one splitter with options: the
 hold-out keeps no validation part and needs no labels; the site split stratifies by a
 category within each site and refuses a site that lacks a level; the score split stratifies
@@ -28,8 +32,11 @@ site split, which the diagnosis tables carry, ``val`` for the score split).
 
 from __future__ import annotations
 
+import math
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -37,7 +44,7 @@ import pandas as pd
 from genbrain.errors import GenbrainInputError
 from genbrain.io import read_tsv
 from genbrain.seeds import name_seed, seed_of
-from genbrain.tables import check_scores
+from genbrain.tables import check_scores, score_ranges
 
 HOLDOUT_SPLITS = ("train", "holdout")
 SITE_SPLITS = ("train", "validation", "test")
@@ -224,3 +231,73 @@ def similarity_covariates(cohorts: pd.DataFrame, modalities: list[str], k: int) 
                                         "sample"])
     table.insert(0, "synthetic_id", np.arange(len(table)))
     return table
+
+
+def cohort_split(participants: pd.DataFrame, levels: Sequence[str] | None, seed: int,
+                 source: str, score: str | None = None,
+                 score_max: float | None = None) -> pd.DataFrame:
+    """The cohort's seeded 3:1:1 train/validation/test split (participant_id, site, diagnosis,
+    split): per site, stratified by diagnosis when ``levels`` are given
+    (:func:`genbrain.splits.split_sites`: fine-tunes and classifiers share it; labels
+    ``validation``); else over all participants, stratified by the score column ``score``
+    (:func:`genbrain.splits.score_split`, at most ``score_max``: the clinical regressor and its
+    score-conditioned fine-tune share it; labels ``val``, the score column kept)."""
+    if levels:
+        table = split_sites(participants, list(levels), seed, source=source)
+        return table[["participant_id", "site", "diagnosis", "split"]].reset_index(drop=True)
+    if not score:
+        raise GenbrainInputError(f"{source}: a split needs diagnosis levels or a score column")
+    split = score_split(participants, score, seed,
+                        score_max=math.inf if score_max is None else float(score_max),
+                        source=source)
+    people = participants.drop_duplicates("participant_id")[["participant_id", "site",
+                                                              "diagnosis"]]
+    table = people.merge(split, on="participant_id")
+    return table[["participant_id", "site", "diagnosis", score, "split"]].sort_values(
+        "participant_id").reset_index(drop=True)
+
+
+@dataclass(frozen=True)
+class SplitBasis:
+    """What a cohort's split (``results/splits/<cohort>.tsv``) is stratified by: the diagnosis
+    ``levels`` (per site), or else the score column ``score`` (declared maximum
+    ``score_max``, None when the cohort declares no range)."""
+
+    levels: tuple[str, ...] | None = None
+    score: str | None = None
+    score_max: float | None = None
+
+    @classmethod
+    def of(cls, levels: Sequence[str] | None, score: str | None,
+           scores: Sequence | None = None) -> SplitBasis:
+        """The basis of a task conditioned on ``levels`` and/or ``score`` (diagnosis wins),
+        the score's maximum from the cohort's declared ``scores``."""
+        if levels:
+            return cls(levels=tuple(levels))
+        high = score_ranges(scores).get(score, (0.0, None))[1] if score else None
+        return cls(score=score, score_max=high)
+
+    def describe(self) -> str:
+        return (f"by diagnosis {list(self.levels)}" if self.levels
+                else f"by score '{self.score}'")
+
+    def split(self, participants: pd.DataFrame, seed: int, source: str) -> pd.DataFrame:
+        """:func:`cohort_split` on this basis."""
+        return cohort_split(participants, self.levels, seed, source, self.score,
+                            self.score_max)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain dict (a rule's params)."""
+        return {"levels": list(self.levels) if self.levels else None, "score": self.score,
+                "score_max": self.score_max}
+
+
+def split_basis(cohort: str, spec: Mapping, finetunes: Mapping) -> SplitBasis:
+    """The basis of cohort ``cohort``'s split: that of its fine-tunes with split ``train``
+    (:func:`genbrain.finetune.plan_finetunes` checked they agree; ``finetunes``: its
+    :class:`~genbrain.finetune.FinetuneJob` by name), else its diagnosis levels (``spec``: the
+    cohort's config entry)."""
+    for job in finetunes.values():
+        if job.cohort == cohort and job.split == "train":
+            return SplitBasis.of(job.diagnosis_levels, job.score_column, spec.get("scores"))
+    return SplitBasis(levels=tuple(spec.get("diagnosis_levels") or ()) or None)

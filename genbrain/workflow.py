@@ -255,9 +255,9 @@ def planned_conditions(model: str, config: Mapping, cohorts: Mapping[str, Cohort
     widened by its init model's (that model's plan, or the init checkpoint's record read by
     :func:`genbrain.io.peek_checkpoint`). None when an init checkpoint records no conditions."""
     from genbrain.conditions import Conditions, fit_norms, fit_ranges, inherited_ranges
-    from genbrain.finetune import cohort_split, training_table
+    from genbrain.finetune import training_table
     from genbrain.io import peek_checkpoint
-    from genbrain.splits import holdout_split
+    from genbrain.splits import SplitBasis, holdout_split
 
     if model == "pretrain" and config["pretrain"].get("checkpoint"):
         return Conditions.from_record(peek_checkpoint(config["pretrain"]["checkpoint"])["config"])
@@ -276,8 +276,9 @@ def planned_conditions(model: str, config: Mapping, cohorts: Mapping[str, Cohort
             return None
         init = Conditions.from_record(record)
     cohort = cohorts[job.cohort]
-    split = cohort_split(cohort.table, job.diagnosis_levels, int(config.get("seed", 0)),
-                         f"cohort '{job.cohort}'") if job.split == "train" else None
+    basis = SplitBasis.of(job.diagnosis_levels, job.score_column, cohort.spec.get("scores"))
+    split = basis.split(cohort.table, int(config.get("seed", 0)),
+                        f"cohort '{job.cohort}'") if job.split == "train" else None
     ids = set(training_table(job, cohort.table, split)["participant_id"].astype(str))
     people = cohort.table[cohort.table["participant_id"].astype(str).isin(ids)]
     numeric = [("age", "age" if job.demographics else None), ("score", job.score_column)]
@@ -379,6 +380,25 @@ def synthetic_cohorts(config: Mapping, cohorts: Mapping[str, Cohort], pretrain: 
         if job.synth in out:
             raise GenbrainInputError(f"config: synthetic cohort name '{job.synth}' is taken by "
                                      f"diagnosis analysis {job.name}; rename the other cohort")
+        out[job.synth] = SyntheticCohort(job.synth, job.n_pool, shard_size, job.cohort,
+                                         (job.modality,), 1, job.model)
+    return out
+
+
+def clinical_pools(clinical: Mapping, taken: Mapping[str, SyntheticCohort], shard_size: int
+                   ) -> dict[str, SyntheticCohort]:
+    """The synthetic pools of the clinical analyses (``clinical``:
+    :class:`genbrain.clinical.plan.ClinicalAnalysis` by name, those whose largest ratio draws
+    any): the training split's covariates mirrored to the pool's size, one image per row, drawn
+    by the analysis's fine-tune; ``taken``: the other synthetic cohorts (a name clash is one
+    line)."""
+    out: dict[str, SyntheticCohort] = {}
+    for job in clinical.values():
+        if not job.n_pool:
+            continue
+        if job.synth in taken:
+            raise GenbrainInputError(f"config: synthetic cohort name '{job.synth}' is taken by "
+                                     f"clinical analysis {job.name}; rename the other cohort")
         out[job.synth] = SyntheticCohort(job.synth, job.n_pool, shard_size, job.cohort,
                                          (job.modality,), 1, job.model)
     return out

@@ -10,13 +10,16 @@ sys.path.insert(0, str(Path(workflow.basedir)))
 
 from genbrain.config import validate_config
 from genbrain.bwas.plan import plan_bwas
+from genbrain.clinical.plan import plan_clinical
 from genbrain.diagnosis.plan import plan_diagnosis
 from genbrain.errors import GenbrainInputError
 from genbrain.finetune import plan_finetunes
 from genbrain.imaging.plan import METHODS as IMAGING_METHODS
 from genbrain.imaging.plan import plan_imaging
 from genbrain.modalities import registry_from_config
+from genbrain.splits import split_basis
 from genbrain.workflow import (
+    clinical_pools,
     given_pretrained,
     load_cohorts,
     model_checkpoint,
@@ -51,6 +54,19 @@ try:
 except GenbrainInputError as err:
     raise WorkflowError(str(err)) from None
 
+
+# the clinical analyses (genbrain.clinical.plan) and their synthetic pools (clinical-<analysis>)
+try:
+    CLINICAL = plan_clinical(config, COHORTS, FINETUNES)
+    SYNTHETIC.update(
+        clinical_pools(CLINICAL, SYNTHETIC, config["synthesize"]["shard_size"])
+    )
+except GenbrainInputError as err:
+    raise WorkflowError(str(err)) from None
+CLINICAL_PATTERN = "|".join(CLINICAL) or "(?!)"
+CLINICAL_SYNTHETIC_PATTERN = (
+    "|".join(job.synth for job in CLINICAL.values() if job.n_pool) or "(?!)"
+)
 
 # the researcher's own synthetic cohorts (never matches when there are none)
 USER_SYNTHETIC_PATTERN = "|".join(config["synthesize"]["cohorts"]) or "(?!)"
@@ -291,6 +307,7 @@ def get_all_outputs(provenance=True):
     outputs += get_bwas_outputs()
     outputs += get_diagnosis_outputs()
     outputs += get_imaging_outputs()
+    outputs += get_clinical_outputs()
     if PRETRAIN:
         outputs.append("results/fidelity/fidelity.html")
     for name in SYNTHETIC:
@@ -342,9 +359,11 @@ def get_finetune_split(wildcards):
     return [f"results/splits/{job.cohort}.tsv"] if job.split == "train" else []
 
 
-def get_split_levels(wildcards):
-    """The diagnosis levels a cohort's split is stratified by."""
-    return list(COHORTS[wildcards.cohort].spec["diagnosis_levels"])
+def get_split_basis(wildcards):
+    """What a cohort's split is stratified by: its diagnosis levels (per site), or the
+    score its score-conditioned fine-tune trains on (genbrain.splits.SplitBasis)."""
+    cohort = COHORTS[wildcards.cohort]
+    return split_basis(cohort.name, cohort.spec, FINETUNES).to_dict()
 
 
 def get_finetune_truth(wildcards):
@@ -428,6 +447,7 @@ def get_fidelity_inputs(wildcards):
         ],
         "diagnosis": [f"results/diagnosis/{a}/summary.tsv" for a in DX_ANALYSES],
         "imaging": [f"{job.out_dir}/summary.tsv" for job in IMAGING.values()],
+        "clinical": [f"{job.out_dir}/comparison.tsv" for job in CLINICAL.values()],
     }
 
 
@@ -649,4 +669,89 @@ def get_imaging_outputs():
             f"results/figures/imaging/{job.task}/examples.png",
             f"results/figures/imaging/{job.task}/metrics.png",
         ]
+    return out
+
+
+# ------------------------------------------------------------------ clinical score prediction
+
+
+def _clinical_of_synth(wildcards):
+    """The clinical analysis whose synthetic pool is ``{synth}``."""
+    return next(job for job in CLINICAL.values() if job.synth == wildcards.synth)
+
+
+def get_clinical_job(wildcards):
+    """A clinical analysis's plan as a plain dict."""
+    return CLINICAL[wildcards.analysis].to_dict()
+
+
+def get_clinical_pool_job(wildcards):
+    """The plan of the clinical analysis a synthetic pool belongs to, as a plain dict."""
+    return _clinical_of_synth(wildcards).to_dict()
+
+
+def get_clinical_pool_inputs(wildcards):
+    """A clinical pool's covariate sources: the participants table and the cohort's split."""
+    job = _clinical_of_synth(wildcards)
+    return {
+        "participants": COHORTS[job.cohort].participants,
+        "split": f"results/splits/{job.cohort}.tsv",
+    }
+
+
+def _clinical_pool(job):
+    """A clinical analysis's gated pool: its store and its privacy gate."""
+    return {
+        "pool": f"results/synthetic/{job.synth}/index.tsv",
+        "gate": f"results/evaluate/audit/{job.synth}_gate.tsv",
+    }
+
+
+def get_clinical_sweep_inputs(wildcards):
+    """A fit's inputs: the cohort's store and split, and above ratio 0 the gated pool (ratio 0
+    does not wait for the fine-tune)."""
+    from genbrain.clinical.sweep import n_synthetic
+
+    job = CLINICAL[wildcards.analysis]
+    inputs = {
+        "index": f"results/stores/{job.cohort}/index.tsv",
+        "split": f"results/splits/{job.cohort}.tsv",
+    }
+    if n_synthetic(float(wildcards.ratio), job.n_train):
+        inputs.update(_clinical_pool(job))
+    return inputs
+
+
+def get_clinical_work_dir(wildcards):
+    """A fit's resumable checkpoint folder (deliberately not a declared output)."""
+    job = CLINICAL[wildcards.analysis]
+    return f"{job.out_dir}/sweep/ratio-{wildcards.ratio}_seed-{wildcards.replicate}"
+
+
+def get_clinical_rows(wildcards):
+    """Every (ratio, seed) fit's one-row table of a clinical analysis."""
+    job = CLINICAL[wildcards.analysis]
+    return [job.job_tsv(ratio, k) for ratio, k in job.jobs()]
+
+
+def get_clinical_pairs_inputs(wildcards):
+    """The matched-pairs figure's inputs: the cohort's store and split, the gated pool."""
+    job = CLINICAL[wildcards.analysis]
+    return {
+        "index": f"results/stores/{job.cohort}/index.tsv",
+        "split": f"results/splits/{job.cohort}.tsv",
+        **_clinical_pool(job),
+    }
+
+
+def get_clinical_outputs():
+    """Every clinical analysis's tables and figures (the pairs when it has a pool)."""
+    out = []
+    for job in CLINICAL.values():
+        out += [
+            f"{job.out_dir}/comparison.tsv",
+            f"results/figures/clinical/{job.analysis}/sweep.png",
+        ]
+        if job.n_pool:
+            out.append(f"results/figures/clinical/{job.analysis}/pairs.png")
     return out

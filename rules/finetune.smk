@@ -1,7 +1,9 @@
 rule split_cohort:
-    """Split a case-control cohort per site into seeded 3:1:1 train/validation/test sets,
-    stratified by diagnosis; fine-tunes that train on the training split and the classifiers
-    that are validated and tested on the rest share it."""
+    """Split a cohort into seeded 3:1:1 train/validation/test sets: per site stratified by
+    diagnosis (a case-control cohort), or over all participants stratified by the score its
+    score-conditioned fine-tune learns (a clinical cohort); fine-tunes that train on the
+    training split and the classifiers or regressors validated and tested on the rest share
+    it."""
     input:
         participants=get_participants,
     output:
@@ -13,7 +15,7 @@ rule split_cohort:
     conda:
         "../envs/model.yaml"
     params:
-        levels=get_split_levels,
+        basis=get_split_basis,
         seed=config["seed"],
     script:
         "../workflow/scripts/split_cohort.py"

@@ -35,7 +35,6 @@ import pandas as pd
 
 from genbrain.errors import GenbrainInputError
 from genbrain.jobs import SiteJob, per_site_finetunes
-from genbrain.seeds import name_seed
 from genbrain.splits import split_sites
 
 log = logging.getLogger(__name__)
@@ -133,23 +132,17 @@ def pool_covariates(job: DiagnosisSite, split: pd.DataFrame, participants: pd.Da
     taken as the concatenation of seeded permutations of the training split, so the pool keeps
     the training set's covariate distribution and every member is mirrored equally often
     (within one)."""
+    from genbrain.covariates import mirror_covariates
+
     train_ids = set(split.loc[(split["site"].astype(str) == job.site)
                               & (split["split"] == "train"), "participant_id"].astype(str))
     members = participants[participants["participant_id"].astype(str).isin(train_ids)]
-    members = members.sort_values("participant_id").reset_index(drop=True)
     if len(members) != job.n_train:
         raise GenbrainInputError(f"{job.name}: the training split holds {len(members)} "
                                  f"participants of site '{job.site}'; the plan was made for "
                                  f"{job.n_train} (was the participants table edited? rerun)")
-    rng = np.random.default_rng([int(seed), name_seed(job.synth)])
-    cycles = math.ceil(job.n_pool / len(members))
-    order = np.concatenate([rng.permutation(len(members)) for _ in range(cycles)])[:job.n_pool]
-    sel = members.iloc[order]
-    return pd.DataFrame({"synthetic_id": np.arange(len(sel)), "age": sel["age"].to_numpy(),
-                         "sex": sel["sex"].to_numpy(),
-                         "diagnosis": sel["diagnosis"].astype(str).to_numpy(),
-                         "modality": job.modality,
-                         "reference_participant_id": sel["participant_id"].to_numpy()})
+    members = members.assign(diagnosis=members["diagnosis"].astype(str))
+    return mirror_covariates(members, job.n_pool, ["diagnosis"], job.modality, seed, job.synth)
 
 
 def real_features(volume_tables: Sequence[pd.DataFrame], participants: pd.DataFrame,

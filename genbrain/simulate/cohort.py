@@ -12,7 +12,10 @@ Generative model (per subject, all in-mask voxels):
   CSF = 1 - GM - WM, so atrophy enlarges CSF spaces and ventricles;
 - modalities: T1w and FLAIR are tissue mixtures (FLAIR gets age-related periventricular
   hyperintensities), VBM is the modulated GM, FA follows WM (declines with age; the clinical
-  score adds a left perisylvian lesion), three seed-based FC maps are network maps whose subject
+  score adds a left perisylvian lesion), ADC (``ADC``, mm^2/s: free water in CSF, tissue
+  diffusivity rising with age; the clinical score's lesion restricts diffusion there, the acute
+  stroke picture; not in the default registry: a config declares it as a new modality), three
+  seed-based FC maps are network maps whose subject
   strength varies with age and individually, and two task contrasts are linear functions of the
   FC maps plus regional activation, so rest -> task synthesis is learnable;
 - sites: intensity scale, smooth bias field, noise level, smoothness and a VBM offset.
@@ -298,6 +301,13 @@ class Generator:
             lesion = self.lesion_effect * (score / 20.0) * w["lesion"]
             out["FA"] = (0.12 + 0.55 * wm**1.5 * (1.0 - 0.04 * age_c) - lesion * wm
                          + 0.01 * indiv[1])
+        if "ADC" in modalities:
+            # acute ischaemia restricts diffusion in the lesion's tissue: -25% at the lesion's
+            # core at score 20 with lesion_effect 0.25 (clinical ADC drops are 30-60%)
+            lesion = self.lesion_effect * (score / 20.0) * w["lesion"]
+            tissue = (0.85e-3 * gm + 0.75e-3 * wm) * (1.0 - lesion)
+            out["ADC"] = ((3.0e-3 * csf + tissue) * (1.0 + 0.02 * age_c)
+                          + 0.02e-3 * indiv[1])
         if not any(m in modalities for m in FUNCTIONAL):
             return {k: v.astype(np.float32) for k, v in out.items()}
         strength = {
@@ -333,21 +343,24 @@ class Generator:
                 x = np.clip(x + site.vbm_offset * (x > 0.05), 0, 1)
             if site.fwhm > 0:
                 x = smooth(x, site.fwhm / 2.3548 / 2.0)
-            noise_sd = {"T1w": 1.0, "FLAIR": 1.0, "VBM": 1.0, "FA": 0.6}.get(name)
+            noise_sd = {"T1w": 1.0, "FLAIR": 1.0, "VBM": 1.0, "FA": 0.6,
+                        "ADC": 2.0e-3}.get(name)
             if noise_sd is None:  # FC and task maps: noise relative to their own spread
                 noise_sd = float(np.std(x)) * 1.5
             x = x + rng.standard_normal(x.shape).astype(np.float32) * site.noise * noise_sd
             if name in ("VBM", "FA"):
                 x = np.clip(x, 0.0, 1.0)
+            elif name == "ADC":
+                x = np.clip(x, 0.0, 5.0e-3)
             out[name] = x.astype(np.float32)
         return out
 
 
 def _indiv_rows(modalities: Sequence[str]) -> list[int]:
     """The individual-variation fields a subject's ``modalities`` use: 0 (grey matter, under
-    every modality), 1 (FA), 2 and 3 (the FC maps and the task maps built on them)."""
+    every modality), 1 (FA and ADC), 2 and 3 (the FC maps and the task maps built on them)."""
     rows = [0]
-    if "FA" in modalities:
+    if "FA" in modalities or "ADC" in modalities:
         rows.append(1)
     if any(m in modalities for m in FUNCTIONAL):
         rows += [2, 3]

@@ -224,7 +224,7 @@ def test_non_finite_value_is_not_measured():
     assert claim.measured(float("nan"), source="f.tsv").verdict == "not measured"
     assert claim.measured(1.0).verdict == "met" and claim.measured(1.01).verdict == "not met"
     with pytest.raises(ValueError, match="operator"):
-        Goal("<", 1.0)
+        Goal("==", 1.0)
     with pytest.raises(ValueError, match="'on'"):
         Goal(">", 0.0, on="mean")
 

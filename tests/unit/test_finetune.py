@@ -744,6 +744,43 @@ def test_a_train_split_checks_every_site_of_the_cohort_at_parse_time():
             in one_line(err)) and "site 'b' has one class only" in one_line(err)
 
 
+def test_a_score_conditioned_task_trains_on_the_cohorts_score_split():
+    """A task conditioned on a score only (the clinical fine-tune) with split 'train' trains on
+    the cohort's split stratified by that score (train/val/test over all participants, the
+    regressor's), which the split rule writes; a second task on another basis is refused."""
+    from genbrain.splits import SplitBasis, cohort_split, split_basis
+
+    c = cohort(sites=("a", "b"))
+    c.spec = {**c.spec, "diagnosis_levels": None, "scores": [{"name": "severity",
+                                                             "range": [0, 10]}]}
+    c.table = c.table.assign(diagnosis="stroke")
+    jobs = plan({"clin": {"cohort": "scz", "conditions": ["severity"], "split": "train"}},
+                {"scz": c})
+    job = jobs["clin/all"]
+    basis = split_basis("scz", c.spec, jobs)
+    assert basis == SplitBasis(score="severity", score_max=10.0)
+    table = cohort_split(c.table, None, 3, "c", "severity", 10.0)
+    assert list(table.columns) == ["participant_id", "site", "diagnosis", "severity", "split"]
+    assert table["split"].value_counts().to_dict() == {"train": 14, "val": 5, "test": 5}
+    pd.testing.assert_frame_equal(table, basis.split(c.table.iloc[::-1], 3, "c"))
+    train = training_table(job, c.table, table)
+    assert set(train["participant_id"]) == set(table.loc[table["split"] == "train",
+                                                         "participant_id"])
+    c2 = cohort(sites=("a", "b"))
+    with pytest.raises(GenbrainInputError) as err:  # one split per cohort
+        plan({"dx": {"cohort": "scz", "conditions": ["diagnosis"], "split": "train"},
+              "clin": {"cohort": "scz", "conditions": ["severity"], "split": "train"}},
+             {"scz": c2})
+    assert ("'finetune.tasks.clin.split' is 'train' by score 'severity', but task 'dx' trains "
+            "on cohort 'scz's split by diagnosis ['CN', 'SCZ']") in one_line(err)
+    few = cohort(n_per_level=(3, 3), sites=("a", "b"))
+    few.spec = c.spec
+    with pytest.raises(GenbrainInputError) as err:  # 12 < 15 participants
+        plan({"clin": {"cohort": "scz", "conditions": ["severity"], "split": "train"}},
+             {"scz": few})
+    assert "3:1:1 split fails" in one_line(err) and "at least 15" in one_line(err)
+
+
 def test_plan_says_the_init_checkpoints_layout_and_the_conversion(tmp_path, caplog,
                                                                    monkeypatch):
     """An imported public checkpoint as ``init``: the plan logs its layout and that the stores

@@ -3,7 +3,7 @@ import pandas as pd
 import pytest
 from scipy import stats
 
-from genbrain.modalities import DEFAULT_REGISTRY, SIMULATED_MODALITIES
+from genbrain.modalities import DEFAULT_REGISTRY, SIMULATED_MODALITIES, SIMULATED_NEW
 from genbrain.simulate import Generator, ground_truth, participants, site_specs
 from genbrain.simulate.cohort import subject_rng
 from genbrain.space import standard_space
@@ -42,7 +42,7 @@ def test_subject_is_independent_of_which_process_generates_it():
 
 
 def test_the_simulator_writes_every_simulated_modality():
-    assert set(SIMULATED_MODALITIES) <= set(DEFAULT_REGISTRY)
+    assert set(SIMULATED_MODALITIES) - set(DEFAULT_REGISTRY) == set(SIMULATED_NEW) == {"ADC"}
     images = Generator("clinical").subject({"age": 60, "sex": "M", "score": 5.0}, None, None,
                                            SIMULATED_MODALITIES)
     assert set(images) == set(SIMULATED_MODALITIES)
@@ -89,6 +89,26 @@ def test_ground_truth_has_every_effect_of_the_cohort_kind():
     assert all(v.shape == (standard_space().n_voxels,) for v in gt.values())
     clin = ground_truth("k", {"kind": "clinical", "sites": {"h": {"n": 2}}}, ["FA"])
     assert clin["FA_score"].min() < 0  # lesion load lowers FA
+
+
+def test_the_adc_map_is_free_water_in_csf_and_restricted_in_the_lesion():
+    """ADC (mm^2/s): ~3e-3 in the ventricles, ~0.8e-3 in tissue; the score's lesion lowers it
+    where the lesion lies and nowhere else, rising age raises it everywhere."""
+    from genbrain.anatomy import REGIONS, anatomy
+
+    spec = {"kind": "clinical", "lesion_effect": 0.25, "sites": {"h": {"n": 2}}}
+    gt = ground_truth("k", spec, ["ADC"])
+    v = standard_space().to_vector
+    lesion = v(anatomy().region(REGIONS["lesion"], 16.0))
+    core = lesion > 0.5 * lesion.max()
+    per_unit = gt["ADC_score"]  # per score point: ~ -0.8e-3 x 0.25 / 20 at the core
+    assert per_unit[core].mean() < -5e-6 and np.abs(per_unit[lesion < 1e-3]).max() < 1e-7
+    assert gt["ADC_age"].min() >= 0 and gt["ADC_age"].mean() > 0
+    mean = Generator("clinical").subject({"age": 60, "sex": "F", "score": 0.0}, None, None,
+                                         ["ADC", "VBM"])
+    tissue = mean["VBM"] > 0.5
+    assert 0.6e-3 < np.median(mean["ADC"][tissue]) < 1.2e-3
+    assert mean["ADC"].max() > 2.5e-3  # CSF
 
 
 def test_task_maps_depend_on_rest_maps():

@@ -212,6 +212,8 @@ def test_demo_fine_tunes_learn_the_disease_direction_and_draw_a_gated_cohort(dem
     cfg = yaml.safe_load((ROOT / "config" / "demo.yaml").read_text())
     res = demo / "results"
     for task, spec in cfg["finetune"]["tasks"].items():
+        if "diagnosis" not in spec.get("conditions", []):  # the clinical fine-tune: its test
+            continue
         steps = {**cfg["finetune"]["train"], **spec.get("train", {})}["steps"]
         people = read_tsv(res / "simulated" / spec["cohort"] / "participants.tsv")
         if spec.get("split") == "train":
@@ -422,6 +424,48 @@ def test_demo_diagnosis_sweeps_every_site_and_augments_the_fine_tuned_one(demo):
 
 
 @pytest.mark.demo
+def test_demo_clinical_fine_tunes_an_unseen_modality_and_sweeps_the_ratios(demo):
+    """config/demo.yaml's clinical.analyses.stroke: the stroke fine-tune adds a score head and
+    a modality row for ADC (which pretraining never saw) on the score split's training part;
+    its pool mirrors that part and passes the gate; one fit per (ratio, seed); the summary
+    chooses on validation and tests against ratio 0; figures and fidelity rows exist."""
+    cfg = yaml.safe_load((ROOT / "config" / "demo.yaml").read_text())
+    res = demo / "results"
+    spec = cfg["clinical"]["analyses"]["stroke"]
+    task = cfg["finetune"]["tasks"][spec["finetune"]]
+    assert "ADC" not in cfg["cohorts"]["population"]["modalities"]
+    split = read_tsv(res / "splits" / f"{task['cohort']}.tsv")
+    assert set(split["split"]) == {"train", "val", "test"}
+    train = set(split.loc[split["split"] == "train", "participant_id"])
+    ckpt = torch.load(res / "finetune" / spec["finetune"] / "all" / "checkpoint.pt",
+                      weights_only=True)
+    surgeries = [s[0] for s in ckpt["config"]["surgeries"]]
+    assert "add_score_head" in surgeries and "extend_modalities" in surgeries, surgeries
+    assert set(ckpt["config"]["meta"]["training_participants"]) == train
+    cov = read_tsv(res / "synthetic" / "clinical-stroke" / "covariates.tsv")
+    assert set(cov["reference_participant_id"]) == train and set(cov["modality"]) == {"ADC"}
+    assert len(cov) == round(max(cfg["clinical"]["ratios"]) * len(train))
+    assert bool(read_tsv(res / "evaluate" / "audit" / "clinical-stroke_gate.tsv")[
+        "passed"].item())
+    out = res / "clinical" / "stroke"
+    sweep = read_tsv(out / "sweep.tsv")
+    assert len(sweep) == len(cfg["clinical"]["ratios"]) * cfg["clinical"]["seeds"]
+    assert not sweep.duplicated(["ratio", "seed"]).any()
+    assert (sweep["n_real"] == len(train)).all()
+    comparison = read_tsv(out / "comparison.tsv").set_index("metric")
+    summary = read_tsv(out / "summary.tsv")
+    val = summary[summary["metric"] == "val_mae"].set_index("ratio")["mean"]
+    assert comparison.loc["test_mae", "ratio_chosen"] == val.idxmin()  # validation only
+    for fig in ("sweep", "pairs"):
+        png = res / "figures" / "clinical" / "stroke" / f"{fig}.png"
+        assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    fidelity = read_tsv(res / "fidelity" / "fidelity.tsv")
+    rows = fidelity[fidelity["claim_id"].str.startswith("clinical.")]
+    assert len(rows) == 3 and set(rows["subject"]) == {"stroke"}
+    assert (rows["verdict"] != "not measured").all(), rows
+
+
+@pytest.mark.demo
 def test_demo_report_opens_in_chromium_with_every_stage_and_its_provenance(demo, browser):
     """What `make demo` ends with: results/report.html, built as the Makefile builds it,
     renders in headless Chromium without console errors, shows the category of every rule
@@ -438,7 +482,7 @@ def test_demo_report_opens_in_chromium_with_every_stage_and_its_provenance(demo,
     assert ran == set(by_rule), sorted(set(by_rule) ^ ran)
     expected = set().union(*by_rule.values())
     assert {"Simulation", "Preprocessing", "Pretraining", "Fine-tuning", "Synthetic images",
-            "BWAS", "Diagnosis", "Imaging", "Provenance"} <= expected
+            "BWAS", "Diagnosis", "Imaging", "Clinical", "Provenance"} <= expected
     text = open_report(browser, html)
     assert sorted(expected - {line.strip() for line in text.splitlines()}) == []
     assert severe(browser) == []
@@ -467,7 +511,8 @@ def test_demo_report_opens_in_chromium_with_every_stage_and_its_provenance(demo,
                 for site in cfg["finetune"]["tasks"][a["finetune"]]["sites"]]
     synthetic = ["pretrain", *cfg["synthesize"]["cohorts"],
                  *(f"bwas-{name}-{site}" for name, site in bwas_sites),
-                 *(f"dx-{name}-{site}" for name, site in dx_sites)]
+                 *(f"dx-{name}-{site}" for name, site in dx_sites),
+                 *(f"clinical-{name}" for name in cfg["clinical"]["analyses"])]
     assert sorted(menu(browser, html, ("Synthetic images",))[0]) == sorted(synthetic)
     for name in synthetic:
         shown = menu(browser, html, ("Synthetic images", name))[1]
@@ -481,12 +526,14 @@ def test_demo_report_opens_in_chromium_with_every_stage_and_its_provenance(demo,
     figures = ["checks table", "loss and learned effects"]
     for task, spec in tasks.items():
         entries, shown = menu(browser, html, ("Fine-tuning", task))
-        if len(spec["sites"]) == 1:  # one row: the report turns its figure label into a menu
+        # a pooled task (the clinical one) is one unit, "all"
+        units = spec["sites"] if spec.get("per_site") else ["all"]
+        if len(units) == 1:  # one row: the report turns its figure label into a menu
             assert entries == ["FIGURE", *figures], (task, entries)
-            assert [(r["TASK"], r["UNIT"]) for r in shown] == [(task, spec["sites"][0])], shown
+            assert [(r["TASK"], r["UNIT"]) for r in shown] == [(task, units[0])], shown
         else:
             assert sorted((r["UNIT"], r["FIGURE"]) for r in shown) == sorted(
-                (site, fig) for site in spec["sites"] for fig in figures), (task, shown)
+                (unit, fig) for unit in units for fig in figures), (task, shown)
     analyses = cfg["bwas"]["analyses"]
     entries, shown = menu(browser, html, ("BWAS",))
     # one analysis: the report skips its subcategory level and lists its results at once
@@ -508,6 +555,16 @@ def test_demo_report_opens_in_chromium_with_every_stage_and_its_provenance(demo,
         entries, shown = menu(browser, html, ("Imaging",) if len(imaging) == 1
                               else ("Imaging", name))
         assert entries[:1] == ["FIGURE"] and sorted(entries[1:]) == figures, (name, entries)
+    clinical = cfg["clinical"]["analyses"]
+    entries, shown = menu(browser, html, ("Clinical",))
+    # one analysis: the report skips its subcategory level and lists its results at once
+    assert sorted(entries) == ([] if len(clinical) == 1 else sorted(clinical)), entries
+    for name in clinical:
+        if len(clinical) > 1:
+            shown = menu(browser, html, ("Clinical", name))[1]
+        assert sorted((r["ANALYSIS"], r["FIGURE"]) for r in shown) == sorted(
+            (name, fig) for fig in ("chosen ratio vs real only", "MAE and r vs ratio",
+                                    "matched real/synthetic pairs")), shown
     assert menu(browser, html, ("Provenance",))[1] == [{"PAGE": "provenance"}]
     page = open_provenance_page(browser, html)
     record = json.loads((demo / "results" / "provenance" / "provenance.json").read_text())

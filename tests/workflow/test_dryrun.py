@@ -89,6 +89,7 @@ def _paper_config_for(root, tmp_path, finetune=False, **cohort_overrides):
         task["init"] = str(ckpt)
     cfg["finetune"]["tasks"] = tasks if finetune else {}
     cfg.pop("imaging")  # its tasks take the pretraining cohort's hold-out: none here
+    cfg.pop("clinical")  # its analysis is the stroke cohort's task's
     if not finetune:
         cfg.pop("bwas")  # their analyses are fine-tuning tasks'
         cfg.pop("diagnosis")
@@ -642,3 +643,26 @@ def test_a_given_pretrained_checkpoint_is_copied_not_trained(tmp_path):
     assert ("config: 'pretrain.checkpoint' is set but no cohort has role 'pretrain', whose "
             "hold-out evaluates the model; to fine-tune from the checkpoint alone, set "
             "'finetune.tasks.<name>.init' to it") in res.stdout + res.stderr
+
+
+def test_the_demo_and_smoke_configs_schedule_every_clinical_job(tmp_path):
+    """The clinical stage in both checked-in scenarios: the score-conditioned fine-tune, one
+    pool (covariates, its synthesis through the gate), one fit per (ratio, seed), one summary
+    and one pairs figure per analysis, exactly as the config sizes them."""
+    for name, path in (("demo", ROOT / "config" / "demo.yaml"),
+                       ("smoke", ROOT / ".test" / "smoke" / "config.yaml")):
+        cfg = yaml.safe_load(path.read_text())
+        res = snakemake("-n", "--configfile", str(path), "-d", str(tmp_path / name))
+        assert res.returncode == 0, res.stderr
+        jobs = _jobs(res.stdout)
+        section = cfg["clinical"]
+        fits = sum(len(a.get("ratios", section["ratios"])) * a.get("seeds", section["seeds"])
+                   for a in section["analyses"].values())
+        n = len(section["analyses"])
+        assert (jobs["clinical_sweep"], jobs["clinical_summary"], jobs["clinical_pairs"],
+                jobs["clinical_pool_covariates"]) == (str(fits), str(n), str(n), str(n)), jobs
+        for analysis, a in section["analyses"].items():
+            assert f"results/synthetic/clinical-{analysis}/covariates.tsv" in res.stdout
+            assert f"results/evaluate/audit/clinical-{analysis}_gate.tsv" in res.stdout
+            assert f"results/finetune/{a['finetune']}/all/checkpoint.pt" in res.stdout
+            assert f"results/clinical/{analysis}/sweep/ratio-0_seed-1.tsv" in res.stdout

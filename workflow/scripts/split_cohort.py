@@ -1,4 +1,4 @@
-"""Seeded per-site 3:1:1 train/validation/test split of a case-control cohort."""
+"""Seeded 3:1:1 train/validation/test split of a cohort: per site by diagnosis, or by a score."""
 
 import sys
 
@@ -7,11 +7,12 @@ from _smk import run
 
 
 def main(smk):
-    from genbrain.finetune import cohort_split
     from genbrain.io import read_tsv, save_tsv
+    from genbrain.splits import cohort_split
 
-    table = cohort_split(read_tsv(smk.input.participants), smk.params.levels, smk.params.seed,
-                         str(smk.input.participants))
+    basis = smk.params.basis
+    table = cohort_split(read_tsv(smk.input.participants), basis["levels"], smk.params.seed,
+                         str(smk.input.participants), basis["score"], basis["score_max"])
     save_tsv(table, smk.output.split)
 
 
