@@ -1,5 +1,6 @@
 # Config validation, cohort tables and every input function; no rules here.
 import dataclasses
+import logging
 import re
 import sys
 from pathlib import Path
@@ -43,6 +44,12 @@ except GenbrainInputError as err:
     raise WorkflowError(str(err)) from None
 
 
+# the planners' notes (e.g. which voxel layout an init checkpoint has and whether the stores
+# will be converted to it) are shown as the workflow is parsed, on stderr
+_PLAN_NOTES = logging.StreamHandler(sys.stderr)
+_PLAN_NOTES.setFormatter(logging.Formatter("genbrain plan: %(message)s"))
+logging.getLogger("genbrain").addHandler(_PLAN_NOTES)
+logging.getLogger("genbrain").setLevel(logging.INFO)
 try:
     PRETRAIN = pretrain_cohort(COHORTS)
     PRETRAINED = given_pretrained(config, PRETRAIN)  # pretrain.checkpoint, or None

@@ -613,6 +613,9 @@ def test_a_given_pretrained_checkpoint_is_copied_not_trained(tmp_path):
     assert res.returncode == 0, res.stderr[-2000:]
     block = _job_block(res.stdout, "pretrain_dit")
     assert f"input: {given}\n" in block and "results/stores" not in block, block
+    # the plan says, as the workflow is parsed, which layout the checkpoint has
+    assert f"genbrain plan: config key 'pretrain.checkpoint': {given} records no layout" in (
+        res.stdout + res.stderr)
     jobs = _jobs(res.stdout)
     for rule in ("pretrain_checks", "pretrain_loss_curve", "evaluate_similarity",
                  "finetune_model"):
