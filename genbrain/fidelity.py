@@ -66,9 +66,10 @@ class MissingResult(Exception):
 
 @dataclass(frozen=True)
 class Goal:
-    """A goal on a measured value: ``op`` (``>=``, ``>`` or ``<=``) ``value``, in ``unit``;
-    with ``on="ci_low"`` the goal judges the lower end of the 95% CI instead of the point
-    estimate (e.g. "the gain's CI lies above 0")."""
+    """A goal on a measured value: ``op`` (``>=``, ``>``, ``<=`` or ``<``) ``value``, in
+    ``unit``; with ``on="ci_low"`` the goal judges the lower end of the 95% CI instead of the
+    point estimate (e.g. "the gain's CI lies above 0"), with ``on="ci_high"`` its upper end
+    (e.g. "the error change's CI lies below 0")."""
 
     op: str
     value: float
@@ -78,16 +79,20 @@ class Goal:
     def __post_init__(self) -> None:
         if self.op not in _OPS:
             raise ValueError(f"goal operator must be one of {sorted(_OPS)}, got {self.op!r}")
-        if self.on not in ("value", "ci_low"):
-            raise ValueError(f"goal 'on' must be 'value' or 'ci_low', got {self.on!r}")
+        if self.on not in ("value", "ci_low", "ci_high"):
+            raise ValueError(f"goal 'on' must be 'value', 'ci_low' or 'ci_high', got "
+                             f"{self.on!r}")
 
-    def met(self, measured: float, ci_low: float = math.nan) -> bool:
-        """Whether ``measured`` (or ``ci_low``, for a goal on the CI) satisfies the goal."""
-        return _OPS[self.op](ci_low if self.on == "ci_low" else measured, self.value)
+    def met(self, measured: float, ci_low: float = math.nan, ci_high: float = math.nan
+            ) -> bool:
+        """Whether ``measured`` (or the CI's end, for a goal on the CI) satisfies the goal;
+        a goal on a CI that is missing (NaN) is not met."""
+        judged = {"value": measured, "ci_low": ci_low, "ci_high": ci_high}[self.on]
+        return _OPS[self.op](judged, self.value)
 
     def __str__(self) -> str:
         text = f"{self.op} {_fmt(self.value, self.unit)}"
-        return f"95% CI {text}" if self.on == "ci_low" else text
+        return f"95% CI {text}" if self.on != "value" else text
 
 
 @dataclass(frozen=True)
@@ -128,7 +133,7 @@ class Claim:
         if not math.isfinite(value):
             return self.not_measured(source, f"the value is {value}", subject)
         lo, hi = ci if ci is not None else (math.nan, math.nan)
-        verdict = "met" if self.goal.met(value, float(lo)) else "not met"
+        verdict = "met" if self.goal.met(value, float(lo), float(hi)) else "not met"
         return Row(self.id, self.text, subject, self.paper, str(self.goal), value,
                    float(lo), float(hi), ci_method or ("-" if ci is None else ""), int(n),
                    self.unit, verdict, source, note)
@@ -775,19 +780,19 @@ CLINICAL_REAL_R = Claim(
     "the real-only 3D ResNet learns the score: Pearson r of predicted and true scores on the "
     "test split at ratio 0, mean over seeds",
     paper="0.33 (NIHSS from acute-stroke ADC); 0.59 (WAB-AQ from chronic-stroke FA)",
-    goal=Goal(">", 0.0), unit="r")
+    goal=Goal(">", 0.0, on="ci_low"), unit="r")
 CLINICAL_CHANGE = {
     "test_mae": Claim(
         "clinical.mae_change",
         "augmentation at the chosen ratio (lowest mean validation MAE) lowers the test MAE: "
         "its mean minus ratio 0's, in score points",
         paper="5.88 -> 5.29 at 2.8:1 (NIHSS, -0.59); 21.90 -> 19.21 (WAB-AQ)",
-        goal=Goal("<", 0.0)),
+        goal=Goal("<", 0.0, on="ci_high")),
     "test_r": Claim(
         "clinical.r_change",
         "augmentation at the chosen ratio raises the test r: its mean minus ratio 0's",
         paper="0.33 -> 0.42 at 2.8:1 (NIHSS, +0.09); 0.59 -> 0.71 (WAB-AQ)",
-        goal=Goal(">", 0.0), unit="r"),
+        goal=Goal(">", 0.0, on="ci_low"), unit="r"),
 }
 
 

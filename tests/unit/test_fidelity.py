@@ -238,6 +238,15 @@ def test_a_goal_on_the_ci_judges_its_lower_end():
     assert claim.measured(0.0, ci=(0.0, 0.1)).verdict == "not met"  # strictly above
 
 
+def test_a_goal_below_a_value_on_the_ci_judges_its_upper_end():
+    # "augmentation lowers the error": a point estimate below 0 whose CI spans 0 is not shown
+    claim = Claim("change", "an error change", "-", Goal("<", 0.0, on="ci_high"))
+    assert str(claim.goal) == "95% CI < 0.00"
+    assert claim.measured(-0.3, ci=(-0.5, -0.1)).verdict == "met"
+    assert claim.measured(-0.35, ci=(-1.19, 0.50)).verdict == "not met"
+    assert claim.measured(-0.3).verdict == "not met"  # no CI: the goal cannot be shown
+
+
 def test_written_markdown_tsv_and_rst(results, tmp_path):
     md = tmp_path / "docs" / "fidelity.md"
     table = write_fidelity(results, md)
