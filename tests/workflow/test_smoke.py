@@ -22,6 +22,7 @@ import torch
 import yaml
 
 from genbrain import space
+from genbrain.imaging.plan import METHODS as IMAGING_METHODS
 from genbrain.io import read_tsv
 from genbrain.layout import PUBLIC, public_layout, standard_layout
 from genbrain.model.public import main as import_public
@@ -122,10 +123,10 @@ def test_each_stage_wrote_what_it_promises(smoke):
     assert set(gains["modality"]) == set(cfg["evaluate"]["similarity"]["modalities"])
     assert len(gains) == 2 * len(cfg["evaluate"]["similarity"]["modalities"])
     assert (res / "figures" / "pretrain" / "checks.png").read_bytes()[:4] == b"\x89PNG"
-    # fine-tunes, BWAS and diagnosis
+    # fine-tunes (one per site, or one pooled unit "all"), BWAS and diagnosis
     for task, spec in cfg["finetune"]["tasks"].items():
-        for site in spec["sites"]:
-            assert (res / "finetune" / task / site / "checkpoint.pt").exists(), (task, site)
+        for unit in spec["sites"] if spec.get("per_site") else ["all"]:
+            assert (res / "finetune" / task / unit / "checkpoint.pt").exists(), (task, unit)
     for name, spec in cfg["bwas"]["analyses"].items():
         for site in cfg["finetune"]["tasks"][spec["finetune"]]["sites"]:
             for fwhm in cfg["bwas"].get("smoothing_fwhm", [0]):  # each kernel's own folder
@@ -138,6 +139,17 @@ def test_each_stage_wrote_what_it_promises(smoke):
         for fig in ("heatmap", "ratios", "harmonization", "shap"):
             png = res / "figures" / "diagnosis" / name / f"{fig}.png"
             assert png.read_bytes()[:4] == b"\x89PNG", png
+    # image tasks: the corrupted input and every method scored on every metric
+    for name, task in cfg["imaging"]["tasks"].items():
+        summary = read_tsv(res / "imaging" / name / "summary.tsv")
+        assert set(summary["method"]) == {"input", *task.get("methods", IMAGING_METHODS)}, name
+        assert summary["mean"].notna().all(), name
+    # clinical: one fit per (ratio, seed), the comparison against ratio 0
+    for name in cfg["clinical"]["analyses"]:
+        sweep = read_tsv(res / "clinical" / name / "sweep.tsv")
+        assert len(sweep) == len(cfg["clinical"]["ratios"]) * cfg["clinical"]["seeds"], name
+        comparison = read_tsv(res / "clinical" / name / "comparison.tsv")
+        assert set(comparison["metric"]) >= {"test_mae", "test_r"}, name
     fidelity = read_tsv(res / "fidelity" / "fidelity.tsv")
     assert len(fidelity) > 0
     pretrained = fidelity[fidelity["claim_id"] == "pretrain.paired_sample_gain"]
