@@ -41,7 +41,7 @@ def demo(tmp_path_factory):
             else tmp_path_factory.mktemp("demo"))
     # DESIGN section 9: 45 min is the demo's goal and 60 its cap on a quiet 2-core machine; the
     # guard allows 70 so that a run near the cap fails on its assertions, not on the clock
-    # (2026-12-05, with the imaging and clinical stages: ~55 min quiet, over the goal: to shrink)
+    # (2026-12-05, with the imaging and clinical stages: 48 min quiet, over the goal: to shrink)
     res = snakemake("--configfile", str(ROOT / "config" / "demo.yaml"), "--cores", "2",
                     "-d", str(work), timeout=4200)
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
