@@ -11,7 +11,7 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 
@@ -375,14 +375,21 @@ def synthetic_cohorts(config: Mapping, cohorts: Mapping[str, Cohort], pretrain: 
         out[job.synth] = SyntheticCohort(job.synth, job.n_synthetic, shard_size, job.cohort,
                                          (job.modality,), 1, job.model)
     for job in (diagnosis or {}).values():
-        if not job.model:
-            continue
-        if job.synth in out:
-            raise GenbrainInputError(f"config: synthetic cohort name '{job.synth}' is taken by "
-                                     f"diagnosis analysis {job.name}; rename the other cohort")
-        out[job.synth] = SyntheticCohort(job.synth, job.n_pool, shard_size, job.cohort,
-                                         (job.modality,), 1, job.model)
+        if job.model:
+            out[job.synth] = _pool(job, "diagnosis", out, shard_size)
     return out
+
+
+def _pool(job: Any, stage: str, taken: Mapping[str, SyntheticCohort], shard_size: int
+          ) -> SyntheticCohort:
+    """A stage's synthetic pool (``job``: its plan, with ``synth``, ``n_pool``, ``cohort``,
+    ``modality``, ``model``): one image per row, drawn by the job's fine-tune; a name already
+    in ``taken`` is one line naming the analysis."""
+    if job.synth in taken:
+        raise GenbrainInputError(f"config: synthetic cohort name '{job.synth}' is taken by "
+                                 f"{stage} analysis {job.name}; rename the other cohort")
+    return SyntheticCohort(job.synth, job.n_pool, shard_size, job.cohort, (job.modality,), 1,
+                           job.model)
 
 
 def clinical_pools(clinical: Mapping, taken: Mapping[str, SyntheticCohort], shard_size: int
@@ -394,11 +401,6 @@ def clinical_pools(clinical: Mapping, taken: Mapping[str, SyntheticCohort], shar
     line)."""
     out: dict[str, SyntheticCohort] = {}
     for job in clinical.values():
-        if not job.n_pool:
-            continue
-        if job.synth in taken:
-            raise GenbrainInputError(f"config: synthetic cohort name '{job.synth}' is taken by "
-                                     f"clinical analysis {job.name}; rename the other cohort")
-        out[job.synth] = SyntheticCohort(job.synth, job.n_pool, shard_size, job.cohort,
-                                         (job.modality,), 1, job.model)
+        if job.n_pool:
+            out[job.synth] = _pool(job, "clinical", taken, shard_size)
     return out
