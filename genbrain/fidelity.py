@@ -737,18 +737,89 @@ IMAGING_BASELINE_GAIN = {
     for metric, label, unit in (("psnr", "PSNR", "dB"), ("ssim3d", "3D-SSIM", ""))}
 
 
+#: the paper's Fig. 4a-b (UK Biobank, N = 500): GenBrain-ft against GenBrain-st (from scratch)
+SYNTHESIS_PAPER = {
+    ("scratch", "psnr"): "T1w -> FLAIR: GenBrain-ft 21.50 dB vs from scratch 20.38 (+1.12, p = "
+                         "4.6e-221); FLAIR -> T1w: 23.57 vs 23.04 (+0.53)",
+    ("scratch", "ssim3d"): "T1w -> FLAIR: GenBrain-ft 0.941 vs from scratch 0.928 (+0.013, p = "
+                           "0); FLAIR -> T1w: 0.958 vs 0.950 (+0.008)",
+    ("mean", "psnr"): "T1w -> FLAIR: GenBrain-ft 21.50 dB; the mean brain is below every method "
+                      "in Fig. 4a (its value not transcribed)",
+    ("mean", "ssim3d"): "T1w -> FLAIR: GenBrain-ft 0.941; the mean brain is below every method "
+                        "in Fig. 4a (its value not transcribed)",
+}
+SYNTHESIS_GAIN = {
+    (base, metric): Claim(
+        f"imaging.genbrain_vs_{base}.{metric}",
+        f"cross-modality synthesis: the fine-tuned GenBrain's {label} minus "
+        + ("the same DiT trained from scratch on the same pairs and steps (pretraining helps)"
+           if base == "scratch" else "the mean training image's (subject-specific output)")
+        + ", the mean paired difference over test images (bootstrap 95% CI)",
+        paper=SYNTHESIS_PAPER[(base, metric)], goal=Goal(">", 0.0, unit, on="ci_low"),
+        unit=unit)
+    for base in ("scratch", "mean")
+    for metric, label, unit in (("psnr", "PSNR", "dB"), ("ssim3d", "3D-SSIM", ""))}
+
+
+def _summaries(results: Path) -> list[Path]:
+    files = sorted(Path(results).glob(IMAGING_FILES))
+    if not files:
+        raise MissingResult(Path(results) / "imaging/<task>/summary.tsv")
+    return files
+
+
+def _synthesis_gain(claim: Claim, base: str, metric: str) -> Collector:
+    def collect(results: Path) -> list[Row]:
+        """Per synthesis task, genbrain's paired difference of ``metric`` from ``base``
+        (``summary.tsv`` rows with method genbrain, baseline ``base``) with its bootstrap CI;
+        a task without both methods or the metric is not measured, saying which."""
+        rows = []
+        for path in _summaries(results):
+            table = read_result(results, str(path.relative_to(results)), (
+                "method", "metric", "n", "mean", "ci_low", "ci_high", "baseline",
+                "mean_difference", "difference_ci_low", "difference_ci_high", "p"))
+            if "kind" in table.columns and not (table["kind"] == "synthesis").any():
+                continue  # an enhancement task: its rows are imaging.baseline_gain's
+            if "kind" not in table.columns:
+                continue  # written before the synthesis kind: an enhancement task
+            task = path.parent.name
+            pick = table[(table["method"] == "genbrain") & (table["baseline"] == base)
+                         & (table["metric"] == metric)]
+            if pick.empty:
+                rows.append(claim.not_measured(
+                    str(path), f"no genbrain vs {base} '{metric}' row (both methods and the "
+                               "metric must be among the task's)", task))
+                continue
+            t = pick.iloc[0]
+            other = table[(table["method"] == base) & (table["metric"] == metric)].iloc[0]
+            rows.append(claim.measured(
+                t["mean_difference"], f"{task} genbrain vs {base}",
+                ci=(t["difference_ci_low"], t["difference_ci_high"]),
+                ci_method="bootstrap percentile, paired", n=int(t["n"]), source=str(path),
+                note=f"genbrain {t['mean']:.3f} [{t['ci_low']:.3f}, {t['ci_high']:.3f}] vs "
+                     f"{base} {other['mean']:.3f} [{other['ci_low']:.3f}, "
+                     f"{other['ci_high']:.3f}]; paired t-test p {t['p']:.3g}; {int(t['n'])} "
+                     "test images"))
+        if not rows:
+            raise MissingResult(Path(results) / "imaging/<task>/summary.tsv",
+                                "no synthesis task")
+        return rows
+    return collect
+
+
 def _imaging_gain(claim: Claim, metric: str) -> Collector:
     def collect(results: Path) -> list[Row]:
         """Per image task and baseline method, the paired difference of ``metric`` from the
         corrupted input with its bootstrap CI (``summary.tsv``)."""
-        files = sorted(Path(results).glob(IMAGING_FILES))
-        if not files:
-            raise MissingResult(Path(results) / "imaging/<task>/summary.tsv")
         rows = []
-        for path in files:
+        for path in _summaries(results):
             table = read_result(results, str(path.relative_to(results)), (
                 "method", "metric", "n", "mean", "ci_low", "ci_high", "mean_difference",
                 "difference_ci_low", "difference_ci_high", "p"))
+            if "kind" in table.columns and (table["kind"] != "enhancement").all():
+                continue  # a synthesis task's input is another modality, not a corrupted copy
+            if "baseline" in table.columns:  # each method against the input only
+                table = table[table["baseline"] == "input"]
             of_m = table[table["metric"] == metric]
             inp = of_m[of_m["method"] == "input"]
             if of_m.empty or inp.empty:
@@ -756,7 +827,7 @@ def _imaging_gain(claim: Claim, metric: str) -> Collector:
                                                "task's metrics)", path.parent.name))
                 continue
             base = inp.iloc[0]
-            for t in of_m[of_m["method"] != "input"].itertuples():
+            for t in of_m[~of_m["method"].isin(["input", "genbrain", "scratch"])].itertuples():
                 rows.append(claim.measured(
                     t.mean_difference, f"{path.parent.name} {t.method} (baseline)",
                     ci=(t.difference_ci_low, t.difference_ci_high),
@@ -764,6 +835,9 @@ def _imaging_gain(claim: Claim, metric: str) -> Collector:
                     note=f"{t.method} {t.mean:.3f} [{t.ci_low:.3f}, {t.ci_high:.3f}] vs input "
                          f"{base['mean']:.3f} [{base['ci_low']:.3f}, {base['ci_high']:.3f}]; "
                          f"paired t-test p {t.p:.3g}; {int(t.n)} test images"))
+        if not rows:
+            raise MissingResult(Path(results) / "imaging/<task>/summary.tsv",
+                                "no enhancement task")
         return rows
     return collect
 
@@ -861,6 +935,9 @@ def _clinical_change(claim: Claim, metric: str) -> Collector:
 
 for _metric, _claim in IMAGING_BASELINE_GAIN.items():
     register(_claim)(_imaging_gain(_claim, _metric))
+
+for (_base, _metric), _claim in SYNTHESIS_GAIN.items():
+    register(_claim)(_synthesis_gain(_claim, _base, _metric))
 
 for _metric, _claim in CLINICAL_CHANGE.items():
     register(_claim)(_clinical_change(_claim, _metric))

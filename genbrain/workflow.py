@@ -404,3 +404,43 @@ def clinical_pools(clinical: Mapping, taken: Mapping[str, SyntheticCohort], shar
         if job.n_pool:
             out[job.synth] = _pool(job, "clinical", taken, shard_size)
     return out
+
+
+#: the from-scratch control's random initialisation (the pretrained model's architecture)
+SCRATCH_INIT = "results/imaging/scratch_init.pt"
+
+
+def imaging_model_dir(task: str, method: str) -> str:
+    """Where an image task's DiT method trains (``work/``) and writes its checkpoint."""
+    return f"results/imaging/{task}/models/{method}"
+
+
+def imaging_finetunes(imaging: Mapping[str, Any], cohorts: Mapping[str, Cohort]
+                      ) -> dict[str, Any]:
+    """The fine-tuning jobs of the image tasks' DiT methods, by ``<task>/<method>``: a
+    :class:`genbrain.finetune.FinetuneJob` each, which ``rules/imaging.smk`` runs through
+    :func:`genbrain.finetune.run_finetune` on the task's training participants.
+
+    ``genbrain`` starts from the pretrained checkpoint, ``scratch`` from :data:`SCRATCH_INIT`
+    (the same architecture, random weights: :func:`genbrain.training.checkpoints.
+    random_init_checkpoint`); otherwise the two are the same job: target ``modality``, the
+    ``source`` modality as an input channel, age and sex with ``demographics``, the task's
+    ``train`` keys, the top-level seed (set by the rule). ``split`` is ``train`` (the
+    pretraining cohort's training split, capped at ``n_train``: the pairs' ``images.tsv``)."""
+    from genbrain.finetune import TRAIN_KEYS, FinetuneJob
+
+    jobs = {}
+    for name, task in imaging.items():
+        bad = sorted(set(task.train) - set(TRAIN_KEYS))
+        if bad:  # plan_imaging checks its own list; this one is the trainer's
+            raise GenbrainInputError(f"config: 'imaging.tasks.{name}.train.{bad[0]}' is not a "
+                                     "fine-tuning setting")
+        for method in task.dit_methods:
+            init = model_checkpoint("pretrain") if method == "genbrain" else SCRATCH_INIT
+            jobs[f"{name}/{method}"] = FinetuneJob(
+                task=name, unit=method, cohort=task.cohort,
+                sites=tuple(cohorts[task.cohort].sites), modalities=(task.modality,),
+                diagnosis_levels=None, score_column=None, sources=(task.source,),
+                demographics=task.demographics, split="train", init=init,
+                train=dict(task.train))
+    return jobs

@@ -15,13 +15,17 @@ from genbrain.clinical.plan import plan_clinical
 from genbrain.diagnosis.plan import plan_diagnosis
 from genbrain.errors import GenbrainInputError
 from genbrain.finetune import plan_finetunes
-from genbrain.imaging.plan import METHODS as IMAGING_METHODS
+from genbrain.imaging.plan import BASELINES as IMAGING_BASELINE_METHODS
+from genbrain.imaging.plan import DIT_METHODS as IMAGING_DIT_METHODS
 from genbrain.imaging.plan import plan_imaging
 from genbrain.modalities import registry_from_config
 from genbrain.splits import split_basis
 from genbrain.workflow import (
     clinical_pools,
     given_pretrained,
+    imaging_finetunes,
+    imaging_model_dir,
+    SCRATCH_INIT,
     load_cohorts,
     model_checkpoint,
     model_training_set,
@@ -57,6 +61,7 @@ try:
     BWAS, BWAS_SCREENS = plan_bwas(config, COHORTS, FINETUNES)
     DIAGNOSIS = plan_diagnosis(config, COHORTS, FINETUNES)
     IMAGING = plan_imaging(config, COHORTS, PRETRAIN)
+    IMAGING_FINETUNES = imaging_finetunes(IMAGING, COHORTS)
     SYNTHETIC = synthetic_cohorts(config, COHORTS, PRETRAIN, FINETUNES, BWAS, DIAGNOSIS)
 except GenbrainInputError as err:
     raise WorkflowError(str(err)) from None
@@ -98,10 +103,11 @@ DX_SYNTHETIC_PATTERN = (
 # the diagnosis analyses, and the cohorts whose real volumes they need
 DX_ANALYSES = sorted({job.analysis for job in DIAGNOSIS.values()})
 DX_COHORTS = sorted({job.cohort for job in DIAGNOSIS.values()})
-# the image tasks (their rules constrain {task} to these), and the methods a rule of its own
-# predicts with (the baselines; the GenBrain fine-tune's predictions come from its own rules)
+# the image tasks (their rules constrain {task} to these), the methods imaging_method
+# predicts with (the baselines), and the DiT methods (fine-tuned and sampled by their own rules)
 IMAGING_PATTERN = "|".join(IMAGING) or "(?!)"
-IMAGING_BASELINES = "|".join(IMAGING_METHODS)
+IMAGING_BASELINES = "|".join(IMAGING_BASELINE_METHODS)
+IMAGING_DIT = "|".join(IMAGING_DIT_METHODS)
 
 
 wildcard_constraints:
@@ -665,6 +671,22 @@ def get_imaging_predictions(wildcards):
     """Every method's predictions of an image task, in the task's method order."""
     job = IMAGING[wildcards.task]
     return [f"{job.out_dir}/predictions/{m}.npy" for m in job.methods]
+
+
+def get_imaging_finetune_job(wildcards):
+    """The fine-tuning job of an image task's DiT method, as a plain dict."""
+    return IMAGING_FINETUNES[f"{wildcards.task}/{wildcards.method}"].to_dict()
+
+
+def get_imaging_init(wildcards):
+    """The checkpoint a DiT method starts from: the pretrained model (genbrain) or the random
+    initialisation of its architecture (scratch)."""
+    return IMAGING_FINETUNES[f"{wildcards.task}/{wildcards.method}"].init
+
+
+def get_imaging_work_dir(wildcards):
+    """The resumable training folder of an image task's DiT method (not a declared output)."""
+    return f"{imaging_model_dir(wildcards.task, wildcards.method)}/work"
 
 
 def get_imaging_outputs():

@@ -1,9 +1,10 @@
 rule imaging_pairs:
-    """An image task's pairs (paper Methods, "Image enhancement"): its test images (the
-    pretraining hold-out) and training images, mapped to [0, 1] over the brain, and their
-    corrupted copies (k-space rigid motion, Gaussian and Rician noise), each drawn from its
-    own stream seeded by the config's seed and the image's participant id; the draws are
-    tabled per image."""
+    """An image task's pairs (paper Methods, "Image enhancement", "Cross-modality
+    synthesis"): its test images (the pretraining hold-out) and training images, mapped to
+    [0, 1] over the brain, and their sources: corrupted copies (k-space rigid motion, Gaussian
+    and Rician noise), each drawn from its own stream seeded by the config's seed and the
+    image's participant id, the draws tabled per image; or, for synthesis, the same
+    participants' images of the source modality."""
     input:
         index=get_imaging_store,
         split="results/pretrain/split.tsv",
@@ -30,9 +31,10 @@ rule imaging_pairs:
 
 
 rule imaging_method:
-    """One method's predictions of an image task's clean test images from their corrupted
-    copies: the mean training image, non-local means, or a MONAI 3D U-Net trained on the
-    task's training pairs."""
+    """One baseline's predictions of an image task's test targets from their inputs (the
+    corrupted copies, or a synthesis task's source images): the mean training image,
+    non-local means (enhancement), or a MONAI 3D U-Net trained on the task's training pairs.
+    """
     input:
         test_source=rules.imaging_pairs.output.test_source,
         train_source=rules.imaging_pairs.output.train_source,
@@ -129,3 +131,93 @@ rule imaging_figure:
         job=get_imaging_job,
     script:
         "../workflow/scripts/imaging_figure.py"
+
+
+rule imaging_scratch_init:
+    """The from-scratch control's start (paper: "pretraining helps"): a checkpoint of the
+    pretrained model's architecture, training record, label scalings and voxel layout with
+    fresh random weights drawn from the config's seed, so the control goes through the same
+    fine-tuning job as the GenBrain method."""
+    input:
+        checkpoint=model_checkpoint("pretrain"),
+    output:
+        checkpoint=SCRATCH_INIT,
+    log:
+        "logs/imaging_scratch_init/scratch_init.log",
+    benchmark:
+        "results/benchmarks/imaging_scratch_init/scratch_init.tsv"
+    conda:
+        "../envs/model.yaml"
+    params:
+        seed=config["seed"],
+    script:
+        "../workflow/scripts/imaging_scratch_init.py"
+
+
+rule imaging_finetune:
+    """A synthesis task's DiT method (paper Fig. 4, Methods "Cross-modality synthesis"):
+    the fine-tuning job (genbrain.finetune.run_finetune) with the source modality as an input
+    channel and the target as the modality, on the task's training participants, from the
+    pretrained model (genbrain) or from random weights of its architecture (scratch): the same
+    data, steps and seed. Resumable: trains in results/imaging/<task>/models/<method>/work/.
+    """
+    input:
+        index=get_imaging_store,
+        images=rules.imaging_pairs.output.images,
+        init=get_imaging_init,
+    output:
+        checkpoint="results/imaging/{task}/models/{method}/checkpoint.pt",
+        training="results/imaging/{task}/models/{method}/training.tsv",
+    log:
+        "logs/imaging_finetune/{task}/{method}.log",
+    benchmark:
+        "results/benchmarks/imaging_finetune/{task}/{method}.tsv"
+    wildcard_constraints:
+        task=IMAGING_PATTERN,
+        method=IMAGING_DIT,
+    retries: 2
+    conda:
+        "../envs/model.yaml"
+    threads: 8
+    resources:
+        gpu=1,
+        mem_mb=32000,
+        runtime=720,
+    params:
+        job=get_imaging_finetune_job,
+        work_dir=get_imaging_work_dir,
+        seed=config["seed"],
+    script:
+        "../workflow/scripts/imaging_finetune.py"
+
+
+rule imaging_sample:
+    """A DiT method's predictions of a synthesis task's test targets: DDIM samples (the
+    synthesize section's steps, guidance and weights; the config's seed) conditioned on each
+    test participant's source image (and age and sex with the task's demographics), the
+    task's k samples averaged, mapped to [0, 1] like the pairs."""
+    input:
+        checkpoint=rules.imaging_finetune.output.checkpoint,
+        index=get_imaging_store,
+        images=rules.imaging_pairs.output.images,
+    output:
+        predictions="results/imaging/{task}/predictions/{method}.npy",
+    log:
+        "logs/imaging_sample/{task}/{method}.log",
+    benchmark:
+        "results/benchmarks/imaging_sample/{task}/{method}.tsv"
+    wildcard_constraints:
+        task=IMAGING_PATTERN,
+        method=IMAGING_DIT,
+    conda:
+        "../envs/model.yaml"
+    threads: 8
+    resources:
+        gpu=1,
+        mem_mb=16000,
+        runtime=240,
+    params:
+        job=get_imaging_job,
+        sampling=get_sampling,
+    script:
+        "../workflow/scripts/imaging_sample.py"

@@ -1,12 +1,15 @@
-"""The image-level stage (paper Fig. 3, Methods "Image enhancement"): per task, corrupted
-copies of hold-out images, each method's predictions of the clean images, and their scores.
+"""The image-level stage (paper Figs. 3-4, Methods "Image enhancement" and "Cross-modality
+synthesis"): per task, the hold-out images and their sources, each method's predictions of the
+targets, and their scores.
 
 A task (config ``imaging.tasks.<name>``, :class:`ImagingTask`) names a cohort, a target
 modality and a kind:
 
 - ``enhancement``: the source is the target corrupted (:mod:`genbrain.imaging.corrupt`:
   k-space rigid motion and Gaussian + Rician noise, drawn per image from the config's seed);
-  (``synthesis``, another modality as the source, is planned, not yet here).
+- ``synthesis``: the source is the same participant's image of another modality (``source``,
+  e.g. T1w -> FLAIR), from the same store, mapped to [0, 1] the same way; nothing is
+  corrupted (``corruption.tsv`` keeps its header only).
 
 Who is used for what: the **test** images are the pretraining cohort's hold-out
 (``results/pretrain/split.tsv``, ``split == holdout``), never seen by the pretrained model; the
@@ -21,11 +24,23 @@ voxels (:func:`genbrain.imaging.metrics.normalise_01`, the metrics' own normalis
 ``corrupt.noise_scale`` puts the paper's sigmas (raw UK Biobank units, 0..50) on that scale.
 
 Methods (``methods``, each one job writing ``predictions/<method>.npy``): ``mean`` (the mean
-training target), ``nlmeans`` (non-local means of the corrupted image), ``unet`` (a MONAI 3D
-U-Net trained on the training pairs); the GenBrain fine-tune joins as one more method.
-Scores: per test image and method the image metrics against the clean target, the corrupted
-input itself scored as method ``input``; a summary with bootstrap CIs and paired t-tests
-against ``input`` (:func:`score_task`).
+training target), ``nlmeans`` (non-local means of the corrupted image; enhancement only),
+``unet`` (a MONAI 3D U-Net trained on the training pairs), and on synthesis tasks the DiT:
+``genbrain`` (the pretrained model fine-tuned image-conditioned, ``sources: [source]``,
+``modalities: [target]``, on the task's training participants) and ``scratch`` (the same DiT
+architecture from a random initialisation, the same data, steps and seed: the paper's
+"pretraining helps" control). Both train through the fine-tuning stage's own job
+(:func:`genbrain.finetune.run_finetune`, wired by ``rules/imaging.smk``; this stage imports no
+other stage) and are sampled by :func:`dit_predictions`: DDIM from the ``synthesize``
+section's sampler, conditioned on each test participant's source image (and age and sex with
+``demographics``), ``k`` samples averaged, then mapped to [0, 1] like the pairs. The GenBrain
+method of enhancement (fine-tuned on corrupted -> clean) is not here yet: its corrupted
+sources are not in a store.
+Scores: per test image and method the image metrics against the target, the method's input
+itself scored as method ``input`` (the corrupted image; for synthesis the source image as if
+it were the target: the floor of copying the input, which shows how far apart the two
+modalities are); a summary with bootstrap CIs and paired t-tests against ``input``, and for
+``genbrain`` against every other method too (:func:`score_task`).
 
 :func:`plan_imaging` runs at DAG build time: a config mistake is one line naming the key.
 """
@@ -35,7 +50,7 @@ from __future__ import annotations
 import difflib
 import logging
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 import numpy as np
@@ -50,12 +65,36 @@ from genbrain.splits import holdout_split
 
 log = logging.getLogger(__name__)
 
-KINDS = ("enhancement",)
-#: the methods a task can compare; ``input`` (the corrupted image itself) is always scored
-METHODS = ("mean", "nlmeans", "unet")
+KINDS = ("enhancement", "synthesis")
+#: the methods a task can compare; ``input`` (the corrupted or source image itself) is always
+#: scored
+METHODS = ("mean", "nlmeans", "unet", "genbrain", "scratch")
+#: the methods ``imaging_method`` predicts with (the DiT's come from its fine-tune and sampler)
+BASELINES = ("mean", "nlmeans", "unet")
+#: the DiT methods: fine-tuned from the pretrained model, and the same DiT from random weights
+DIT_METHODS = ("genbrain", "scratch")
+#: the methods of each kind (and its default ``methods``)
+KIND_METHODS = {"enhancement": ("mean", "nlmeans", "unet"),
+                "synthesis": ("mean", "unet", "genbrain", "scratch")}
+#: why a method is refused on a kind (config key ``methods``)
+REFUSED = {("synthesis", "nlmeans"): "non-local means denoises its input, and a synthesis "
+                                     "task's input is another modality",
+           ("enhancement", "genbrain"): "the GenBrain method of enhancement (a fine-tune on "
+                                        "corrupted -> clean pairs) is not implemented yet "
+                                        "(issue 30)",
+           ("enhancement", "scratch"): "the DiT-from-scratch control of enhancement is not "
+                                       "implemented yet (issue 30)"}
 #: methods that learn from the training pairs
-TRAINED = ("mean", "unet")
+TRAINED = ("mean", "unet", "genbrain", "scratch")
+#: the method compared with every other method of its task too (not only with ``input``)
+COMPARED = "genbrain"
 INPUT = "input"
+#: TrainConfig keys an image task's DiT fine-tunes (``genbrain`` and ``scratch`` alike) may
+#: set under ``train``; the seed is the top-level one, the architecture the pretrained model's,
+#: and there is no label head to give label tokens
+TRAIN_KEYS = ("steps", "global_batch", "micro_batch", "lr", "weight_decay", "ema_decay",
+              "label_dropout", "checkpoint_every", "log_every", "sampling_weights",
+              "precision", "compile", "template_images")
 #: paired tests and bootstrap CIs need at least this many test images
 MIN_TEST = 2
 
@@ -65,11 +104,14 @@ class ImagingTask:
     """One image-level task.
 
     ``task``: its name (``results/imaging/<task>/``); ``kind``: :data:`KINDS`; ``cohort``,
-    ``modality``: whose images and which; ``n_test`` / ``n_train``: the images used (after the
+    ``modality``: whose images and which (the target); ``source``: the source modality of a
+    synthesis task (None for enhancement); ``n_test`` / ``n_train``: the images used (after the
     caps; ``n_train`` is 0 when no method trains); ``methods``: :data:`METHODS` in the config's
     order; ``corrupt`` / ``unet``: the settings' fields (seed included); ``metrics``: names of
     :data:`genbrain.imaging.metrics.METRICS`; ``n_examples``: test images in the figure;
-    ``n_boot``: bootstrap resamples of the summary's CIs."""
+    ``n_boot``: bootstrap resamples of the summary's CIs; ``k``: DiT samples averaged per test
+    image; ``demographics``: the DiT is conditioned on age and sex too; ``train``: the DiT
+    fine-tunes' TrainConfig keys (:data:`TRAIN_KEYS`)."""
 
     task: str
     kind: str
@@ -84,12 +126,21 @@ class ImagingTask:
     n_examples: int
     n_boot: int
     seed: int
+    source: str | None = None
+    k: int = 5
+    demographics: bool = True
+    train: Mapping = field(default_factory=dict)
 
     TUPLES = ("methods", "metrics")
 
     @property
     def out_dir(self) -> str:
         return f"results/imaging/{self.task}"
+
+    @property
+    def dit_methods(self) -> tuple[str, ...]:
+        """The task's DiT methods (fine-tuned and sampled by their own rules)."""
+        return tuple(m for m in self.methods if m in DIT_METHODS)
 
     @property
     def trains(self) -> bool:
@@ -110,7 +161,7 @@ class ImagingTask:
     def to_dict(self) -> dict:
         """A plain dict (a rule's params) that :meth:`from_dict` turns back."""
         d = asdict(self)
-        d["corrupt"], d["unet"] = dict(self.corrupt), dict(self.unet)
+        d["corrupt"], d["unet"], d["train"] = dict(self.corrupt), dict(self.unet), dict(self.train)
         return d
 
     @classmethod
@@ -185,13 +236,26 @@ def plan_imaging(config: Mapping, cohorts: Mapping, pretrain: str | None
         if modality not in cohort.modalities:
             raise _unknown(f"{key}.modality", modality, cohort.modalities,
                            f"a modality of cohort '{cohort_name}', one of")
-        methods = tuple(spec.get("methods", METHODS))
+        source = _source(spec, key, kind, modality, cohort, cohort_name)
+        if kind == "synthesis" and spec.get("corrupt"):
+            raise GenbrainInputError(f"config: '{key}.corrupt': a synthesis task corrupts "
+                                     "nothing (its source is another modality); remove the key")
+        methods = tuple(spec.get("methods", KIND_METHODS[kind]))
         for m in methods:
             if m not in METHODS:
                 raise _unknown(f"{key}.methods", m, METHODS, "methods among")
+            if (kind, m) in REFUSED:
+                raise GenbrainInputError(f"config: '{key}.methods' has '{m}' on a task of kind "
+                                         f"'{kind}': {REFUSED[(kind, m)]}; expected some of "
+                                         f"{list(KIND_METHODS[kind])}")
         if len(set(methods)) != len(methods):
             raise GenbrainInputError(f"config: '{key}.methods' lists a method twice: "
                                      f"{list(methods)}")
+        k = int(spec.get("k", 5))
+        if k < 1:
+            raise GenbrainInputError(f"config: '{key}.k' is {k}; expected the number of DiT "
+                                     "samples averaged per test image, an integer >= 1")
+        train = _train_spec(spec.get("train"), f"{key}.train")
         metrics = tuple(spec.get("metrics", IMAGE_METRICS))
         for m in metrics:
             if m not in IMAGE_METRICS:
@@ -222,8 +286,49 @@ def plan_imaging(config: Mapping, cohorts: Mapping, pretrain: str | None
             n_train=n_train, methods=methods,
             corrupt=_corrupt_spec(spec.get("corrupt"), f"{key}.corrupt", seed),
             unet=_unet_spec(spec.get("unet"), f"{key}.unet", seed), metrics=metrics,
-            n_examples=n_examples, n_boot=int(section.get("n_boot", 1000)), seed=seed)
+            n_examples=n_examples, n_boot=int(section.get("n_boot", 1000)), seed=seed,
+            source=source, k=k, demographics=bool(spec.get("demographics", True)),
+            train=train)
     return out
+
+
+def _source(spec: Mapping, key: str, kind: str, modality: str, cohort, cohort_name: str
+            ) -> str | None:
+    """A synthesis task's source modality (checked: one of the cohort's, not the target);
+    None for enhancement, which takes none."""
+    source = spec.get("source")
+    if kind != "synthesis":
+        if source is not None:
+            raise GenbrainInputError(f"config: '{key}.source' is '{source}' on a task of kind "
+                                     f"'{kind}', whose source is its target corrupted; remove "
+                                     "the key or "
+                                     "set kind: synthesis")
+        return None
+    if source is None:
+        raise GenbrainInputError(f"config: '{key}.source': a synthesis task needs the source "
+                                 f"modality it maps to '{modality}' (one of cohort "
+                                 f"'{cohort_name}'s {list(cohort.modalities)})")
+    if source not in cohort.modalities:
+        raise _unknown(f"{key}.source", source, cohort.modalities,
+                       f"a modality of cohort '{cohort_name}', one of")
+    if source == modality:
+        raise GenbrainInputError(f"config: '{key}.source' is '{source}', the task's target "
+                                 "modality too; a synthesis task maps one modality to another")
+    return str(source)
+
+
+def _train_spec(spec: Mapping | None, key: str) -> dict:
+    """The DiT fine-tunes' TrainConfig keys (:data:`TRAIN_KEYS`), checked by name; the values
+    are checked by TrainConfig when the job starts."""
+    spec = dict(spec or {})
+    for k in spec:
+        if k not in TRAIN_KEYS:
+            reason = {"seed": "the top-level 'seed' seeds it",
+                      "label_tokens": "the task has no label head"}.get(k)
+            if reason:
+                raise GenbrainInputError(f"config: '{key}.{k}': {reason}; remove this key")
+            raise _unknown(f"{key}.{k}", k, TRAIN_KEYS, "a training setting, one of")
+    return spec
 
 
 def select_participants(ids: Sequence[str], n: int, seed: int, task: str) -> list[str]:
@@ -258,10 +363,11 @@ def make_pairs(task: ImagingTask, index: str | Path, split: str | Path,
                out: Mapping[str, str]) -> pd.DataFrame:
     """Write a task's pairs: ``out['images']`` (participant_id, set = test/train, row, site,
     age, sex), ``test_target`` / ``test_source`` (n_test, V) and ``train_target`` /
-    ``train_source`` (n_train, V; (0, V) when no method trains) as float32 .npy, and
+    ``train_source`` (n_train, V; (0, V) when no method trains) as float32 .npy in [0, 1]
+    (the source: the target corrupted, or for synthesis the ``source`` modality's image), and
     ``out['corruption']``, the draws per image (:data:`genbrain.imaging.corrupt.TABLE_COLUMNS`
-    with ``set``). Returns the images table."""
-    from genbrain.imaging.corrupt import corrupt_vectors
+    with ``set``; the header only for synthesis). Returns the images table."""
+    from genbrain.imaging.corrupt import TABLE_COLUMNS, corrupt_vectors
     from genbrain.io import read_tsv, save_npy, save_tsv
     from genbrain.splits import split_ids
 
@@ -277,17 +383,22 @@ def make_pairs(task: ImagingTask, index: str | Path, split: str | Path,
                                  f"{task.n_train} (was the participants table edited? rerun)")
     settings = task.corruption()
     info = table.set_index(table["participant_id"].astype(str))
-    images, draws, n_voxels = [], [], 0
+    images, n_voxels = [], 0
+    draws = [pd.DataFrame(columns=[TABLE_COLUMNS[0], "set", *TABLE_COLUMNS[1:]])]
     for which, ids in picked.items():  # test first: it sets V for an empty training set
         clean = (load_clean(index, task.modality, ids) if ids
                  else np.zeros((0, n_voxels), np.float32))
         n_voxels = clean.shape[1]
         source = clean
-        if ids:
+        if ids and task.kind == "synthesis":  # the same participants' other modality
+            source = load_clean(index, task.source, ids)
+            log.info("%s: %d %s %s -> %s pairs", task.task, len(ids), which, task.source,
+                     task.modality)
+        elif ids:
             source, drawn = corrupt_vectors(clean, ids, settings)
             drawn.insert(1, "set", which)
             draws.append(drawn)
-        log.info("%s: %d %s images corrupted", task.task, len(ids), which)
+            log.info("%s: %d %s images corrupted", task.task, len(ids), which)
         save_npy(clean, out[f"{which}_target"])
         save_npy(source, out[f"{which}_source"])
         images.append(pd.DataFrame({"participant_id": ids, "set": which,
@@ -297,7 +408,9 @@ def make_pairs(task: ImagingTask, index: str | Path, split: str | Path,
                                     "sex": info.loc[ids, "sex"].to_numpy() if ids else []}))
     images_t = pd.concat(images, ignore_index=True)
     save_tsv(images_t, out["images"])
-    save_tsv(pd.concat(draws, ignore_index=True), out["corruption"])
+    # synthesis: the header only (nothing is corrupted)
+    save_tsv(pd.concat(draws, ignore_index=True) if len(draws) > 1 else draws[0],
+             out["corruption"])
     return images_t
 
 
@@ -327,20 +440,92 @@ def predict(task: ImagingTask, method: str, pairs: Mapping[str, str]) -> np.ndar
     return model.predict(source)
 
 
+def training_participants(images: str | Path, out_tsv: str | Path) -> pd.DataFrame:
+    """The DiT fine-tunes' training set: the task's training participants (``set == train``
+    of the pairs' ``images.tsv``) as (participant_id, site, split = train), the table the
+    fine-tuning job and the memorisation audit read. One line when there are none."""
+    from genbrain.io import read_tsv, save_tsv
+
+    t = read_tsv(images)
+    train = t[t["set"] == "train"]
+    if train.empty:
+        raise GenbrainInputError(f"{images}: no training participants (set == train); the DiT "
+                                 "methods fine-tune on them")
+    out = pd.DataFrame({"participant_id": train["participant_id"].astype(str).to_numpy(),
+                        "site": train["site"].to_numpy(), "split": "train"})
+    save_tsv(out, out_tsv)
+    return out
+
+
+def dit_predictions(task: ImagingTask, checkpoint: str | Path, index: str | Path,
+                    images: str | Path, sampling: Mapping, registry=None) -> np.ndarray:
+    """A DiT method's predictions of the test targets -> float32 (n_test, V) in [0, 1].
+
+    Each test participant (``images.tsv``, ``set == test``, in row order) gets one covariate
+    row (``synthetic_id`` = its row, its age and sex, ``modality`` = the target) and its
+    ``source`` image from the store (the store's normalised units, which the model was trained
+    on; not the pairs' [0, 1] copy); :func:`genbrain.sampling.sample_table` draws ``task.k``
+    DDIM samples per row with ``sampling`` (:class:`~genbrain.sampling.SamplingConfig` keys:
+    the ``synthesize`` section's steps, guidance, weights and the top-level seed) and averages
+    them. Row i's initial noise is seeded by (seed, i, j) whichever model draws it, so
+    ``genbrain`` and ``scratch`` start from identical noise: their paired difference is the
+    models', not the draws'. The average is mapped to [0, 1] over the brain
+    (:func:`genbrain.imaging.metrics.normalise_01`) as the pairs are."""
+    from genbrain.imaging.metrics import normalise_01
+    from genbrain.io import read_tsv
+    from genbrain.modalities import DEFAULT_REGISTRY
+    from genbrain.sampling import SamplingConfig, sample_table, source_images
+    from genbrain.store import ImageStore
+    from genbrain.training.checkpoints import load_for_sampling
+
+    if task.kind != "synthesis":
+        raise GenbrainInputError(f"imaging task '{task.task}': the DiT methods take a source "
+                                 f"modality (kind synthesis), not kind {task.kind}")
+    t = read_tsv(images)
+    test = t[t["set"] == "test"].sort_values("row")
+    ids = test["participant_id"].astype(str).tolist()
+    if len(ids) != task.n_test:
+        raise GenbrainInputError(f"{images}: {len(ids)} test participants; the plan of imaging "
+                                 f"task '{task.task}' was made for {task.n_test} (rerun the "
+                                 "pairs)")
+    settings = SamplingConfig(**{**dict(sampling), "k": int(task.k)})
+    model, norms, config = load_for_sampling(checkpoint, settings.weights)
+    if list(config.sources or []) != [task.source]:
+        raise GenbrainInputError(f"{checkpoint}: the model takes source images "
+                                 f"{list(config.sources or [])}; imaging task '{task.task}' "
+                                 f"maps {task.source} -> {task.modality}")
+    covariates = pd.DataFrame({"synthetic_id": np.arange(len(ids)), "participant_id": ids,
+                               "age": test["age"].to_numpy(np.float64),
+                               "sex": test["sex"].astype(str).to_numpy(),
+                               "modality": task.modality})
+    where = f"imaging task '{task.task}' test images"
+    store = ImageStore(index, modalities=[task.source], participants=ids)
+    sources = source_images(store, covariates, [task.source], where)  # (n, 1, V)
+    log.info("%s: %d test images, %d DDIM steps, k = %d samples averaged each", task.task,
+             len(ids), settings.steps, settings.k)
+    x = sample_table(model, norms, config, covariates, settings, registry or DEFAULT_REGISTRY,
+                     where, sources=sources)  # (n, V) store units
+    return normalise_01(x).astype(np.float32)
+
+
 # ---------------------------------------------------------------- scores
 
-SUMMARY_COLUMNS = ["task", "method", "metric", "n", "mean", "ci_low", "ci_high", "baseline",
-                   "mean_difference", "difference_ci_low", "difference_ci_high", "t", "p"]
+SUMMARY_COLUMNS = ["task", "kind", "method", "metric", "n", "mean", "ci_low", "ci_high",
+                   "baseline", "mean_difference", "difference_ci_low", "difference_ci_high",
+                   "t", "p"]
 
 
 def score_task(task: ImagingTask, test_source: np.ndarray, test_target: np.ndarray,
                predictions: Mapping[str, np.ndarray], subjects: Sequence[str]
                ) -> dict[str, pd.DataFrame]:
-    """Score every method's (n, V) predictions and the corrupted input (method ``input``)
-    against the clean targets -> {"scores": one row per (method, subject, metric): task,
-    method, subject, metric, value; "summary": per (method, metric) the mean with its
-    bootstrap CI and, against ``input``, the mean paired difference with its bootstrap CI
-    and the paired two-sided t-test (:data:`SUMMARY_COLUMNS`)}.
+    """Score every method's (n, V) predictions and the input (method ``input``: the corrupted
+    image, or a synthesis task's source image) against the targets -> {"scores": one row per
+    (method, subject, metric): task, method, subject, metric, value; "summary": per (method,
+    metric, baseline) the mean with its bootstrap CI and the mean paired difference from the
+    baseline with its bootstrap CI and the paired two-sided t-test (:data:`SUMMARY_COLUMNS`)}.
+    Every method has a row against ``input`` (``input``'s own: difference 0, no test);
+    :data:`COMPARED` (``genbrain``) also one against every other method of the task (the
+    paper's "fine-tuned > from scratch > mean image").
 
     The bootstrap resamples subjects (``task.n_boot``, seeded by ``task.seed``), the same
     resamples for every method, so their CIs are paired."""
@@ -352,24 +537,29 @@ def score_task(task: ImagingTask, test_source: np.ndarray, test_target: np.ndarr
     rows = []
     wide = scores.pivot_table(index=["metric", "subject"], columns="method", values="value",
                               aggfunc="first")
-    tests = paired_tests(scores, INPUT).set_index(["metric", "method"])
+    baselines = {m: [INPUT] + ([b for b in predictions if b != m] if m == COMPARED else [])
+                 for m in runs}
+    tests = pd.concat([paired_tests(scores, b) for b in dict.fromkeys(
+        b for bs in baselines.values() for b in bs)], ignore_index=True)
+    tests = tests.set_index(["metric", "method", "baseline"])
     for method in runs:
         for metric in task.metrics:
             v = wide.loc[metric, method].to_numpy(np.float64)
             m, lo, hi = bootstrap_mean_ci(v, task.n_boot, seed=task.seed)
-            row = {"task": task.task, "method": method, "metric": metric,
-                   "n": int(np.isfinite(v).sum()), "mean": m, "ci_low": lo, "ci_high": hi,
-                   "baseline": INPUT}
-            if method == INPUT:
-                row.update(mean_difference=0.0, difference_ci_low=np.nan,
-                           difference_ci_high=np.nan, t=np.nan, p=np.nan)
-            else:
-                d = v - wide.loc[metric, INPUT].to_numpy(np.float64)
-                md, dlo, dhi = bootstrap_mean_ci(d, task.n_boot, seed=task.seed)
-                t = tests.loc[(metric, method)]
-                row.update(mean_difference=md, difference_ci_low=dlo, difference_ci_high=dhi,
-                           t=float(t["t"]), p=float(t["p"]))
-            rows.append(row)
+            for base in baselines[method]:
+                row = {"task": task.task, "kind": task.kind, "method": method,
+                       "metric": metric, "n": int(np.isfinite(v).sum()), "mean": m,
+                       "ci_low": lo, "ci_high": hi, "baseline": base}
+                if method == base:
+                    row.update(mean_difference=0.0, difference_ci_low=np.nan,
+                               difference_ci_high=np.nan, t=np.nan, p=np.nan)
+                else:
+                    d = v - wide.loc[metric, base].to_numpy(np.float64)
+                    md, dlo, dhi = bootstrap_mean_ci(d, task.n_boot, seed=task.seed)
+                    t = tests.loc[(metric, method, base)]
+                    row.update(mean_difference=md, difference_ci_low=dlo,
+                               difference_ci_high=dhi, t=float(t["t"]), p=float(t["p"]))
+                rows.append(row)
     return {"scores": scores, "summary": pd.DataFrame(rows, columns=SUMMARY_COLUMNS)}
 
 
@@ -405,6 +595,7 @@ def figure_outputs(task: ImagingTask, pairs: Mapping[str, str], predictions: Seq
     images = read_tsv(pairs["images"])
     test = images[images["set"] == "test"].reset_index(drop=True)
     summ = read_tsv(summary)
+    summ = summ[summ["baseline"] == INPUT]  # one row per (method, metric)
     # the examples: the test images with the lowest, median and highest input PSNR, so the
     # figure shows the range of corruption, not a chosen best case
     sc = read_tsv(scores)
@@ -417,9 +608,12 @@ def figure_outputs(task: ImagingTask, pairs: Mapping[str, str], predictions: Seq
     for method, path in zip(task.methods, predictions):
         panels[method] = np.load(path, mmap_mode="r")[rows]
     panels["target"] = np.load(pairs["test_target"], mmap_mode="r")[rows]
+    what = (f"{task.source} -> {task.modality} synthesis" if task.kind == "synthesis"
+            else f"{task.modality} {task.kind}")
     fg.examples(panels, ids, out["examples"],
-                title=f"{task.task}: {task.modality} {task.kind}, test images with the "
-                      f"lowest to highest input {metric.upper()}")
+                title=f"{task.task}: {what}, test images with the lowest to highest input "
+                      f"{metric.upper()}")
     fg.metric_distributions(sc, summ, out["metrics"], methods=[INPUT, *task.methods],
-                            title=f"{task.task}: image metrics against the clean "
+                            title=f"{task.task}: image metrics against the "
+                                  f"{'real' if task.kind == 'synthesis' else 'clean'} "
                                   f"{task.modality} ({task.n_test} test images)")

@@ -121,6 +121,45 @@ def load_for_sampling(checkpoint_path: str | os.PathLike, weights: str | None = 
     return model.to(device).eval(), ckpt["config"]["norms"], config
 
 
+def random_init_checkpoint(init_path: str | os.PathLike, out_path: str | os.PathLike,
+                           seed: int) -> Path:
+    """A training checkpoint of ``init_path``'s model with fresh random weights -> ``out_path``.
+
+    What a from-scratch control needs to go through the fine-tuning job unchanged: the same
+    architecture (``config.model``, the DiT's own initialisation drawn from ``seed``: adaLN-Zero
+    and zero final layer, as a pretraining run starts), the same training settings record
+    (architecture keys, ``sampling_weights``), the same label scalings and covariate ranges
+    (a standardisation, not learned weights), voxel layout and fixed buffers (the positional
+    embedding); no modality template (a
+    fine-tune sets the template of each of its modalities from its own training images),
+    step 0, an empty loss history. ``model`` and ``ema`` are the same weights. Written
+    atomically; ``config.meta.random_init_of`` names the source checkpoint."""
+    from genbrain.seeds import seed_of
+    from genbrain.training.config import STREAM_INIT
+
+    init = read_checkpoint(init_path)
+    with torch.random.fork_rng(devices=[]):  # seeded, and the caller's RNG left alone
+        torch.manual_seed(seed_of(int(seed), STREAM_INIT))
+        model = dit_from_spec(init["config"]["model"])
+    if model.modality_templates is not None:
+        model.modality_templates.zero_()
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    # fixed buffers (the sin-cos positional embedding) are the architecture, not learned: the
+    # init's, so a centroid embedding built from its token centroids is kept
+    weights = init[init["config"]["train"].get("sampling_weights", "ema")]
+    for name, _ in model.named_buffers():
+        if name != "modality_templates" and name in weights:
+            state[name] = weights[name].clone()
+    config = {k: init["config"][k] for k in ("train", "model", "norms", "ranges", "layout")
+              if k in init["config"]}
+    config.update(surgeries=[], init_checkpoint=None,
+                  meta={"random_init_of": str(init_path), "seed": int(seed)})
+    save_checkpoint(Path(out_path), {"model": state, "ema": state, "step": 0,
+                                     "losses": torch.zeros(0, dtype=torch.float64),
+                                     "config": config})
+    return Path(out_path)
+
+
 def model_conditions(checkpoint_path: str | os.PathLike) -> Conditions:
     """The conditions a trained model takes (:mod:`genbrain.conditions`), from its checkpoint."""
     ckpt = read_checkpoint(checkpoint_path)

@@ -548,24 +548,36 @@ def _imaging_config(tmp_path, source, tasks=None):
 
 def test_imaging_jobs_are_planned_for_the_demo_and_smoke_and_a_task_adds_only_its_own(tmp_path):
     imaging = ("imaging_pairs", "imaging_method", "imaging_scores", "imaging_figure")
-    for name, source in (("demo", ROOT / "config" / "demo.yaml"),
-                         ("smoke", ROOT / ".test" / "smoke" / "config.yaml")):
+    dit = ("imaging_scratch_init", "imaging_finetune", "imaging_sample")
+    # (task, its synthesis task, baseline jobs of the two): the demo's synthesis task has no
+    # U-Net; the smoke run's has every method
+    for name, source, synth, baselines in (
+            ("demo", ROOT / "config" / "demo.yaml", "t1flair", "4"),
+            ("smoke", ROOT / ".test" / "smoke" / "config.yaml", "t1vbm", "5")):
         res = snakemake("-n", "--configfile", str(source), "-d", str(tmp_path / name))
         assert res.returncode == 0, res.stderr
         jobs = _jobs(res.stdout)
-        # one pairs, scores and figure job per task; one prediction job per method
-        assert [jobs.get(r) for r in imaging] == ["1", "3", "1", "1"], (name, jobs)
+        # one pairs, scores and figure job per task; one prediction job per baseline method;
+        # one random init, and one fine-tune and one sampling job per DiT method
+        assert [jobs.get(r) for r in imaging] == ["2", baselines, "2", "2"], (name, jobs)
+        assert [jobs.get(r) for r in dit] == ["1", "2", "2"], (name, jobs)
         for path in ("results/imaging/t1enhance/predictions/unet.npy",
                      "results/imaging/t1enhance/summary.tsv",
-                     "results/figures/imaging/t1enhance/examples.png"):
+                     "results/figures/imaging/t1enhance/examples.png",
+                     "results/imaging/scratch_init.pt",
+                     f"results/imaging/{synth}/models/genbrain/checkpoint.pt",
+                     f"results/imaging/{synth}/models/scratch/checkpoint.pt",
+                     f"results/imaging/{synth}/predictions/genbrain.npy",
+                     f"results/imaging/{synth}/summary.tsv"):
             assert path in res.stdout, (name, path)
-    # a second task with one method: its own four jobs and nothing else of the first
+        assert f"results/imaging/{synth}/predictions/nlmeans.npy" not in res.stdout
+    # a third task with one method: its own four jobs and nothing else of the others
     smoke = ROOT / ".test" / "smoke" / "config.yaml"
     cfg = _imaging_config(tmp_path, smoke, {"t1nl": {"n_test": 2, "methods": ["nlmeans"]}})
     res = snakemake("-n", "--configfile", str(cfg), "-d", str(tmp_path / "two"))
     assert res.returncode == 0, res.stderr
     jobs = _jobs(res.stdout)
-    assert [jobs.get(r) for r in imaging] == ["2", "4", "2", "2"], jobs
+    assert [jobs.get(r) for r in imaging] == ["3", "6", "3", "3"], jobs
     res = snakemake("-n", "--configfile", str(cfg), "-d", str(tmp_path / "two"),
                     "results/imaging/t1nl/summary.tsv")
     assert res.returncode == 0, res.stderr
@@ -581,9 +593,18 @@ def test_imaging_mistakes_stop_the_dag_with_one_line(tmp_path):
             ({"cohort": "scz"}, "'imaging.tasks.t1enhance.cohort' is 'scz'; the test images "),
             ({"modality": "FA"}, "'imaging.tasks.t1enhance.modality' is 'FA'"),
             ({"n_test": 50, "n_examples": 9}, "'imaging.tasks.t1enhance.n_examples' is 9"),
-            ({"corrupt": {"max_translation": 20}}, "imaging.tasks.t1enhance.corrupt")):
+            ({"corrupt": {"max_translation": 20}}, "imaging.tasks.t1enhance.corrupt"),
+            ({"kind": "synthesis", "corrupt": None, "source": "T1w"},
+             "'imaging.tasks.t1enhance.source' is 'T1w', the task's target modality too"),
+            ({"kind": "synthesis", "corrupt": None, "source": "FLAIR"},
+             "'imaging.tasks.t1enhance.source' is 'FLAIR'"),
+            ({"kind": "synthesis", "corrupt": None, "source": "VBM", "methods": ["nlmeans"]},
+             "'imaging.tasks.t1enhance.methods' has 'nlmeans' on a task of kind 'synthesis'")):
         cfg = yaml.safe_load(smoke.read_text())
-        cfg["imaging"]["tasks"]["t1enhance"].update(change)
+        task = cfg["imaging"]["tasks"]["t1enhance"]
+        task.update(change)
+        for key in [k for k, v in change.items() if v is None]:  # None: drop the key
+            del task[key]
         path = tmp_path / "config.yaml"
         path.write_text(yaml.safe_dump(cfg))
         res = snakemake("-n", "--configfile", str(path), "-d", str(tmp_path / "work"))

@@ -22,7 +22,7 @@ import torch
 import yaml
 
 from genbrain import space
-from genbrain.imaging.plan import METHODS as IMAGING_METHODS
+from genbrain.imaging.plan import KIND_METHODS
 from genbrain.io import read_tsv
 from genbrain.layout import PUBLIC, public_layout, standard_layout
 from genbrain.model.public import main as import_public
@@ -139,11 +139,37 @@ def test_each_stage_wrote_what_it_promises(smoke):
         for fig in ("heatmap", "ratios", "harmonization", "shap"):
             png = res / "figures" / "diagnosis" / name / f"{fig}.png"
             assert png.read_bytes()[:4] == b"\x89PNG", png
-    # image tasks: the corrupted input and every method scored on every metric
+    # image tasks: the input and every method scored on every metric
     for name, task in cfg["imaging"]["tasks"].items():
+        kind = task.get("kind", "enhancement")
+        methods = task.get("methods", KIND_METHODS[kind])
         summary = read_tsv(res / "imaging" / name / "summary.tsv")
-        assert set(summary["method"]) == {"input", *task.get("methods", IMAGING_METHODS)}, name
+        assert set(summary["method"]) == {"input", *methods}, name
         assert summary["mean"].notna().all(), name
+        if kind != "synthesis":
+            continue
+        # the DiT methods: fine-tuned from the pretrained model and from the random start of
+        # its architecture, each on the task's training participants, sampled per test image
+        for method in ("genbrain", "scratch"):
+            ckpt = torch.load(res / "imaging" / name / "models" / method / "checkpoint.pt",
+                              weights_only=True)
+            assert ckpt["config"]["train"]["sources"] == [task["source"]], method
+            assert ckpt["config"]["train"]["modalities"] == [task["modality"]], method
+            assert ckpt["step"] == task["train"]["steps"], method
+            pred = np.load(res / "imaging" / name / "predictions" / f"{method}.npy")
+            assert pred.shape[0] == task["n_test"] and np.isfinite(pred).all(), method
+        starts = {m: torch.load(res / "imaging" / name / "models" / m / "checkpoint.pt",
+                                weights_only=True)["config"]["init_checkpoint"]
+                  for m in ("genbrain", "scratch")}
+        assert starts == {"genbrain": "results/pretrain/checkpoint.pt",
+                          "scratch": "results/imaging/scratch_init.pt"}
+        # genbrain against every other method, paired over the test images
+        vs = summary[summary["method"] == "genbrain"]
+        assert set(vs["baseline"]) == {"input", *(m for m in methods if m != "genbrain")}
+        rows = read_tsv(res / "fidelity" / "fidelity.tsv").set_index("claim_id")
+        for base, metric in (("scratch", "psnr"), ("mean", "ssim3d")):
+            row = rows.loc[f"imaging.genbrain_vs_{base}.{metric}"]
+            assert row["subject"] == f"{name} genbrain vs {base}", row
     # clinical: one fit per (ratio, seed), the comparison against ratio 0
     for name in cfg["clinical"]["analyses"]:
         sweep = read_tsv(res / "clinical" / name / "sweep.tsv")

@@ -38,8 +38,12 @@ def _config(task: dict | None = None, fraction: float = 0.25, **section) -> dict
             "imaging": {"n_boot": 50, "tasks": {"t1": spec}, **section}}
 
 
-COHORTS = {"population": SimpleNamespace(table=_table(), modalities=["T1w", "VBM"]),
+COHORTS = {"population": SimpleNamespace(table=_table(), modalities=["T1w", "VBM", "FLAIR"]),
            "scz": SimpleNamespace(table=_table(8), modalities=["T1w"])}
+
+
+#: a synthesis task's keys over the enhancement defaults of :func:`_config`
+SYN = {"kind": "synthesis", "source": "T1w", "modality": "FLAIR", "corrupt": None}
 
 
 def _plan(task: dict | None = None, **kw) -> ip.ImagingTask:
@@ -52,7 +56,7 @@ def test_plan_of_a_valid_task_and_its_round_trip():
                                                               "population", "T1w")
     # 20 participants, hold-out 0.25: 5 hold-out, 15 training; the caps apply
     assert (job.n_test, job.n_train) == (3, 4)
-    assert job.methods == ip.METHODS and job.out_dir == "results/imaging/t1"
+    assert job.methods == ip.KIND_METHODS["enhancement"] and job.out_dir == "results/imaging/t1"
     assert job.corrupt["seed"] == SEED and job.unet["seed"] == SEED
     assert job.corruption().sigmas == (10.0, 20.0) and job.unet_settings().steps == 2
     assert ip.ImagingTask.from_dict(job.to_dict()) == job
@@ -67,7 +71,7 @@ def test_plan_of_a_valid_task_and_its_round_trip():
     ({"cohort": "nosuch"}, "'imaging.tasks.t1.cohort' is 'nosuch'"),
     ({"cohort": "scz"}, ("'imaging.tasks.t1.cohort' is 'scz'; the test images are the "
                         "pretraining cohort's hold-out")),
-    ({"modality": "FLAIR"}, "'imaging.tasks.t1.modality' is 'FLAIR'"),
+    ({"modality": "FA"}, "'imaging.tasks.t1.modality' is 'FA'"),
     ({"methods": ["unett"]}, "'imaging.tasks.t1.methods' is 'unett' (did you mean 'unet'?)"),
     ({"methods": ["mean", "mean"]}, "'imaging.tasks.t1.methods' lists a method twice"),
     ({"metrics": ["ssim"]}, "'imaging.tasks.t1.metrics' is 'ssim'"),
@@ -80,12 +84,45 @@ def test_plan_of_a_valid_task_and_its_round_trip():
                                        "'imaging.tasks.t1.corrupt' (did you mean 'noise_scale'?)")),
     ({"unet": {"strides": [2, 2, 2]}}, "'imaging.tasks.t1.unet.strides'"),
     ({"unet": {"step": 3}}, "'imaging.tasks.t1.unet.step' is 'step' (did you mean 'steps'?)"),
+    # synthesis (T1w -> FLAIR): its source, its methods, its DiT settings
+    ({**SYN, "source": None}, ("'imaging.tasks.t1.source': a synthesis task needs the source "
+                               "modality it maps to 'FLAIR'")),
+    ({**SYN, "source": "T1"}, "'imaging.tasks.t1.source' is 'T1' (did you mean 'T1w'?)"),
+    ({**SYN, "source": "FLAIR"}, ("'imaging.tasks.t1.source' is 'FLAIR', the task's target "
+                                  "modality too")),
+    ({**SYN, "methods": ["mean", "nlmeans"]}, ("'imaging.tasks.t1.methods' has 'nlmeans' on a "
+                                               "task of kind 'synthesis': non-local means")),
+    ({**SYN, "corrupt": {"noise_scale": 1.0}}, ("'imaging.tasks.t1.corrupt': a synthesis task "
+                                                "corrupts nothing")),
+    ({**SYN, "k": 0}, "'imaging.tasks.t1.k' is 0"),
+    ({**SYN, "train": {"step": 3}}, ("'imaging.tasks.t1.train.step' is 'step' (did you mean "
+                                     "'steps'?)")),
+    ({**SYN, "train": {"seed": 3}}, "'imaging.tasks.t1.train.seed': the top-level 'seed'"),
+    ({**SYN, "train": {"label_tokens": True}}, ("'imaging.tasks.t1.train.label_tokens': the "
+                                                "task has no label head")),
+    ({"source": "VBM"}, "'imaging.tasks.t1.source' is 'VBM' on a task of kind 'enhancement'"),
+    ({"methods": ["mean", "genbrain"]}, ("'imaging.tasks.t1.methods' has 'genbrain' on a task "
+                                         "of kind 'enhancement': the GenBrain method")),
 ])
 def test_each_bad_key_is_refused_with_one_line_naming_it(change, message):
     with pytest.raises(GenbrainInputError) as err:
         _plan(change)
     assert message in str(err.value)
     assert "\n" not in str(err.value)
+
+
+def test_plan_of_a_synthesis_task():
+    job = _plan({**SYN, "k": 2, "demographics": False, "train": {"steps": 7}})
+    assert (job.kind, job.source, job.modality, job.k, job.demographics) == (
+        "synthesis", "T1w", "FLAIR", 2, False)
+    # its default methods: no non-local means; the DiT fine-tuned and from scratch
+    assert job.methods == ("mean", "unet", "genbrain", "scratch")
+    assert job.dit_methods == ("genbrain", "scratch") and job.n_train == 4
+    assert dict(job.train) == {"steps": 7}
+    assert ip.ImagingTask.from_dict(job.to_dict()) == job
+    # the paper's k and demographics by default; a DiT method alone trains
+    only = _plan({**SYN, "methods": ["scratch"]})
+    assert (only.k, only.demographics, only.n_train) == (5, True, 4)
 
 
 def test_a_task_without_a_pretraining_cohort_is_refused():
@@ -245,3 +282,56 @@ def test_fidelity_rows_are_each_baselines_gain_over_the_input(tmp_path):
     assert rows.loc["t1 unet (baseline)", "measured"] == 2.0
     ssim = table[table["claim_id"] == "imaging.baseline_gain.ssim3d"]
     assert list(ssim["verdict"]) == ["not measured"]  # no ssim3d rows in this summary
+
+
+def test_genbrain_is_compared_with_every_other_method_paired_over_images():
+    job = _plan({**SYN, "n_test": 4, "metrics": ["psnr"]})
+    rng = np.random.default_rng(0)
+    target = rng.uniform(size=(4, 50))
+    source = rng.uniform(size=(4, 50))
+    preds = {m: target + s * rng.standard_normal((4, 50))
+             for m, s in (("mean", 0.4), ("unet", 0.2), ("genbrain", 0.05), ("scratch", 0.1))}
+    res = ip.score_task(job, source, target, preds, ["a", "b", "c", "d"])
+    s = res["summary"]
+    assert set(s["kind"]) == {"synthesis"}
+    # every method against the input; genbrain against each other method too
+    assert sorted(s.loc[s["method"] == "genbrain", "baseline"]) == ["input", "mean", "scratch",
+                                                                      "unet"]
+    assert set(s.loc[s["method"] != "genbrain", "baseline"]) == {"input"}
+    sc = res["scores"].pivot_table(index="subject", columns="method", values="value")
+    row = s[(s["method"] == "genbrain") & (s["baseline"] == "scratch")].iloc[0]
+    d = (sc["genbrain"] - sc["scratch"]).to_numpy()
+    assert row["mean_difference"] == pytest.approx(d.mean())
+    assert row["p"] == pytest.approx(sstats.ttest_rel(sc["genbrain"], sc["scratch"]).pvalue)
+    assert row["difference_ci_low"] <= d.mean() <= row["difference_ci_high"]
+
+
+def _synthesis_summary(diff_scratch: float) -> pd.DataFrame:
+    rows = []
+    for method, base, mean, d in (("input", "input", 10.0, 0.0), ("mean", "input", 15.0, 5.0),
+                                  ("scratch", "input", 18.0, 8.0),
+                                  ("genbrain", "input", 18.0 + diff_scratch, 8.0),
+                                  ("genbrain", "mean", 18.0 + diff_scratch, 3.0 + diff_scratch),
+                                  ("genbrain", "scratch", 18.0 + diff_scratch, diff_scratch)):
+        rows.append({"task": "t1flair", "kind": "synthesis", "method": method, "metric": "psnr",
+                     "n": 8, "mean": mean, "ci_low": mean - 1, "ci_high": mean + 1,
+                     "baseline": base, "mean_difference": d, "difference_ci_low": d - 0.5,
+                     "difference_ci_high": d + 0.5, "t": 1.0, "p": 0.01})
+    return pd.DataFrame(rows)
+
+
+@pytest.mark.parametrize("diff, verdict", [(1.0, "met"), (-1.0, "not met")])
+def test_fidelity_rows_of_synthesis_are_genbrain_against_scratch_and_mean(tmp_path, diff,
+                                                                          verdict):
+    (tmp_path / "imaging" / "t1flair").mkdir(parents=True)
+    save_tsv(_synthesis_summary(diff), tmp_path / "imaging" / "t1flair" / "summary.tsv")
+    table = fidelity_table(tmp_path).set_index("claim_id")
+    row = table.loc["imaging.genbrain_vs_scratch.psnr"]
+    assert (row["subject"], row["measured"], row["verdict"]) == (
+        "t1flair genbrain vs scratch", diff, verdict)
+    assert (row["ci_low"], row["ci_high"]) == (diff - 0.5, diff + 0.5)
+    assert "21.50 dB" in row["paper"]
+    assert table.loc["imaging.genbrain_vs_mean.psnr", "measured"] == 3.0 + diff
+    # no ssim3d rows: not measured, naming why; a synthesis task is no enhancement baseline
+    assert table.loc["imaging.genbrain_vs_scratch.ssim3d", "verdict"] == "not measured"
+    assert table.loc["imaging.baseline_gain.psnr", "verdict"] == "not measured"
