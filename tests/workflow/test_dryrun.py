@@ -669,3 +669,8 @@ def test_the_demo_and_smoke_configs_schedule_every_clinical_job(tmp_path):
             assert f"results/evaluate/audit/clinical-{analysis}_gate.tsv" in res.stdout
             assert f"results/finetune/{a['finetune']}/all/checkpoint.pt" in res.stdout
             assert f"results/clinical/{analysis}/sweep/ratio-0_seed-1.tsv" in res.stdout
+            # the fidelity record reads the pool's score gain from the fine-tune's checks
+            fidelity = _job_block(res.stdout, "fidelity_record")
+            for table in (f"results/clinical/{analysis}/comparison.tsv",
+                          f"results/finetune/{a['finetune']}/all/checks.tsv"):
+                assert table in fidelity, (table, fidelity)
