@@ -44,8 +44,8 @@ each stage's planner (:func:`genbrain.finetune.plan_finetunes`, :mod:`genbrain.b
 participant splitter), :mod:`~genbrain.seeds` (every seeded stream), :mod:`~genbrain.jobs`
 (per-site jobs and their path labels), :mod:`genbrain.stats` (Pearson r, bootstrap p-values, d
 maps, overlap, similarity), :mod:`~genbrain.figures`, :mod:`~genbrain.precision` (when model
-calls run in bf16), :mod:`genbrain.model`,
-:mod:`genbrain.training` (the one trainer) and :mod:`~genbrain.sampling` (the one sampler:
+calls run in bf16), :mod:`~genbrain.progress` (durations in progress lines),
+:mod:`genbrain.model`, :mod:`genbrain.training` (the one trainer) and :mod:`~genbrain.sampling` (the one sampler:
 synthesis, the pretraining sample panel and the paired-sample checks).
 
 The rule: **stages never import stages; stages import layers** (and layers import no stage).

@@ -411,20 +411,29 @@ def _paired_rows(claim: Claim, results: Path, path: Path, model: str) -> list[Ro
         if not str(check).endswith("_sample_gain"):
             continue
         label = check.removesuffix("_sample_gain")
-        r_truth = value.get((f"{label}_sample_vs_truth", modality, k), math.nan)
-        own = value.get((f"{label}_site_vs_truth", modality, k), math.nan)
-        r_site = value.get((f"{label}_sample_vs_site", modality, k), math.nan)
-        site_gain = value.get((f"{label}_site_gain", modality, k), math.nan)
-        note = (f"the training set's own data: gain {site_gain:.2f}; "
-                if math.isfinite(site_gain) else "")
-        note += (f"r with the truth {r_truth:.2f} (the training set's own map: {own:.2f}), "
-                 f"with the training set's map {r_site:.2f}")
-        one_step = value.get((f"{label}_effect_vs_truth", modality, k))
-        if one_step is not None:
-            note += f"; the one-step check's r with the truth {one_step:.2f}"
         rows.append(claim.measured(gain, f"{model} {modality} {k}",
-                                   ci_method="one set of pairs", source=str(path), note=note))
+                                   ci_method="one set of pairs", source=str(path),
+                                   note=_paired_note(value, label, modality, k)))
     return rows
+
+
+def _paired_note(value: Mapping[tuple[str, str, str], float], label: str, modality: str,
+                 k: str) -> str:
+    """The note of a paired-sample gain row: the training set's own gain, the samples' r with
+    the truth beside the training set's own map's, their r with that map, and the one-step
+    check's r with the truth where the fine-tune has a head for ``label``."""
+    r_truth = value.get((f"{label}_sample_vs_truth", modality, k), math.nan)
+    own = value.get((f"{label}_site_vs_truth", modality, k), math.nan)
+    r_site = value.get((f"{label}_sample_vs_site", modality, k), math.nan)
+    site_gain = value.get((f"{label}_site_gain", modality, k), math.nan)
+    note = (f"the training set's own data: gain {site_gain:.2f}; "
+            if math.isfinite(site_gain) else "")
+    note += (f"r with the truth {r_truth:.2f} (the training set's own map: {own:.2f}), "
+             f"with the training set's map {r_site:.2f}")
+    one_step = value.get((f"{label}_effect_vs_truth", modality, k))
+    if one_step is not None:
+        note += f"; the one-step check's r with the truth {one_step:.2f}"
+    return note
 
 
 PRETRAIN_PAIRED = Claim(
@@ -941,6 +950,46 @@ for (_base, _metric), _claim in SYNTHESIS_GAIN.items():
 
 for _metric, _claim in CLINICAL_CHANGE.items():
     register(_claim)(_clinical_change(_claim, _metric))
+
+CLINICAL_POOL_GAIN = Claim(
+    "clinical.pool_score_gain",
+    "the clinical synthetic pool carries the planted score effect: pairs of samples of the "
+    "analysis's fine-tune from identical noise that differ only in the score (+1 SD vs -1 SD) "
+    "differ by the planted effect on the analysis's modality (gain: least-squares slope of the "
+    "mean paired difference on the planted map; 1 = the full effect)",
+    paper="-", goal=FINETUNE_PAIRED.goal, unit=FINETUNE_PAIRED.unit)
+
+
+@register(CLINICAL_POOL_GAIN)
+def _clinical_pool_gain(results: Path) -> list[Row]:
+    """Per clinical analysis, on a simulated cohort: the paired-sample score gain of the
+    fine-tune that draws its pool (``results/finetune/<model>/checks.tsv``, the model, score and
+    modality named by the analysis's comparison table), the fine-tune rows' goal and note; a
+    gain below the goal means the pool's images barely vary with the score, whatever the
+    regressor makes of them."""
+    rows = []
+    for path, table in _clinical_comparisons(results):
+        missing = [c for c in ("model", "score", "modality") if c not in table.columns]
+        if missing:
+            raise MissingResult(path, f"no column(s) {missing} (written before the comparison "
+                                      "named its fine-tune: rerun clinical_summary)")
+        first = table.iloc[0]
+        model, score, modality = str(first["model"]), str(first["score"]), str(first["modality"])
+        checks = Path(results) / "finetune" / model / "checks.tsv"
+        value = _finetune_checks(results, checks)
+        # the score head's label is "score"; its contrast names the column ("<score> +1 SD...")
+        gains = {k: g for (c, m, k), g in value.items()
+                 if c == "score_sample_gain" and m == modality}
+        if not gains:
+            raise MissingResult(checks, f"no paired-sample score check on {modality} "
+                                        "(finetune.checks.paired_samples 0, or a real cohort)")
+        for k, gain in gains.items():
+            rows.append(CLINICAL_POOL_GAIN.measured(
+                gain, f"{path.parent.name} {modality}" + (f" {k}" if len(gains) > 1 else ""),
+                ci_method="one set of pairs", source=str(checks),
+                note=f"fine-tune {model}, {k or score}; "
+                     + _paired_note(value, "score", modality, k)))
+    return rows
 
 
 def _matches(name: str, pattern: str) -> bool:

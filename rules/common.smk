@@ -218,6 +218,14 @@ def get_pretrain_inputs(wildcards):
     }
 
 
+def pretrain_dit_size(training, taking):
+    """pretrain_dit's threads or one of its resources: ``training`` when it trains the DiT,
+    ``taking`` when pretrain.checkpoint is given and it only checks and copies that file (the
+    model is built on the CPU: no GPU; under Slurm a CPU job). The rule, not the Slurm profile,
+    holds these sizes: a profile's set-resources would override the choice."""
+    return taking if PRETRAINED else training
+
+
 def get_pretrain_truth(wildcards):
     """The simulated ground truth of the pretraining cohort ([] for a real cohort)."""
     if not COHORTS[PRETRAIN].simulated:

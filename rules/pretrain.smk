@@ -22,7 +22,9 @@ rule pretrain_dit:
     """Pretrain the GenBrain DiT (IDDPM hybrid loss) on the training split of the pretraining
     cohort's image store. Resumable: rerunning continues from the last checkpoint in the work
     folder (results/pretrain/work/), which is deliberately not a declared output. With
-    pretrain.checkpoint, only check that checkpoint and copy it: no training."""
+    pretrain.checkpoint, only check that checkpoint and copy it: no training, and no GPU asked
+    (its threads and resources: pretrain_dit_size in common.smk; the paper's sizes for training:
+    one GPU with 8 CPUs, 64 GB, 48 h)."""
     input:
         unpack(get_pretrain_inputs),
     output:
@@ -34,11 +36,12 @@ rule pretrain_dit:
     retries: 2
     conda:
         "../envs/model.yaml"
-    threads: 8
+    threads: pretrain_dit_size(8, 2)
     resources:
-        gpu=1,
-        mem_mb=32000,
-        runtime=2880,
+        gpu=pretrain_dit_size(1, 0),
+        cpus_per_gpu=pretrain_dit_size(8, 0),
+        mem_mb=pretrain_dit_size(64000, 32000),
+        runtime=pretrain_dit_size(2880, 60),
     params:
         train=config["pretrain"]["train"],
         work_dir="results/pretrain/work",

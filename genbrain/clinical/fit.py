@@ -6,11 +6,12 @@ every epoch and keeps the weights of the epoch with the lowest one (ties: the ea
 reuses the DiT trainer's machinery from :mod:`genbrain.training`: ``seed_of`` for independent
 seeded streams, :class:`~genbrain.training.data.ItemOrder` (epoch e's item order is a
 permutation drawn from (seed, e)), :mod:`~genbrain.training.checkpoints` (reading with one-line
-errors, refusing to resume a changed run, atomic writes), ``hms`` ETAs. Every random number is
-a function of (seed, epoch): initial weights from (seed, init), dropout of epoch e from a
-generator seeded with (seed, dropout, e) inside ``fork_rng``, so a checkpoint (written
-atomically after every epoch: model, optimizer, best weights, history) resumes bitwise on CPU
-and the caller's RNG is never touched. The test split is never passed to :func:`fit`, so it
+errors, refusing to resume a changed run, atomic writes), and writes its ETAs as the trainer
+does (:func:`genbrain.progress.hms`). Every random number is a function of (seed, epoch):
+initial weights from (seed, init), dropout of epoch e from a generator seeded with (seed,
+dropout, e) inside ``fork_rng``, so a checkpoint (written atomically after every epoch: model,
+optimizer, best weights, history) resumes bitwise on CPU and the caller's RNG is never
+touched. The test split is never passed to :func:`fit`, so it
 cannot influence the epoch chosen.
 """
 
@@ -35,6 +36,7 @@ from genbrain.clinical.config import RESUMABLE_CHANGES, STREAM_DROPOUT, RegressC
 from genbrain.clinical.data import CropVolumes, ScoreImages
 from genbrain.clinical.network import ScoreRegressor, build_regressor
 from genbrain.errors import GenbrainInputError
+from genbrain.progress import hms
 from genbrain.seeds import seed_of
 from genbrain.space import StandardSpace
 from genbrain.stats.correlation import pearson
@@ -46,7 +48,6 @@ from genbrain.training.checkpoints import (
 )
 from genbrain.training.config import CHECKPOINT
 from genbrain.training.data import ItemOrder
-from genbrain.training.loop import hms
 
 log = logging.getLogger(__name__)
 

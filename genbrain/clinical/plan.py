@@ -278,7 +278,9 @@ def summary_outputs(job: ClinicalAnalysis, row_tsvs: Sequence[str],
     """Gather an analysis's fits into ``out['sweep']``, summarise them
     (:func:`genbrain.clinical.sweep.summarise_sweep`: ``out['summary']`` per ratio and metric,
     ``out['comparison']`` the chosen ratio against ratio 0) and draw Fig. 6d/f
-    (``out['figure']``)."""
+    (``out['figure']``). The summary and comparison name the analysis, its fine-tune
+    (``model``), ``score`` and ``modality``, so a reader of the table (the fidelity record's
+    pool row among them) finds the fine-tune's checks without the config."""
     from genbrain.clinical.figures import sweep_figure
     from genbrain.clinical.sweep import summarise_sweep
     from genbrain.io import read_tsv, save_tsv
@@ -293,7 +295,10 @@ def summary_outputs(job: ClinicalAnalysis, row_tsvs: Sequence[str],
     res = summarise_sweep(table, job.test, source=f"clinical analysis {job.name}")
     for name, t in (("summary", res.per_ratio), ("comparison", res.comparison)):
         t = t.copy()
-        t.insert(0, "analysis", job.analysis)
+        for i, (column, value) in enumerate((("analysis", job.analysis), ("model", job.model),
+                                             ("score", job.score),
+                                             ("modality", job.modality))):
+            t.insert(i, column, value)
         save_tsv(t, out[name])
     save_tsv(table, out["sweep"])
     sweep_figure(res.per_ratio, res.chosen_ratio, out["figure"], job.score,

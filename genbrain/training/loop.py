@@ -82,6 +82,7 @@ from genbrain.errors import GenbrainInputError
 from genbrain.model.diffusion import GaussianDiffusion
 from genbrain.model.dit import LABEL_TOKEN_PARAMS, DiT
 from genbrain.precision import use_bf16
+from genbrain.progress import hms
 from genbrain.seeds import seed_of
 from genbrain.store import ImageStore
 from genbrain.training.checkpoints import (
@@ -108,7 +109,7 @@ from genbrain.training.surgery import (
     trainable,
 )
 
-__all__ = ["TrainResult", "TrainingDiverged", "hms", "matmul_precision", "train"]
+__all__ = ["TrainResult", "TrainingDiverged", "matmul_precision", "train"]
 
 log = logging.getLogger(__name__)
 
@@ -184,15 +185,6 @@ def matmul_precision(device: torch.device) -> Iterator[None]:
         yield
     finally:
         torch.set_float32_matmul_precision(old)
-
-
-def hms(seconds: float) -> str:
-    """A duration in seconds as ``h:mm:ss`` for progress lines (``?`` when not finite)."""
-    if not math.isfinite(seconds):
-        return "?"
-    s = round(seconds)
-    return f"{s // 3600}:{s // 60 % 60:02d}:{s % 60:02d}"
-
 
 
 # --------------------------------------------------------------------------------------------

@@ -27,3 +27,15 @@ def rule_blocks() -> dict[str, tuple[str, str]]:
             if block.startswith("rule "):
                 out[block.split(":")[0][5:].strip()] = (smk.name, block)
     return out
+
+
+def fake_checkpoint(path: Path, **record) -> Path:
+    """A file with the keys of a genbrain training checkpoint (no weights: a dry run reads only
+    its pickle's keys and conditions), or ``record`` instead."""
+    import torch
+
+    torch.save(record or {"model": {"w": torch.zeros(2)}, "ema": {"w": torch.zeros(2)},
+                          "step": 0, "config": {"train": {"demographics": True},
+                                                "norms": {"age": {"mean": 60.0, "std": 10.0}},
+                                                "model": {}}}, path)
+    return path

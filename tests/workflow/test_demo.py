@@ -464,7 +464,8 @@ def test_demo_clinical_fine_tunes_an_unseen_modality_and_sweeps_the_ratios(demo)
         assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     fidelity = read_tsv(res / "fidelity" / "fidelity.tsv")
     rows = fidelity[fidelity["claim_id"].str.startswith("clinical.")]
-    assert len(rows) == 3 and set(rows["subject"]) == {"stroke"}
+    assert len(rows) == 4, rows
+    assert set(rows["subject"]) == {"stroke", "stroke ADC"}  # the pool's gain: per modality
     assert (rows["verdict"] != "not measured").all(), rows
 
 

@@ -9,7 +9,7 @@ import torch
 import yaml
 
 from genbrain.space import AFFINE
-from tests.workflow.helpers import ROOT, snakemake
+from tests.workflow.helpers import ROOT, fake_checkpoint, snakemake
 
 
 def test_demo_dry_run_plans_every_stage(tmp_path):
@@ -62,16 +62,6 @@ def _fake_dataset(root, n_per_site=(3, 2)):
     pd.DataFrame(rows).to_csv(root / "participants.tsv", sep="\t", index=False)
 
 
-def _checkpoint(path, **record):
-    """A file with the keys of a genbrain training checkpoint (no weights: a dry run reads only
-    its pickle's keys and conditions), or ``record`` instead."""
-    torch.save(record or {"model": {"w": torch.zeros(2)}, "ema": {"w": torch.zeros(2)},
-                          "step": 0, "config": {"train": {"demographics": True},
-                                                "norms": {"age": {"mean": 60.0, "std": 10.0}},
-                                                "model": {}}}, path)
-    return path
-
-
 def _paper_config_for(root, tmp_path, finetune=False, **cohort_overrides):
     cfg = yaml.safe_load((ROOT / "config" / "config.yaml").read_text())
     scz = cfg["cohorts"]["scz"]
@@ -84,7 +74,7 @@ def _paper_config_for(root, tmp_path, finetune=False, **cohort_overrides):
     # cohort here); the stroke cohort's task goes with its cohort
     tasks = {k: v for k, v in cfg["finetune"]["tasks"].items() if v["cohort"] == "scz"}
     ckpt = tmp_path / "pretrained.pt"
-    _checkpoint(ckpt)
+    fake_checkpoint(ckpt)
     for task in tasks.values():
         task["init"] = str(ckpt)
     cfg["finetune"]["tasks"] = tasks if finetune else {}
@@ -250,8 +240,8 @@ def test_fine_tune_mistakes_stop_the_dag_with_one_line(tmp_path):
     not_torch = tmp_path / "notes.zip"
     with zipfile.ZipFile(not_torch, "w") as z:  # a zip, but not what torch.save writes
         z.writestr("notes.txt", "hello")
-    weights = _checkpoint(tmp_path / "weights.pt", state={"w": torch.zeros(2)})
-    public = _checkpoint(tmp_path / "0000200.pt", model={}, ema={}, opt={}, args={})
+    weights = fake_checkpoint(tmp_path / "weights.pt", state={"w": torch.zeros(2)})
+    public = fake_checkpoint(tmp_path / "0000200.pt", model={}, ema={}, opt={}, args={})
     cases = [
         ({"conditions": ["diagnosis"], "split": "train", "per_site": True},
          "site 'siteY' has 4 'CN' participant(s)"),
@@ -625,7 +615,7 @@ def test_a_given_pretrained_checkpoint_is_copied_not_trained(tmp_path):
     train on), so asking for the pretrained model schedules that one job; the evaluation and
     the `init: pretrain` fine-tunes still run on it. Without a pretraining cohort, or with a
     checkpoint of the public code not yet converted, the DAG stops with one line."""
-    given = _checkpoint(tmp_path / "given.pt")
+    given = fake_checkpoint(tmp_path / "given.pt")
     overlay = tmp_path / "given.yaml"
     overlay.write_text(yaml.safe_dump({"pretrain": {"checkpoint": str(given)}}))
     smoke = ROOT / ".test" / "smoke" / "config.yaml"
@@ -641,13 +631,16 @@ def test_a_given_pretrained_checkpoint_is_copied_not_trained(tmp_path):
     for rule in ("pretrain_checks", "pretrain_loss_curve", "evaluate_similarity",
                  "finetune_model"):
         assert int(jobs[rule]) >= 1, rule
-    res = snakemake("-n", "--configfile", str(smoke), str(overlay), "-d", work,
+    res = snakemake("-n", "--cores", "8", "--configfile", str(smoke), str(overlay), "-d", work,
                     "results/pretrain/checkpoint.pt")
     assert res.returncode == 0, res.stderr[-2000:]
     jobs = _jobs(res.stdout)
     assert (jobs["pretrain_dit"], jobs["total"]) == ("1", "1"), jobs
+    # nothing to train: no GPU and 2 threads, not the trainer's 8 (under Slurm: test_slurm.py)
+    block = _job_block(res.stdout, "pretrain_dit")
+    assert "threads: 2\n" in block and "gpu=0," in block, block
 
-    public = _checkpoint(tmp_path / "0000200.pt", model={}, ema={}, opt={}, args={})
+    public = fake_checkpoint(tmp_path / "0000200.pt", model={}, ema={}, opt={}, args={})
     overlay.write_text(yaml.safe_dump({"pretrain": {"checkpoint": str(public)}}))
     res = snakemake("-n", "--configfile", str(smoke), str(overlay), "-d", work)
     assert res.returncode == 1 and "Traceback" not in res.stdout + res.stderr
@@ -690,3 +683,8 @@ def test_the_demo_and_smoke_configs_schedule_every_clinical_job(tmp_path):
             assert f"results/evaluate/audit/clinical-{analysis}_gate.tsv" in res.stdout
             assert f"results/finetune/{a['finetune']}/all/checkpoint.pt" in res.stdout
             assert f"results/clinical/{analysis}/sweep/ratio-0_seed-1.tsv" in res.stdout
+            # the fidelity record reads the pool's score gain from the fine-tune's checks
+            fidelity = _job_block(res.stdout, "fidelity_record")
+            for table in (f"results/clinical/{analysis}/comparison.tsv",
+                          f"results/finetune/{a['finetune']}/all/checks.tsv"):
+                assert table in fidelity, (table, fidelity)

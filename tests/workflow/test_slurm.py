@@ -16,7 +16,7 @@ from genbrain.io import read_tsv
 from genbrain.space import standard_space
 from genbrain.store import ImageStore
 from genbrain.training.checkpoints import loss_history
-from tests.workflow.helpers import BIN, ROOT, rule_blocks
+from tests.workflow.helpers import BIN, ROOT, fake_checkpoint, rule_blocks
 
 SLURM_PROFILE = ROOT / "profiles" / "slurm" / "config.yaml"
 TEST_PROFILE = ROOT / "tests" / "workflow" / "slurm-profile"
@@ -66,13 +66,19 @@ def test_profiles_name_only_real_rules(path):
     assert named - set(_rules()) == set()
 
 
+#: GPU rules whose rule, not the profile, sizes them (a set-resources entry would override the
+#: rule's choice): pretrain_dit asks no GPU when it only takes pretrain.checkpoint
+RULE_SIZED = {"pretrain_dit"}
+
+
 def test_slurm_profile_gives_every_gpu_rule_gpus_cpus_memory_and_time():
     prof = _profile(SLURM_PROFILE)
     assert prof["executor"] == "slurm"
     assert prof["software-deployment-method"] == "conda"
     gpu_rules = _gpu_rules()
     assert {"pretrain_dit", "synthesize_shard"} <= gpu_rules
-    for name in gpu_rules:
+    assert RULE_SIZED <= gpu_rules and not RULE_SIZED & set(prof["set-resources"])
+    for name in gpu_rules - RULE_SIZED:
         res = prof["set-resources"][name]
         assert res["gpu"] >= 1, name
         assert res["cpus_per_gpu"] >= 1, name
@@ -88,8 +94,9 @@ def test_test_profile_runs_gpu_rules_without_gpus_on_a_small_node():
     assert prof["slurm-status-command"] == "squeue"  # no accounting database: sacct fails
     for name in _gpu_rules():
         assert prof["set-resources"][name]["gpu"] == 0, name
-        threads = re.search(r"^\s+threads: (\d+)", _rules()[name], re.MULTILINE)
-        if threads and int(threads.group(1)) > NODE_CPUS:
+        threads = re.search(r"^\s+threads: (.+)$", _rules()[name], re.MULTILINE)
+        # the most a rule asks (pretrain_dit: pretrain_dit_size(8, 2) -> 8)
+        if threads and max(map(int, re.findall(r"\d+", threads.group(1)))) > NODE_CPUS:
             assert prof["set-threads"][name] <= NODE_CPUS, name
 
 
@@ -139,6 +146,32 @@ def test_default_profile_never_overrides_the_slurm_profile():
     for key, value in default.items():
         assert slurm.get(key, value) == value, key
     assert slurm["latency-wait"] >= 30
+
+
+def test_pretrain_dit_asks_a_gpu_under_the_slurm_profile_only_when_it_trains(tmp_path):
+    """With pretrain.checkpoint, pretrain_dit only checks and copies that file: under the card's
+    `--profile slurm` it asks no GPU (a CPU job: sbatch gets no --gpus, and --cpus-per-task from
+    its 2 threads); when it trains, the paper's one GPU with 8 CPUs, 64 GB and 48 h."""
+    overlay = tmp_path / "given.yaml"
+    overlay.write_text(yaml.safe_dump({"pretrain": {"checkpoint": str(fake_checkpoint(
+        tmp_path / "given.pt"))}}))
+    asked = {}
+    for case, extra in (("trains", []), ("given", [str(overlay)])):
+        cmd = [str(BIN / "snakemake"), "--profile", "slurm", "-n", "--sdm", "env-modules",
+               "--configfile", str(ROOT / ".test" / "smoke" / "config.yaml"), *extra,
+               "-d", str(tmp_path / case), "results/pretrain/checkpoint.pt"]
+        res = subprocess.run(cmd, cwd=ROOT, check=False, capture_output=True, text=True,
+                             timeout=300)
+        out = res.stdout + res.stderr
+        assert res.returncode == 0, out[-3000:]
+        block = out.split("rule pretrain_dit:", 1)[1].split("\n\n", 1)[0]
+        line = re.search(r"resources: (.*)", block).group(1)
+        asked[case] = dict(kv.split("=", 1) for kv in line.split(", "))
+    for case, want in (("trains", {"gpu": "1", "cpus_per_gpu": "8", "mem_mb": "64000",
+                                   "runtime": "2880"}),
+                       ("given", {"gpu": "0", "cpus_per_gpu": "0", "mem_mb": "32000",
+                                  "runtime": "60"})):
+        assert {k: asked[case][k] for k in want} == want, (case, asked[case])
 
 
 def test_documented_command_loads_the_slurm_profile_alone(tmp_path):

@@ -180,6 +180,8 @@ def test_each_stage_wrote_what_it_promises(smoke):
     assert len(fidelity) > 0
     pretrained = fidelity[fidelity["claim_id"] == "pretrain.paired_sample_gain"]
     assert len(pretrained) == len(gains) and pretrained["measured"].notna().all()
+    pool = fidelity[fidelity["claim_id"] == "clinical.pool_score_gain"]
+    assert len(pool) == len(cfg["clinical"]["analyses"]) and pool["measured"].notna().all()
 
 
 @pytest.mark.slow

@@ -1,6 +1,7 @@
 """The clinical stage's fidelity rows: read from the summary's comparison table, the
 real-only r and the changes at the chosen ratio with CIs, a chosen ratio of 0 reported as not
-met with its reason, a missing table as not measured."""
+met with its reason, a missing table as not measured; the pool's score gain read from the
+fine-tune's checks the comparison names."""
 
 import numpy as np
 import pandas as pd
@@ -26,11 +27,14 @@ def sweep(gain: float) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def record(tmp_path, gain):
+def record(tmp_path, gain, claims=CLAIMS, model="stroke/all"):
     out = tmp_path / "clinical" / "stroke"
     out.mkdir(parents=True)
-    save_tsv(summarise_sweep(sweep(gain)).comparison, out / "comparison.tsv")
-    reg = {k: REGISTRY[k] for k in CLAIMS}
+    comparison = summarise_sweep(sweep(gain)).comparison
+    if model:  # as clinical.plan.summary_outputs writes it
+        comparison = comparison.assign(model=model, score="nihss", modality="ADC")
+    save_tsv(comparison, out / "comparison.tsv")
+    reg = {k: REGISTRY[k] for k in claims}
     return fidelity_table(tmp_path, reg).set_index("claim_id")
 
 
@@ -56,3 +60,47 @@ def test_a_chosen_ratio_of_zero_is_not_met_and_says_why(tmp_path):
 def test_a_missing_table_is_not_measured(tmp_path):
     t = fidelity_table(tmp_path, {k: REGISTRY[k] for k in CLAIMS})
     assert set(t["verdict"]) == {"not measured"} and len(t) == 3
+
+
+def fine_tune_checks(tmp_path, model, gain):
+    """A score-conditioned fine-tune's checks.tsv with a paired-sample score gain on ADC (and
+    one on T1w, and an age gain, that the pool's row must not read)."""
+    from genbrain.finetune import write_checks
+
+    k = "nihss +1 SD minus -1 SD"  # the score head's label is "score", its contrast the column
+    table = pd.DataFrame([
+        ("score_sample_gain", "paired-sample", "ADC", k, gain),
+        ("score_site_gain", "paired-sample", "ADC", k, 1.51),
+        ("score_sample_vs_truth", "paired-sample", "ADC", k, 0.62),
+        ("score_site_vs_truth", "paired-sample", "ADC", k, 0.58),
+        ("score_sample_vs_site", "paired-sample", "ADC", k, 0.4),
+        ("score_sample_gain", "paired-sample", "T1w", k, 9.0),
+        ("age_sample_gain", "paired-sample", "ADC", "age 75 minus 50 years", 8.0)],
+        columns=["check", "method", "modality", "contrast", "value"]).assign(detail="")
+    out = tmp_path / "finetune" / model
+    out.mkdir(parents=True)
+    task, unit = model.split("/")
+    write_checks(table, {"task": task, "unit": unit}, out / "checks.tsv")
+
+
+@pytest.mark.parametrize(("gain", "verdict"), [(1.57, "met"), (0.2, "not met")])
+def test_the_pool_row_reads_the_score_gain_of_the_fine_tune_the_comparison_names(
+        tmp_path, gain, verdict):
+    fine_tune_checks(tmp_path, "stroke/all", gain)
+    fine_tune_checks(tmp_path, "other/all", 5.0)  # another fine-tune: not this pool's
+    row = record(tmp_path, 1.0, ("clinical.pool_score_gain",)).loc["clinical.pool_score_gain"]
+    assert (row["measured"], row["verdict"]) == (gain, verdict)
+    assert row["subject"] == "stroke ADC" and row["goal"] == ">= 0.50" and row["paper"] == "-"
+    assert row["source"].endswith("finetune/stroke/all/checks.tsv")
+    assert row["note"].startswith("fine-tune stroke/all, nihss +1 SD minus -1 SD; the training "
+                                  "set's own data: gain 1.51; r with the truth 0.62")
+
+
+def test_the_pool_row_without_its_checks_or_model_is_not_measured(tmp_path):
+    t = record(tmp_path, 1.0, ("clinical.pool_score_gain",))  # no fine-tune checks
+    row = t.loc["clinical.pool_score_gain"]
+    assert row["verdict"] == "not measured"
+    assert row["source"].endswith("finetune/stroke/all/checks.tsv")
+    old = record(tmp_path / "old", 1.0, ("clinical.pool_score_gain",), model=None)
+    row = old.loc["clinical.pool_score_gain"]
+    assert row["verdict"] == "not measured" and "rerun clinical_summary" in row["note"]

@@ -191,6 +191,10 @@ def test_the_stage_functions_run_a_tiny_analysis_end_to_end(tmp_path):
     summary_outputs(a, rows, out)
     comparison = read_tsv(out["comparison"])
     assert list(comparison["metric"]) == ["test_mae", "test_r"]
+    # the comparison names its fine-tune, score and modality (the fidelity record's pool row)
+    assert list(comparison.columns[:4]) == ["analysis", "model", "score", "modality"]
+    assert list(read_tsv(out["summary"]).columns[:4]) == list(comparison.columns[:4])
+    assert (comparison["model"] == a.model).all() and (comparison["score"] == a.score).all()
     assert (comparison["n_seeds_base"] == 2).all() and len(read_tsv(out["sweep"])) == 4
     pairs_output(a, real, str(tmp_path / "split.tsv"), pool, str(tmp_path / "pairs.png"))
     assert (tmp_path / "pairs.png").stat().st_size > 0

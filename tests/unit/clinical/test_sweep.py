@@ -1,6 +1,8 @@
-"""The augmentation sweep: the one-row-per-(ratio, seed) table and its determinism,
-validation-only selection and its t-tests, the synthetic-pool draw, the matched pairs and the
-figures."""
+"""The augmentation sweep: a real-only job learns a planted linear score (and not shuffled
+scores), the one-row-per-(ratio, seed) table and its determinism, validation-only selection and
+its t-tests, the synthetic-pool draw, the matched pairs and the figures."""
+
+import dataclasses
 
 import matplotlib.image
 import numpy as np
@@ -18,8 +20,50 @@ from genbrain.clinical.sweep import (
     synthetic_rows,
 )
 from genbrain.errors import GenbrainInputError
+from genbrain.io import save_tsv
 from genbrain.splits import score_split
+from genbrain.store import ImageStore, write_shard
 from tests.unit.clinical.conftest import MAX, cfg, make_store, one_line
+
+
+def region_score_store(root, space, n: int, seed: int) -> ImageStore:
+    """(n, V) images whose mean over a 4^3 "lesion" cube is linear in the score (+-1 at the
+    score's ends, per-voxel noise SD 0.5), plus a whole-brain offset per image (SD 0.3) that
+    has nothing to do with it: what a regressor must learn is one region's contrast."""
+    rng = np.random.default_rng(seed)
+    ijk = space.voxel_indices.T  # (V, 3)
+    region = ((ijk >= [3, 6, 6]) & (ijk < [7, 10, 10])).all(1)  # (V,) 64 voxels, inside
+    scores = rng.uniform(0, MAX, n).round(1)
+    x = 0.5 * rng.standard_normal((n, len(region))) + 0.3 * rng.standard_normal((n, 1))
+    x[:, region] += 2.0 * (scores / MAX - 0.5)[:, None]  # (n, 64)
+    root.mkdir(parents=True)
+    write_shard(x, root / "FA.npy", "float32")
+    save_tsv(pd.DataFrame({"participant_id": [f"sub-{i:03d}" for i in range(n)], "site": "h1",
+                           "age": 60.0, "sex": "M", "modality": "FA", "modality_index": 34,
+                           "shard": "FA.npy", "row": range(n), "score": scores}),
+             root / "index.tsv")
+    return ImageStore(root / "index.tsv")
+
+
+def test_a_real_only_job_learns_a_planted_score_and_not_shuffled_scores(tmp_path, space):
+    """Beyond the fit's engine test (a strong blob): the sweep's real-only job, 6 epochs on 48
+    images whose signal is one small region's mean, predicts 64 unseen test images' scores
+    (r 0.93 here; 0.77-0.93 over 5 data seeds); the same job trained and validated on
+    permuted scores predicts nothing (r -0.03; within +-0.15 over those seeds), so the r comes
+    from the images' score signal, not from the split, the order or the output scaling."""
+    store = region_score_store(tmp_path / "s", space, 128, seed=2)
+    split = pd.DataFrame({"participant_id": store.table["participant_id"],
+                          "split": ["train"] * 48 + ["val"] * 16 + ["test"] * 64})
+    parts = split_images(store, split, cfg())
+    rng = np.random.default_rng(3)
+    shuffled = {k: v if k == "test" else dataclasses.replace(v, y=rng.permutation(v.y))
+                for k, v in parts.items()}
+    c = cfg(epochs=6, lr=3e-3)
+    planted = sweep_job(c, parts, None, 0.0, 5, tmp_path / "planted", space=space).iloc[0]
+    control = sweep_job(c, shuffled, None, 0.0, 5, tmp_path / "control", space=space).iloc[0]
+    assert planted["test_r"] > 0.6 and planted["val_r"] > 0.6
+    assert abs(control["test_r"]) < 0.3
+    assert planted["test_mae"] < control["test_mae"] - 1.0  # score points (range 0-40)
 
 
 def test_sweep_table_has_one_row_per_ratio_and_seed_and_repeats_exactly(tmp_path, space):
