@@ -757,6 +757,17 @@ SYNTHESIS_PAPER = {
     ("mean", "ssim3d"): "T1w -> FLAIR: GenBrain-ft 0.941; the mean brain is below every method "
                         "in Fig. 4a (its value not transcribed)",
 }
+for _base in ("scratch", "mean"):
+    SYNTHESIS_PAPER[(_base, "identified")] = (
+        "no identification accuracy is given for T1w <-> FLAIR; chance is 1/n (the mean image, "
+        "one prediction for all, identifies no one)")
+    SYNTHESIS_PAPER[(_base, "r_gap")] = (
+        "not given for T1w <-> FLAIR (DeepTaskGen reports own-vs-other r for rest -> task)")
+_IDENTIFIED = ("top-1 identification accuracy (own prediction best matches the own target "
+               "among all test predictions)")
+_R_GAP = "discriminability (own r minus mean r with the other test subjects' predictions)"
+SYNTHESIS_METRICS = (("psnr", "PSNR", "dB"), ("ssim3d", "3D-SSIM", ""),
+                     ("identified", _IDENTIFIED, ""), ("r_gap", _R_GAP, "r"))
 SYNTHESIS_GAIN = {
     (base, metric): Claim(
         f"imaging.genbrain_vs_{base}.{metric}",
@@ -767,7 +778,36 @@ SYNTHESIS_GAIN = {
         paper=SYNTHESIS_PAPER[(base, metric)], goal=Goal(">", 0.0, unit, on="ci_low"),
         unit=unit)
     for base in ("scratch", "mean")
-    for metric, label, unit in (("psnr", "PSNR", "dB"), ("ssim3d", "3D-SSIM", ""))}
+    for metric, label, unit in SYNTHESIS_METRICS}
+
+SIMILARITY_FILES = "imaging/*/similarity.tsv"
+#: the paper's Fig. 4a (T1w -> FLAIR, UK Biobank, N = 500): GenBrain-ft's age/sex similarity
+SIMILARITY_PAPER = {
+    ("target", "age"): "T1w -> FLAIR: GenBrain-ft 0.96 vs the real FLAIR 0.97 (-0.01); "
+                       "FLAIR -> T1w 0.90",
+    ("target", "sex"): "T1w -> FLAIR: GenBrain-ft 0.89 vs the real FLAIR 0.91 (-0.02); "
+                       "FLAIR -> T1w 0.88",
+    ("scratch", "age"): "given for enhancement on ZIC (FLAIR 0.89 vs 0.80); for synthesis in "
+                        "Fig. 4, not transcribed",
+    ("scratch", "sex"): "given for enhancement on ZIC (FLAIR 0.53 vs 0.45); for synthesis in "
+                        "Fig. 4, not transcribed",
+}
+#: how far below the real targets' similarity the synthesized images' may be ("nearly matching":
+#: the paper's -0.01 / -0.02)
+SIMILARITY_MARGIN = 0.05
+SIMILARITY_GAIN = {
+    (base, effect): Claim(
+        f"imaging.similarity_vs_{'real' if base == 'target' else base}.{effect}",
+        f"cross-modality synthesis keeps the {effect} pattern: the {effect} t-map of the "
+        "fine-tuned GenBrain's outputs over the test images, cosine with the reference t-map "
+        "(training split), minus "
+        + ("that of the real targets (goal: the CI within "
+           f"{SIMILARITY_MARGIN} of them)" if base == "target"
+           else "that of the same DiT trained from scratch")
+        + "; subject bootstrap, paired",
+        paper=SIMILARITY_PAPER[(base, effect)],
+        goal=Goal(">", -SIMILARITY_MARGIN if base == "target" else 0.0, on="ci_low"))
+    for base in ("target", "scratch") for effect in ("age", "sex")}
 
 
 def _summaries(results: Path) -> list[Path]:
@@ -775,6 +815,20 @@ def _summaries(results: Path) -> list[Path]:
     if not files:
         raise MissingResult(Path(results) / "imaging/<task>/summary.tsv")
     return files
+
+
+def _genbrain_row(claim: Claim, path: Path, base: str, t: pd.Series, other: pd.Series,
+                  value: str, difference: str, test: str) -> Row:
+    """A synthesis task's row of genbrain against ``base``: ``t`` (genbrain's row against
+    ``base``) gives the difference and its paired bootstrap CI, ``other`` (base's own row) its
+    value for the note; ``value`` / ``difference`` name their columns."""
+    return claim.measured(
+        t[difference], f"{path.parent.name} genbrain vs {base}",
+        ci=(t["difference_ci_low"], t["difference_ci_high"]),
+        ci_method="bootstrap percentile, paired", n=int(t["n"]), source=str(path),
+        note=f"genbrain {t[value]:.3f} [{t['ci_low']:.3f}, {t['ci_high']:.3f}] vs {base} "
+             f"{other[value]:.3f} [{other['ci_low']:.3f}, {other['ci_high']:.3f}]; {test} p "
+             f"{t['p']:.3g}; {int(t['n'])} test images")
 
 
 def _synthesis_gain(claim: Claim, base: str, metric: str) -> Collector:
@@ -799,18 +853,47 @@ def _synthesis_gain(claim: Claim, base: str, metric: str) -> Collector:
                     str(path), f"no genbrain vs {base} '{metric}' row (both methods and the "
                                "metric must be among the task's)", task))
                 continue
-            t = pick.iloc[0]
             other = table[(table["method"] == base) & (table["metric"] == metric)].iloc[0]
-            rows.append(claim.measured(
-                t["mean_difference"], f"{task} genbrain vs {base}",
-                ci=(t["difference_ci_low"], t["difference_ci_high"]),
-                ci_method="bootstrap percentile, paired", n=int(t["n"]), source=str(path),
-                note=f"genbrain {t['mean']:.3f} [{t['ci_low']:.3f}, {t['ci_high']:.3f}] vs "
-                     f"{base} {other['mean']:.3f} [{other['ci_low']:.3f}, "
-                     f"{other['ci_high']:.3f}]; paired t-test p {t['p']:.3g}; {int(t['n'])} "
-                     "test images"))
+            rows.append(_genbrain_row(claim, path, base, pick.iloc[0], other, "mean",
+                                      "mean_difference", "paired t-test"))
         if not rows:
             raise MissingResult(Path(results) / "imaging/<task>/summary.tsv",
+                                "no synthesis task")
+        return rows
+    return collect
+
+
+def _similarity_gain(claim: Claim, base: str, effect: str) -> Collector:
+    def collect(results: Path) -> list[Row]:
+        """Per synthesis task, genbrain's ``effect`` similarity minus ``base``'s
+        (``similarity.tsv``) with its paired bootstrap CI; a task whose similarity was not
+        computed (too few test images) is not measured, with the table's note."""
+        files = sorted(Path(results).glob(SIMILARITY_FILES))
+        if not files:
+            raise MissingResult(Path(results) / "imaging/<task>/similarity.tsv")
+        rows = []
+        for path in files:
+            table = read_result(results, str(path.relative_to(results)), (
+                "kind", "method", "effect", "n", "similarity", "ci_low", "ci_high", "baseline",
+                "difference", "difference_ci_low", "difference_ci_high", "p", "note"))
+            if not (table["kind"] == "synthesis").any():
+                continue
+            task = path.parent.name
+            pick = table[(table["method"] == "genbrain") & (table["baseline"] == base)
+                         & (table["effect"] == effect)]
+            other = table[(table["method"] == base) & (table["effect"] == effect)]
+            if pick.empty or other.empty:
+                rows.append(claim.not_measured(str(path), f"no genbrain vs {base} {effect} row "
+                                               "(both methods must be among the task's)", task))
+                continue
+            t, o = pick.iloc[0], other.iloc[0]
+            if isinstance(t["note"], str) and t["note"].startswith("not computed"):
+                rows.append(claim.not_measured(str(path), t["note"], task))
+                continue
+            rows.append(_genbrain_row(claim, path, base, t, o, "similarity", "difference",
+                                      "bootstrap t-test"))
+        if not rows:
+            raise MissingResult(Path(results) / "imaging/<task>/similarity.tsv",
                                 "no synthesis task")
         return rows
     return collect
@@ -947,6 +1030,9 @@ for _metric, _claim in IMAGING_BASELINE_GAIN.items():
 
 for (_base, _metric), _claim in SYNTHESIS_GAIN.items():
     register(_claim)(_synthesis_gain(_claim, _base, _metric))
+
+for (_base, _effect), _claim in SIMILARITY_GAIN.items():
+    register(_claim)(_similarity_gain(_claim, _base, _effect))
 
 for _metric, _claim in CLINICAL_CHANGE.items():
     register(_claim)(_clinical_change(_claim, _metric))

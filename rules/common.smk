@@ -705,6 +705,8 @@ def get_imaging_outputs():
             f"{job.out_dir}/summary.tsv",
             f"results/figures/imaging/{job.task}/examples.png",
             f"results/figures/imaging/{job.task}/metrics.png",
+            f"results/figures/imaging/{job.task}/identifiability.png",
+            f"{job.out_dir}/similarity.tsv",
         ]
     return out
 

@@ -60,23 +60,36 @@ rule imaging_method:
 
 
 rule imaging_scores:
-    """An image task's scores (paper Fig. 3): PSNR, RMSE, 3D-SSIM and MS-SSIM of every
-    method's predictions and of the corrupted input against the clean targets, per image;
-    the summary per method and metric with bootstrap 95% CIs, and the paired difference from
-    the input with its CI and the paired t-test."""
+    """An image task's scores (paper Figs. 3-4): PSNR, RMSE, 3D-SSIM and MS-SSIM of every
+    method's predictions and of the input against the targets, and the identifiability of
+    each image among the test images (own r, identified, own minus other r), per image; the
+    summary per method and metric with bootstrap 95% CIs, and the paired difference from the
+    input with its CI and the paired t-test; the correlation matrices; the age/sex
+    similarity of each method's outputs and of the real targets with the reference t-maps
+    (the store's training split), when the task has enough test images."""
     input:
         images=rules.imaging_pairs.output.images,
         test_source=rules.imaging_pairs.output.test_source,
         test_target=rules.imaging_pairs.output.test_target,
         predictions=get_imaging_predictions,
+        index=get_imaging_store,
+        split="results/pretrain/split.tsv",
     output:
         scores="results/imaging/{task}/scores.tsv",
+        correlations="results/imaging/{task}/correlations.npy",
         summary=report(
             "results/imaging/{task}/summary.tsv",
             caption="../workflow/report/imaging_summary.rst",
             category="Imaging",
             subcategory="{task}",
             labels={"figure": "summary table"},
+        ),
+        similarity=report(
+            "results/imaging/{task}/similarity.tsv",
+            caption="../workflow/report/imaging_similarity.rst",
+            category="Imaging",
+            subcategory="{task}",
+            labels={"figure": "age/sex similarity"},
         ),
     log:
         "logs/imaging_scores/{task}.log",
@@ -95,8 +108,9 @@ rule imaging_scores:
 
 rule imaging_figure:
     """An image task's figures (paper Fig. 3): the corrupted input, each method's output and
-    the clean target on the same slice of a few test images, and every metric's per-image
-    values per method with the mean and its 95% CI."""
+    the clean target on the same slice of a few test images, every metric's per-image
+    values per method with the mean and its 95% CI, and each method's targets x predictions
+    correlation matrix (identifiability)."""
     input:
         images=rules.imaging_pairs.output.images,
         test_source=rules.imaging_pairs.output.test_source,
@@ -104,6 +118,7 @@ rule imaging_figure:
         predictions=get_imaging_predictions,
         scores=rules.imaging_scores.output.scores,
         summary=rules.imaging_scores.output.summary,
+        correlations=rules.imaging_scores.output.correlations,
     output:
         examples=report(
             "results/figures/imaging/{task}/examples.png",
@@ -118,6 +133,13 @@ rule imaging_figure:
             category="Imaging",
             subcategory="{task}",
             labels={"figure": "metric distributions"},
+        ),
+        identifiability=report(
+            "results/figures/imaging/{task}/identifiability.png",
+            caption="../workflow/report/imaging_identifiability.rst",
+            category="Imaging",
+            subcategory="{task}",
+            labels={"figure": "identifiability"},
         ),
     log:
         "logs/imaging_figure/{task}.log",

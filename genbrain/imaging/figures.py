@@ -6,6 +6,8 @@ but a display window).
   each method's output and the clean target on the same axial slice.
 - :func:`metric_distributions`: the paper's Fig. 3 second row: per metric, each method's
   per-image values with the mean and its bootstrap 95% CI.
+- :func:`identifiability`: per method, the test targets x predictions correlation matrix,
+  each row centred on its mean, so an identifiable prediction is a positive diagonal.
 """
 
 from __future__ import annotations
@@ -18,7 +20,9 @@ import pandas as pd
 
 from genbrain.figures import CUTS, pyplot, save_figure
 
-METRIC_LABELS = {"psnr": "PSNR (dB)", "rmse": "RMSE", "ssim3d": "3D-SSIM", "ms_ssim": "MS-SSIM"}
+METRIC_LABELS = {"psnr": "PSNR (dB)", "rmse": "RMSE", "ssim3d": "3D-SSIM", "ms_ssim": "MS-SSIM",
+                 "r": "own r", "identified": "identified (0/1)",
+                 "r_gap": "own r - mean other r"}
 
 
 def examples(panels: Mapping[str, np.ndarray], subjects: Sequence[str],
@@ -77,4 +81,40 @@ def metric_distributions(scores: pd.DataFrame, summary: pd.DataFrame,
         ax.tick_params(axis="y", labelsize=7)
     fig.suptitle(title, fontsize=8)
     fig.tight_layout()
+    save_figure(fig, out_png)
+
+
+def identifiability(correlations: np.ndarray, runs: Sequence[str], summary: pd.DataFrame,
+                    out_png: str | os.PathLike, title: str = "") -> None:
+    """One panel per run (``runs``, e.g. input and each method): its (n, n) matrix ``C[i, j]``
+    = r(target i, prediction j) (``correlations``: (len(runs), n, n)) minus each row's mean,
+    on one symmetric colour scale for all panels; titled with the top-1 accuracy and the
+    mean r_gap from ``summary`` (rows of metric ``identified`` / ``r_gap``). With no
+    matrices (identifiability off) the figure says so."""
+    plt = pyplot()
+    c = np.asarray(correlations, np.float64)
+    if len(c) == 0:
+        fig, ax = plt.subplots(figsize=(4, 1.2))
+        ax.axis("off")
+        ax.text(0.5, 0.5, "identifiability not scored (the task's identifiability: false)",
+                ha="center", va="center", fontsize=8)
+        save_figure(fig, out_png)
+        return
+    centred = c - c.mean(axis=2, keepdims=True)
+    vmax = float(np.abs(centred).max()) or 1.0
+    fig, axes = plt.subplots(1, len(runs), figsize=(2.0 * len(runs) + 0.8, 2.5), squeeze=False)
+    for ax, name, m in zip(axes[0], runs, centred):
+        im = ax.imshow(m, cmap="RdBu_r", vmin=-vmax, vmax=vmax, interpolation="nearest")
+        stats = []
+        for metric, label in (("identified", "top-1"), ("r_gap", "gap")):
+            row = summary[(summary["method"] == name) & (summary["metric"] == metric)]
+            if len(row):
+                stats.append(f"{label} {row['mean'].iloc[0]:.2f}")
+        ax.set_title(f"{name}\n{', '.join(stats)}", fontsize=7)
+        ax.set_xlabel("prediction", fontsize=6)
+        ax.set_ylabel("target", fontsize=6)
+        ax.set_xticks([])
+        ax.set_yticks([])
+    fig.colorbar(im, ax=list(axes[0]), shrink=0.8, label="r - row mean")
+    fig.suptitle(title, fontsize=8)
     save_figure(fig, out_png)

@@ -28,6 +28,10 @@ Definitions (DESIGN.md section 7; every function works on batches of voxel vecto
   strictly above its k-th largest |v|, k = floor(q V) (unsigned; as the reference code, so ties
   at the threshold are dropped; k = 0 keeps none); Dice of two empty sets is 1. **Dice AUC**:
   trapezoid rule with dx = 0.05 over q = 0.05, 0.10, ..., 0.50 (maximum 0.45).
+- **Identifiability** (:func:`identifiability`): per image, its own r ``C[i, i]``, whether
+  it is identified (row i's unique maximum; the mean is the top-1 accuracy, chance 1/n) and
+  ``r_gap`` = own r minus the mean of row i's other entries (the mean over images is the mean
+  own r minus the mean other r).
 - **Comparisons**: paired two-sided t-tests over subjects (``scipy.stats.ttest_rel``) of each
   method against a baseline; bootstrap CIs of means over subjects; and a subject bootstrap of
   the age/sex similarity (cosine of a covariate's t-map with a reference t-map,
@@ -202,8 +206,31 @@ def identified(corr: np.ndarray) -> np.ndarray:
 
 
 def discriminability(corr: np.ndarray) -> float:
-    """DeepTaskGen's discriminability of an (n, n) matrix: fraction identified x mean diag."""
+    """DeepTaskGen's discriminability of an (n, n) matrix: fraction identified x mean diag.
+    Not the per-image ``r_gap`` of :func:`identifiability` (own r minus mean other r)."""
     return float(identified(corr).mean() * np.mean(np.diag(corr)))
+
+
+#: per-image identifiability metrics read off a correlation matrix (:func:`identifiability`)
+IDENTIFIABILITY_METRICS = ("r", "identified", "r_gap")
+
+
+def identifiability(corr: np.ndarray) -> dict[str, np.ndarray]:
+    """Per-image identifiability from an (n, n) matrix ``C[i, j]`` = r(target_i,
+    prediction_j) (:func:`correlation_matrix`) -> {name: (n,)} for
+    :data:`IDENTIFIABILITY_METRICS`: ``r`` = C[i, i] (the image's own r); ``identified`` = 1
+    where C[i, i] is row i's unique maximum (:func:`identified`; its mean is the top-1
+    identification accuracy, chance 1/n; identical predictions tie and identify no one);
+    ``r_gap`` = C[i, i] minus the mean of row i's other entries (its mean over images is the
+    mean own r minus the mean other r, the differential identifiability of Amico & Goni 2018;
+    NaN when n = 1)."""
+    c = np.asarray(corr, np.float64)
+    if c.ndim != 2 or c.shape[0] != c.shape[1]:
+        raise GenbrainInputError(f"identifiability: expected a square matrix, got {c.shape}")
+    n = len(c)
+    own = np.diag(c).copy()
+    others = (c.sum(axis=1) - own) / (n - 1) if n > 1 else np.full(n, np.nan)
+    return {"r": own, "identified": identified(c).astype(np.float64), "r_gap": own - others}
 
 
 def top_q(maps: np.ndarray, q: float) -> np.ndarray:
@@ -424,3 +451,20 @@ def bootstrap_similarity(images: np.ndarray, covariate: np.ndarray, reference: n
     nref = np.linalg.norm(ref)
     return np.divide(dot, np.sqrt(tt) * nref, out=np.full(len(idx), np.nan),
                      where=(tt > 0) & (nref > 0))
+
+
+def similarity_draws(images: np.ndarray, age: np.ndarray, sex: np.ndarray,
+                     reference: np.ndarray, indices: np.ndarray,
+                     chunk_voxels: int = 4096) -> dict[str, tuple[float, np.ndarray]]:
+    """Age and sex similarity of one set of n images (n, V) with the reference t-maps
+    (2, V; rows age, sex, :func:`genbrain.stats.similarity.tmaps` of a reference cohort) ->
+    {"age" | "sex": (cosine of the n images' own t-map, (B,) cosines of the resamples
+    ``indices`` (B, n))}: the paper's Fig. 3-4 "age/sex similarity" of a test cohort and its
+    subject bootstrap (:func:`bootstrap_similarity`). ``sex``: codes M = 0, F = 1."""
+    ident = np.arange(len(images))[None]
+    out = {}
+    for effect, y, ref in (("age", age, reference[0]), ("sex", sex, reference[1])):
+        point = bootstrap_similarity(images, y, ref, indices=ident, chunk_voxels=chunk_voxels)
+        draws = bootstrap_similarity(images, y, ref, indices=indices, chunk_voxels=chunk_voxels)
+        out[effect] = (float(point[0]), draws)
+    return out

@@ -97,6 +97,12 @@ TRAIN_KEYS = ("steps", "global_batch", "micro_batch", "lr", "weight_decay", "ema
               "precision", "compile", "template_images")
 #: paired tests and bootstrap CIs need at least this many test images
 MIN_TEST = 2
+#: the age/sex similarity's default and least minimum of test images (a t-map needs 3; with
+#: fewer than ~20 its cosine is mostly noise)
+BIOLOGY_MIN_N = 20
+MIN_SIMILARITY_N = 3
+#: the real targets' row of the similarity table (the paper's "real" 0.97 / 0.91)
+TARGET = "target"
 
 
 @dataclass(frozen=True)
@@ -111,7 +117,10 @@ class ImagingTask:
     :data:`genbrain.imaging.metrics.METRICS`; ``n_examples``: test images in the figure;
     ``n_boot``: bootstrap resamples of the summary's CIs; ``k``: DiT samples averaged per test
     image; ``demographics``: the DiT is conditioned on age and sex too; ``train``: the DiT
-    fine-tunes' TrainConfig keys (:data:`TRAIN_KEYS`)."""
+    fine-tunes' TrainConfig keys (:data:`TRAIN_KEYS`); ``identifiability``: score the
+    identifiability metrics (:data:`genbrain.imaging.metrics.IDENTIFIABILITY_METRICS`) too;
+    ``biology_min_n``: the age/sex similarity is computed only with at least this many test
+    images (below, its rows say so)."""
 
     task: str
     kind: str
@@ -130,6 +139,8 @@ class ImagingTask:
     k: int = 5
     demographics: bool = True
     train: Mapping = field(default_factory=dict)
+    identifiability: bool = True
+    biology_min_n: int = 20
 
     TUPLES = ("methods", "metrics")
 
@@ -276,6 +287,15 @@ def plan_imaging(config: Mapping, cohorts: Mapping, pretrain: str | None
             raise GenbrainInputError(f"config: '{key}.n_train' is {cap}; methods "
                                      f"{[m for m in methods if m in TRAINED]} need training "
                                      "images")
+        identifiability = spec.get("identifiability", True)
+        if not isinstance(identifiability, bool):
+            raise GenbrainInputError(f"config: '{key}.identifiability' is {identifiability!r}; "
+                                     "expected true or false")
+        min_n = spec.get("biology_min_n", BIOLOGY_MIN_N)
+        if isinstance(min_n, bool) or not isinstance(min_n, int) or min_n < MIN_SIMILARITY_N:
+            raise GenbrainInputError(f"config: '{key}.biology_min_n' is {min_n!r}; expected an "
+                                     f"integer >= {MIN_SIMILARITY_N} (the fewest test images "
+                                     "the age/sex similarity is computed from)")
         n_examples = spec.get("n_examples")
         n_examples = min(3, n_test) if n_examples is None else int(n_examples)
         if not 1 <= n_examples <= n_test:
@@ -288,7 +308,7 @@ def plan_imaging(config: Mapping, cohorts: Mapping, pretrain: str | None
             unet=_unet_spec(spec.get("unet"), f"{key}.unet", seed), metrics=metrics,
             n_examples=n_examples, n_boot=int(section.get("n_boot", 1000)), seed=seed,
             source=source, k=k, demographics=bool(spec.get("demographics", True)),
-            train=train)
+            train=train, identifiability=identifiability, biology_min_n=int(min_n))
     return out
 
 
@@ -527,13 +547,37 @@ def score_task(task: ImagingTask, test_source: np.ndarray, test_target: np.ndarr
     :data:`COMPARED` (``genbrain``) also one against every other method of the task (the
     paper's "fine-tuned > from scratch > mean image").
 
+    With ``task.identifiability`` the scores also hold, per image, the identifiability metrics
+    (:func:`genbrain.imaging.metrics.identifiability`: own r, identified, r_gap) read off each
+    method's (n, n) correlation matrix of targets (rows) with predictions (columns) over the
+    brain voxels, returned as {"correlations": (len(runs), n, n) float32, "runs": the method
+    names in its order (input first)}. Their bootstrap resamples the images with the matrix
+    fixed (each image's identification is against all n predictions).
+
     The bootstrap resamples subjects (``task.n_boot``, seeded by ``task.seed``), the same
     resamples for every method, so their CIs are paired."""
-    from genbrain.imaging.metrics import bootstrap_mean_ci, paired_tests, score_batch
+    from genbrain.imaging.metrics import (
+        bootstrap_mean_ci,
+        correlation_matrix,
+        identifiability,
+        paired_tests,
+        score_batch,
+    )
 
     runs = {INPUT: test_source, **predictions}
-    scores = pd.concat([score_batch(p, test_target, subjects, task.metrics, task=task.task,
-                                    method=m) for m, p in runs.items()], ignore_index=True)
+    parts, corrs = [], []
+    for m, p in runs.items():
+        parts.append(score_batch(p, test_target, subjects, task.metrics, task=task.task,
+                                 method=m))
+        if task.identifiability:
+            c = correlation_matrix(test_target, p)  # (n, n): targets x predictions
+            corrs.append(c.astype(np.float32))
+            for name, v in identifiability(c).items():
+                parts.append(pd.DataFrame({"task": task.task, "method": m,
+                                           "subject": [str(x) for x in subjects],
+                                           "metric": name, "value": v}))
+    scores = pd.concat(parts, ignore_index=True)
+    metrics = list(dict.fromkeys(scores["metric"]))
     rows = []
     wide = scores.pivot_table(index=["metric", "subject"], columns="method", values="value",
                               aggfunc="first")
@@ -543,7 +587,7 @@ def score_task(task: ImagingTask, test_source: np.ndarray, test_target: np.ndarr
         b for bs in baselines.values() for b in bs)], ignore_index=True)
     tests = tests.set_index(["metric", "method", "baseline"])
     for method in runs:
-        for metric in task.metrics:
+        for metric in metrics:
             v = wide.loc[metric, method].to_numpy(np.float64)
             m, lo, hi = bootstrap_mean_ci(v, task.n_boot, seed=task.seed)
             for base in baselines[method]:
@@ -560,17 +604,111 @@ def score_task(task: ImagingTask, test_source: np.ndarray, test_target: np.ndarr
                     row.update(mean_difference=md, difference_ci_low=dlo,
                                difference_ci_high=dhi, t=float(t["t"]), p=float(t["p"]))
                 rows.append(row)
-    return {"scores": scores, "summary": pd.DataFrame(rows, columns=SUMMARY_COLUMNS)}
+    n = len(test_target)
+    return {"scores": scores, "summary": pd.DataFrame(rows, columns=SUMMARY_COLUMNS),
+            "correlations": np.stack(corrs) if corrs else np.zeros((0, n, n), np.float32),
+            "runs": list(runs) if corrs else []}
+
+
+SIMILARITY_COLUMNS = ["task", "kind", "method", "effect", "n", "similarity", "ci_low",
+                      "ci_high", "baseline", "difference", "difference_ci_low",
+                      "difference_ci_high", "t", "p", "note"]
+
+
+def reference_tmaps(index: str | Path, split: str | Path, modality: str) -> np.ndarray:
+    """The reference t-maps (2, V; age, sex) of ``modality``: every training-split image of
+    the pretraining cohort's store (store units), the reference cohort of the pretrained
+    model's evaluation (:func:`genbrain.evaluate.similarity_tables`, the paper's "reference
+    vectors established during the pre-training model evaluation")."""
+    from genbrain.splits import split_ids
+    from genbrain.stats.similarity import Cohort, tmaps
+    from genbrain.store import ImageStore
+
+    store = ImageStore(index)
+    t = store.table
+    sel = t[(t["modality"] == modality) & t["participant_id"].astype(str).isin(
+        split_ids(split, "train"))]
+    if len(sel) < MIN_SIMILARITY_N:
+        raise GenbrainInputError(f"{index}: {len(sel)} training-split images of {modality}; "
+                                 f"the reference cohort needs >= {MIN_SIMILARITY_N}")
+    log.info("reference cohort: %d training-split %s images", len(sel), modality)
+    return tmaps(Cohort.from_store(store, sel, label=f"{modality} reference cohort"))
+
+
+def similarity_task(task: ImagingTask, runs: Mapping[str, np.ndarray], age: np.ndarray,
+                    sex: Sequence, reference: np.ndarray | None) -> pd.DataFrame:
+    """The age/sex similarity (paper Figs. 3-4, Methods "Image enhancement": the cosine of a
+    test cohort's voxelwise age or sex t-map with the reference t-map) of every run (``runs``:
+    name -> (n, V), e.g. target, input, each method) over the n test images -> a table with
+    :data:`SIMILARITY_COLUMNS`, per (method, effect, baseline): the cosine of the n images'
+    t-map, its subject-bootstrap percentile 95% CI (``task.n_boot`` resamples seeded by
+    ``task.seed``, the same for every run, so differences are paired), and the difference
+    from the baseline with its CI and the bootstrap t-test p (the paper's test). Every run
+    has a row against :data:`TARGET` (the real targets, the paper's "real" 0.97 / 0.91), and
+    :data:`COMPARED` against every other run too.
+
+    With n < ``task.biology_min_n`` (or no ``reference``) nothing is computed: one row per
+    (run, effect) against the target, values NaN, ``note`` saying why."""
+    from genbrain.imaging.metrics import bootstrap_indices, similarity_draws
+    from genbrain.stats.resampling import bootstrap_t_p
+    from genbrain.stats.similarity import EFFECTS, sex_codes
+
+    n = len(age)
+
+    def ci(v: np.ndarray) -> tuple[float, float]:
+        v = v[np.isfinite(v)]
+        return tuple(np.percentile(v, (2.5, 97.5))) if len(v) else (np.nan, np.nan)
+
+    base = {"task": task.task, "kind": task.kind}
+    if n < task.biology_min_n or reference is None:
+        note = (f"not computed: n_test {n} < biology_min_n {task.biology_min_n}"
+                if n < task.biology_min_n else "not computed: no reference t-maps given")
+        return pd.DataFrame([{**base, "method": m, "effect": e, "n": n, "baseline": TARGET,
+                              "note": note} for m in runs for e in EFFECTS],
+                            columns=SIMILARITY_COLUMNS)
+    idx = bootstrap_indices(n, task.n_boot, task.seed)
+    codes = sex_codes(sex, f"imaging task '{task.task}' test images")
+    draws = {m: similarity_draws(x, np.asarray(age, np.float64), codes, reference, idx)
+             for m, x in runs.items()}
+    rows = []
+    for m in runs:
+        others = [TARGET] + ([b for b in runs if b not in (m, TARGET)] if m == COMPARED else [])
+        for e in EFFECTS:
+            point, d = draws[m][e]
+            lo, hi = ci(d)
+            # a zero t-map (e.g. the mean image, one image for all) has no direction
+            note = "" if np.isfinite(point) else "undefined: the t-map is zero"
+            for b in others:
+                row = {**base, "method": m, "effect": e, "n": n, "similarity": point,
+                       "ci_low": lo, "ci_high": hi, "baseline": b, "note": note}
+                if b == m:
+                    row.update(difference=0.0)
+                else:
+                    bpoint, bd = draws[b][e]
+                    diff, dd = point - bpoint, d - bd
+                    dlo, dhi = ci(dd)
+                    fin = dd[np.isfinite(dd)]
+                    sd = np.std(fin, ddof=1) if len(fin) > 1 else np.nan
+                    row.update(difference=diff, difference_ci_low=dlo, difference_ci_high=dhi,
+                               t=diff / sd if sd > 0 else np.nan, p=bootstrap_t_p(diff, dd))
+                rows.append(row)
+    return pd.DataFrame(rows, columns=SIMILARITY_COLUMNS)
 
 
 def scores_outputs(task: ImagingTask, pairs: Mapping[str, str], predictions: Sequence[str],
-                   out: Mapping[str, str]) -> None:
+                   out: Mapping[str, str], index: str | None = None,
+                   split: str | None = None) -> None:
     """Read a task's pairs and predictions (in ``task.methods`` order), write ``out['scores']``
-    and ``out['summary']`` (:func:`score_task`)."""
-    from genbrain.io import read_tsv, save_tsv
+    and ``out['summary']`` (:func:`score_task`), ``out['correlations']`` (.npy, (runs, n, n):
+    the identifiability matrices, input first, then ``task.methods``; (0, n, n) without
+    identifiability) and ``out['similarity']`` (:func:`similarity_task`; the reference t-maps
+    of the target modality from the store ``index`` and ``split``, only when n_test reaches
+    ``task.biology_min_n``)."""
+    from genbrain.io import read_tsv, save_npy, save_tsv
 
     images = read_tsv(pairs["images"])
-    subjects = images.loc[images["set"] == "test", "participant_id"].astype(str).tolist()
+    test = images[images["set"] == "test"].sort_values("row")
+    subjects = test["participant_id"].astype(str).tolist()
     target = np.load(pairs["test_target"])
     preds = {}
     for method, path in zip(task.methods, predictions):
@@ -579,16 +717,28 @@ def scores_outputs(task: ImagingTask, pairs: Mapping[str, str], predictions: Seq
             raise GenbrainInputError(f"{path}: predictions of shape {p.shape}; the task's test "
                                      f"targets are {target.shape}")
         preds[method] = p
-    res = score_task(task, np.load(pairs["test_source"]), target, preds, subjects)
+    source = np.load(pairs["test_source"])
+    res = score_task(task, source, target, preds, subjects)
     save_tsv(res["scores"], out["scores"])
     save_tsv(res["summary"], out["summary"])
+    if "correlations" in out:
+        save_npy(res["correlations"], out["correlations"])
+    if "similarity" in out:
+        reference = (reference_tmaps(index, split, task.modality)
+                     if len(subjects) >= task.biology_min_n and index and split else None)
+        sim = similarity_task(task, {TARGET: target, INPUT: source, **preds},
+                              test["age"].to_numpy(np.float64), test["sex"].tolist(), reference)
+        save_tsv(sim, out["similarity"])
 
 
 def figure_outputs(task: ImagingTask, pairs: Mapping[str, str], predictions: Sequence[str],
-                   scores: str, summary: str, out: Mapping[str, str]) -> None:
+                   scores: str, summary: str, out: Mapping[str, str],
+                   correlations: str | None = None) -> None:
     """The task's figures: ``out['examples']`` (input, each method, target on the same slices
-    of ``task.n_examples`` test images) and ``out['metrics']`` (per metric, each method's
-    per-image values with the mean and its 95% CI, from the score tables)."""
+    of ``task.n_examples`` test images), ``out['metrics']`` (per metric, each method's
+    per-image values with the mean and its 95% CI, from the score tables) and, with
+    ``correlations`` (the scores step's .npy), ``out['identifiability']`` (each method's
+    targets x predictions correlation matrix)."""
     from genbrain.imaging import figures as fg
     from genbrain.io import read_tsv
 
@@ -613,6 +763,12 @@ def figure_outputs(task: ImagingTask, pairs: Mapping[str, str], predictions: Seq
     fg.examples(panels, ids, out["examples"],
                 title=f"{task.task}: {what}, test images with the lowest to highest input "
                       f"{metric.upper()}")
+    if "identifiability" in out:
+        fg.identifiability(np.load(correlations), [INPUT, *task.methods] if task.identifiability
+                           else [], summ, out["identifiability"],
+                           title=f"{task.task}: r of each real {task.modality} (rows) with each "
+                                 f"prediction (columns), minus the row mean ({task.n_test} test "
+                                 "images)")
     fg.metric_distributions(sc, summ, out["metrics"], methods=[INPUT, *task.methods],
                             title=f"{task.task}: image metrics against the "
                                   f"{'real' if task.kind == 'synthesis' else 'clean'} "

@@ -1,4 +1,5 @@
-"""An image task's figures: examples (input, methods, target) and metric distributions."""
+"""An image task's figures: examples (input, methods, target), metric distributions,
+identifiability matrices."""
 
 import sys
 
@@ -11,7 +12,8 @@ def main(smk):
 
     pairs = {k: smk.input[k] for k in ("images", "test_source", "test_target")}
     figure_outputs(ImagingTask.from_dict(smk.params.job), pairs, list(smk.input.predictions),
-                   smk.input.scores, smk.input.summary, dict(smk.output))
+                   smk.input.scores, smk.input.summary, dict(smk.output),
+                   correlations=smk.input.correlations)
 
 
 run(main, snakemake)  # noqa: F821

@@ -1,5 +1,6 @@
-"""An image task's scores: every method and the corrupted input against the clean targets,
-per image, and the summary with bootstrap CIs and paired tests against the input."""
+"""An image task's scores: every method and the input against the targets, per image, and
+the summary with bootstrap CIs and paired tests against the input; the identifiability
+matrices; the age/sex similarity."""
 
 import sys
 
@@ -12,7 +13,7 @@ def main(smk):
 
     pairs = {k: smk.input[k] for k in ("images", "test_source", "test_target")}
     scores_outputs(ImagingTask.from_dict(smk.params.job), pairs, list(smk.input.predictions),
-                   dict(smk.output))
+                   dict(smk.output), index=smk.input.index, split=smk.input.split)
 
 
 run(main, snakemake)  # noqa: F821

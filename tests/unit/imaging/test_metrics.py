@@ -220,3 +220,62 @@ def test_bootstrap_similarity_matches_a_loop_over_resamples():
         expect = t @ reference / (np.linalg.norm(t) * np.linalg.norm(reference))
         assert got[b] == pytest.approx(expect, rel=1e-9)
     assert np.all(np.isfinite(bootstrap_similarity(images, age, reference, n_boot=50)))
+
+
+def test_identifiability_against_a_loop_over_scipy():
+    from genbrain.imaging.metrics import IDENTIFIABILITY_METRICS, identifiability
+
+    rng = np.random.default_rng(3)
+    target = rng.standard_normal((6, 40))
+    pred = target + 1.5 * rng.standard_normal((6, 40))
+    got = identifiability(correlation_matrix(target, pred))
+    assert tuple(got) == IDENTIFIABILITY_METRICS
+    c = np.array([[sstats.pearsonr(target[i], pred[j])[0] for j in range(6)] for i in range(6)])
+    own = np.diag(c)
+    others = np.array([np.mean(np.delete(c[i], i)) for i in range(6)])
+    np.testing.assert_allclose(got["r"], own, atol=1e-6)
+    np.testing.assert_allclose(got["r_gap"], own - others, atol=1e-6)
+    np.testing.assert_array_equal(got["identified"], [float(np.argmax(c[i]) == i)
+                                                      for i in range(6)])
+    # the mean gap is the mean own r minus the mean of every off-diagonal entry
+    off = c[~np.eye(6, dtype=bool)]
+    assert got["r_gap"].mean() == pytest.approx(own.mean() - off.mean(), abs=1e-9)
+
+
+def test_identification_is_perfect_for_the_targets_and_chance_when_shuffled():
+    from genbrain.imaging.metrics import identifiability
+
+    rng = np.random.default_rng(4)
+    target = rng.standard_normal((50, 300))
+    assert identifiability(correlation_matrix(target, target))["identified"].mean() == 1.0
+    # the predictions of other subjects: accuracy near chance (1/n), averaged over shuffles
+    acc = [identifiability(correlation_matrix(target, target[rng.permutation(50)]))[
+        "identified"].mean() for _ in range(40)]
+    assert np.mean(acc) < 0.06  # chance 0.02 (a derangement-free shuffle keeps ~1 fixed point)
+    # one image for all (the mean image): every row ties, no one is identified
+    same = np.repeat(target.mean(axis=0, keepdims=True), 50, axis=0)
+    got = identifiability(correlation_matrix(target, same))
+    assert got["identified"].sum() == 0 and np.allclose(got["r_gap"], 0.0)
+
+
+def test_similarity_draws_match_tmaps_and_cosine_by_hand():
+    from genbrain.imaging.metrics import similarity_draws
+
+    rng = np.random.default_rng(5)
+    n, v = 12, 30
+    age = rng.uniform(45, 80, n)
+    sex = np.array([0.0, 1.0] * (n // 2))
+    images = rng.standard_normal((n, v)) + np.outer(age, rng.standard_normal(v)) / 20
+    reference = rng.standard_normal((2, v))
+    idx = bootstrap_indices(n, 5, seed=1)
+    got = similarity_draws(images, age, sex, reference, idx)
+
+    def cos(x, y, ref):
+        r = np.array([sstats.pearsonr(x[:, j], y)[0] for j in range(x.shape[1])])
+        t = t_from_r(r, len(y))
+        return t @ ref / np.linalg.norm(t) / np.linalg.norm(ref)
+
+    assert got["age"][0] == pytest.approx(cos(images, age, reference[0]), abs=1e-6)
+    assert got["sex"][0] == pytest.approx(cos(images, sex, reference[1]), abs=1e-6)
+    np.testing.assert_allclose(got["age"][1], [cos(images[i], age[i], reference[0])
+                                               for i in idx], atol=1e-6)

@@ -226,7 +226,8 @@ def test_mean_baseline_predicts_the_mean_training_target(store, tmp_path):
 def test_scores_and_summary_against_a_hand_computation():
     job = ip.ImagingTask(task="t", kind="enhancement", cohort="c", modality="T1w", n_test=3,
                          n_train=0, methods=("m",), corrupt={}, unet={},
-                         metrics=("psnr", "rmse"), n_examples=1, n_boot=200, seed=1)
+                         metrics=("psnr", "rmse"), n_examples=1, n_boot=200, seed=1,
+                         identifiability=False)
     target = np.array([[0.0, 0.5, 1.0, 0.25], [0.0, 1.0, 0.5, 0.75], [1.0, 0.0, 0.5, 0.5]])
     source = target + np.array([[0.0, 0.2, 0.0, 0.0], [0.0, 0.0, 0.0, 0.1],
                                 [0.0, 0.1, 0.0, 0.1]])
@@ -295,11 +296,13 @@ def test_genbrain_is_compared_with_every_other_method_paired_over_images():
     s = res["summary"]
     assert set(s["kind"]) == {"synthesis"}
     # every method against the input; genbrain against each other method too
-    assert sorted(s.loc[s["method"] == "genbrain", "baseline"]) == ["input", "mean", "scratch",
-                                                                      "unet"]
+    assert sorted(s.loc[(s["method"] == "genbrain") & (s["metric"] == "psnr"),
+                        "baseline"]) == ["input", "mean", "scratch", "unet"]
     assert set(s.loc[s["method"] != "genbrain", "baseline"]) == {"input"}
-    sc = res["scores"].pivot_table(index="subject", columns="method", values="value")
-    row = s[(s["method"] == "genbrain") & (s["baseline"] == "scratch")].iloc[0]
+    sc = res["scores"][res["scores"]["metric"] == "psnr"].pivot_table(
+        index="subject", columns="method", values="value")
+    row = s[(s["method"] == "genbrain") & (s["baseline"] == "scratch")
+            & (s["metric"] == "psnr")].iloc[0]
     d = (sc["genbrain"] - sc["scratch"]).to_numpy()
     assert row["mean_difference"] == pytest.approx(d.mean())
     assert row["p"] == pytest.approx(sstats.ttest_rel(sc["genbrain"], sc["scratch"]).pvalue)
@@ -335,3 +338,166 @@ def test_fidelity_rows_of_synthesis_are_genbrain_against_scratch_and_mean(tmp_pa
     # no ssim3d rows: not measured, naming why; a synthesis task is no enhancement baseline
     assert table.loc["imaging.genbrain_vs_scratch.ssim3d", "verdict"] == "not measured"
     assert table.loc["imaging.baseline_gain.psnr", "verdict"] == "not measured"
+
+
+@pytest.mark.parametrize("value", [2, "20", 2.5, True])
+def test_a_bad_biology_min_n_is_refused_naming_the_key(value):
+    with pytest.raises(GenbrainInputError) as err:
+        _plan({**SYN, "biology_min_n": value})
+    assert "'imaging.tasks.t1.biology_min_n' is" in str(err.value)
+    assert "\n" not in str(err.value)
+    with pytest.raises(GenbrainInputError, match="'imaging.tasks.t1.identifiability' is 'yes'"):
+        _plan({**SYN, "identifiability": "yes"})
+    job = _plan({**SYN, "biology_min_n": 3, "identifiability": False})
+    assert (job.biology_min_n, job.identifiability) == (3, False)
+    assert ip.ImagingTask.from_dict(job.to_dict()) == job
+    assert (_plan(SYN).biology_min_n, _plan(SYN).identifiability) == (20, True)
+
+
+def test_identifiability_rows_and_matrices_in_the_scores():
+    job = _plan({**SYN, "n_test": 5, "metrics": ["psnr"]})
+    rng = np.random.default_rng(1)
+    target = rng.uniform(size=(5, 60))
+    preds = {"mean": np.repeat(target.mean(axis=0, keepdims=True), 5, axis=0),
+             "unet": target + 0.3 * rng.standard_normal((5, 60)),
+             "genbrain": target + 0.05 * rng.standard_normal((5, 60)),
+             "scratch": target[::-1].copy()}
+    source = rng.uniform(size=(5, 60))
+    res = ip.score_task(job, source, target, preds, list("abcde"))
+    assert res["runs"] == ["input", "mean", "unet", "genbrain", "scratch"]
+    c = res["correlations"]
+    assert c.shape == (5, 5, 5)
+    want = np.corrcoef(target, preds["genbrain"])[:5, 5:]
+    np.testing.assert_allclose(c[3], want, atol=1e-6)
+    s = res["summary"][res["summary"]["baseline"] == "input"].set_index(["method", "metric"])
+    assert s.loc[("genbrain", "identified"), "mean"] == 1.0
+    assert s.loc[("mean", "identified"), "mean"] == 0.0  # one image for all: ties
+    # the reversed targets identify only the middle image (it is its own reverse)
+    assert s.loc[("scratch", "identified"), "mean"] == pytest.approx(0.2)
+    off = want[~np.eye(5, dtype=bool)]
+    assert s.loc[("genbrain", "r_gap"), "mean"] == pytest.approx(np.diag(want).mean()
+                                                                 - off.mean(), abs=1e-6)
+    gb = res["summary"][(res["summary"]["method"] == "genbrain")
+                        & (res["summary"]["metric"] == "identified")]
+    assert set(gb["baseline"]) == {"input", "mean", "unet", "scratch"}
+    # off: no identifiability rows, no matrices
+    off_job = _plan({**SYN, "n_test": 5, "metrics": ["psnr"], "identifiability": False})
+    res = ip.score_task(off_job, source, target, preds, list("abcde"))
+    assert set(res["scores"]["metric"]) == {"psnr"} and res["correlations"].shape == (0, 5, 5)
+
+
+def _similarity_inputs(n, rng):
+    age = np.linspace(45, 80, n)
+    sex = ["F", "M"] * (n // 2)
+    pattern = rng.standard_normal(40)
+    target = rng.standard_normal((n, 40)) + np.outer((age - 60) / 10, pattern)
+    reference = np.stack([pattern, rng.standard_normal(40)])
+    return age, sex, target, reference
+
+
+def test_similarity_is_not_computed_below_the_minimum_n():
+    job = _plan({**SYN, "n_test": 5})
+    rng = np.random.default_rng(2)
+    age, sex, target, reference = _similarity_inputs(4, rng)
+    t = ip.similarity_task(job, {"target": target, "genbrain": target}, age, sex, reference)
+    assert len(t) == 4 and t["similarity"].isna().all()
+    assert set(t["note"]) == {"not computed: n_test 4 < biology_min_n 20"}
+
+
+def test_similarity_rows_against_the_real_targets_and_a_hand_cosine():
+    from genbrain.stats.similarity import cosine_similarity, t_from_r
+
+    job = _plan({**SYN, "n_test": 5, "biology_min_n": 10})
+    rng = np.random.default_rng(3)
+    age, sex, target, reference = _similarity_inputs(24, rng)
+    runs = {"target": target, "input": rng.standard_normal((24, 40)),
+            "genbrain": target + 0.5 * rng.standard_normal((24, 40)),
+            "scratch": rng.standard_normal((24, 40))}
+    t = ip.similarity_task(job, runs, age, sex, reference)
+    assert (t["note"] == "").all()
+    r = np.array([sstats.pearsonr(runs["genbrain"][:, j], age)[0] for j in range(40)])
+    want = cosine_similarity(t_from_r(r, 24), reference[0])
+    row = t[(t["method"] == "genbrain") & (t["effect"] == "age") & (t["baseline"] == "target")]
+    assert row["similarity"].iloc[0] == pytest.approx(want, abs=1e-6)
+    real = t[(t["method"] == "target") & (t["effect"] == "age")].iloc[0]
+    assert row["difference"].iloc[0] == pytest.approx(want - real["similarity"], abs=1e-9)
+    assert row["difference_ci_low"].iloc[0] <= row["difference"].iloc[0] \
+        <= row["difference_ci_high"].iloc[0]
+    # genbrain against every other run; the rest against the real targets only
+    gb = t[(t["method"] == "genbrain") & (t["effect"] == "age")]
+    assert sorted(gb["baseline"]) == ["input", "scratch", "target"]
+    assert set(t.loc[t["method"] != "genbrain", "baseline"]) == {"target"}
+    vs = gb.set_index("baseline")
+    assert vs.loc["scratch", "difference"] > 0 and vs.loc["scratch", "p"] < 0.05
+
+
+def test_fidelity_rows_of_identifiability_and_similarity(tmp_path):
+    out = tmp_path / "imaging" / "t1flair"
+    out.mkdir(parents=True)
+    summary = _synthesis_summary(1.0)
+    ident = summary.copy()
+    ident["metric"] = "identified"
+    # genbrain identifies more than scratch (CI 0.1..0.3) but not surely more than mean
+    ident.loc[ident["baseline"] == "scratch", ["mean_difference", "difference_ci_low",
+                                               "difference_ci_high"]] = [0.2, 0.1, 0.3]
+    ident.loc[ident["baseline"] == "mean", ["mean_difference", "difference_ci_low",
+                                            "difference_ci_high"]] = [0.2, -0.1, 0.5]
+    save_tsv(pd.concat([summary, ident]), out / "summary.tsv")
+    rows = []
+    for method, base, sim, d, lo in (("target", "target", 0.97, 0.0, np.nan),
+                                     ("scratch", "target", 0.80, -0.17, -0.25),
+                                     ("genbrain", "target", 0.95, -0.02, -0.04),
+                                     ("genbrain", "scratch", 0.95, 0.15, -0.01)):
+        for effect in ("age", "sex"):
+            rows.append({"task": "t1flair", "kind": "synthesis", "method": method,
+                         "effect": effect, "n": 30, "similarity": sim, "ci_low": sim - 0.02,
+                         "ci_high": sim + 0.02, "baseline": base, "difference": d,
+                         "difference_ci_low": lo, "difference_ci_high": d + 0.05, "t": 2.0,
+                         "p": 0.04, "note": ""})
+    save_tsv(pd.DataFrame(rows), out / "similarity.tsv")
+    table = fidelity_table(tmp_path).set_index("claim_id")
+    assert table.loc["imaging.genbrain_vs_scratch.identified", "verdict"] == "met"
+    assert table.loc["imaging.genbrain_vs_mean.identified", "verdict"] == "not met"
+    assert table.loc["imaging.genbrain_vs_scratch.r_gap", "verdict"] == "not measured"
+    real = table.loc["imaging.similarity_vs_real.age"]
+    assert (real["measured"], real["ci_low"], real["verdict"]) == (-0.02, -0.04, "met")
+    assert "0.96" in real["paper"] and "0.97" in real["paper"]
+    assert table.loc["imaging.similarity_vs_scratch.sex", "verdict"] == "not met"  # CI < 0
+    # too few test images: not measured, with the table's note
+    t = pd.DataFrame(rows)
+    t[["similarity", "difference", "difference_ci_low"]] = np.nan
+    t["note"] = "not computed: n_test 8 < biology_min_n 20"
+    save_tsv(t, out / "similarity.tsv")
+    table = fidelity_table(tmp_path).set_index("claim_id")
+    row = table.loc["imaging.similarity_vs_real.sex"]
+    assert row["verdict"] == "not measured" and "n_test 8 < biology_min_n 20" in row["note"]
+
+
+def test_scores_outputs_write_the_biology_tables_and_the_figure(store, tmp_path):
+    root, _ = store
+    job = _plan({"n_test": 5, "n_train": 3, "methods": ["mean"], "metrics": ["psnr"],
+                 "biology_min_n": 5})
+    out, _ = _pairs(job, root / "index.tsv", root / "split.tsv", tmp_path)
+    from genbrain.io import save_npy
+
+    save_npy(ip.predict(job, "mean", out), tmp_path / "mean.npy")
+    files = {k: str(tmp_path / f) for k, f in (
+        ("scores", "scores.tsv"), ("summary", "summary.tsv"), ("similarity", "similarity.tsv"),
+        ("correlations", "correlations.npy"))}
+    ip.scores_outputs(job, out, [str(tmp_path / "mean.npy")], files,
+                      index=str(root / "index.tsv"), split=str(root / "split.tsv"))
+    assert np.load(files["correlations"]).shape == (2, 5, 5)  # input, mean
+    sim = read_tsv(files["similarity"])
+    assert set(sim["method"]) == {"target", "input", "mean"}
+    # the mean image is one image for all: its t-maps are zero, their direction undefined
+    mean = sim[sim["method"] == "mean"]
+    assert mean["similarity"].isna().all() and set(mean["note"]) == {
+        "undefined: the t-map is zero"}
+    real = sim[(sim["method"] == "target")]
+    assert real["similarity"].notna().all() and (real["similarity"].abs() <= 1).all()
+    figs = {k: str(tmp_path / f"{k}.png") for k in ("examples", "metrics", "identifiability")}
+    ip.figure_outputs(job, out, [str(tmp_path / "mean.npy")], files["scores"],
+                      files["summary"], figs, correlations=files["correlations"])
+    from pathlib import Path
+
+    assert Path(figs["identifiability"]).read_bytes()[:4] == b"\x89PNG"
