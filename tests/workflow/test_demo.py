@@ -551,8 +551,9 @@ def test_demo_report_opens_in_chromium_with_every_stage_and_its_provenance(demo,
             [(f"every site{x}", "screen") for x in suffixes]
             + [(f"{site}{x}", fig) for a, site in bwas_sites if a == name for x in suffixes
                for fig in ("score table", "d maps", "gain and effective n")]), shown
-    # Imaging: per task the summary table and two figures, labelled by figure alone; one task:
-    # the report skips its subcategory level and lists its results at once
+    # Imaging: per task the summary and similarity tables and three figures, labelled by
+    # figure alone; one task: the report skips its subcategory level and lists its results at
+    # once
     imaging = cfg["imaging"]["tasks"]
     entries, shown = menu(browser, html, ("Imaging",))
     assert sorted(entries) == ([] if len(imaging) == 1 else sorted(imaging)), entries
@@ -560,7 +561,8 @@ def test_demo_report_opens_in_chromium_with_every_stage_and_its_provenance(demo,
         if len(imaging) > 1:
             shown = menu(browser, html, ("Imaging", name))[1]
         assert sorted(r["FIGURE"] for r in shown) == [
-            "examples", "metric distributions", "summary table"], (name, shown)
+            "age/sex similarity", "examples", "identifiability", "metric distributions",
+            "summary table"], (name, shown)
     clinical = cfg["clinical"]["analyses"]
     entries, shown = menu(browser, html, ("Clinical",))
     # one analysis: the report skips its subcategory level and lists its results at once

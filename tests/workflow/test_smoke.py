@@ -146,6 +146,14 @@ def test_each_stage_wrote_what_it_promises(smoke):
         summary = read_tsv(res / "imaging" / name / "summary.tsv")
         assert set(summary["method"]) == {"input", *methods}, name
         assert summary["mean"].notna().all(), name
+        # the biology: identifiability per image, its matrices; the similarity not computed
+        # (n_test 2 < biology_min_n)
+        assert {"r", "identified", "r_gap"} <= set(summary["metric"]), name
+        corr = np.load(res / "imaging" / name / "correlations.npy")
+        assert corr.shape == (1 + len(methods), task["n_test"], task["n_test"]), name
+        sim = read_tsv(res / "imaging" / name / "similarity.tsv")
+        assert set(sim["method"]) == {"target", "input", *methods}, name
+        assert sim["note"].str.startswith("not computed").all(), name
         if kind != "synthesis":
             continue
         # the DiT methods: fine-tuned from the pretrained model and from the random start of
