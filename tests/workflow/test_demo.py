@@ -34,6 +34,16 @@ from tests.workflow.browser import (
 from tests.workflow.helpers import ROOT, snakemake
 
 
+def demo_config() -> list[str]:
+    """The demo's Snakemake config arguments. GENBRAIN_DEMO_SEED: the demo at another
+    simulator (and training) seed, as its results must hold there too (issue 29); every
+    Snakemake call of these tests passes it, or a later call would rerun the DAG at the
+    default seed."""
+    seed = os.environ.get("GENBRAIN_DEMO_SEED")
+    return ["--configfile", str(ROOT / "config" / "demo.yaml"),
+            *(["--config", f"seed={int(seed)}"] if seed else [])]
+
+
 @pytest.fixture(scope="module")
 def demo(tmp_path_factory):
     # GENBRAIN_DEMO_DIR: continue the demo in that folder (a run stopped by the timeout below, or
@@ -43,12 +53,7 @@ def demo(tmp_path_factory):
     # DESIGN section 9: 45 min is the demo's goal and 60 its cap on a quiet 2-core machine; the
     # guard allows 70 so that a run near the cap fails on its assertions, not on the clock
     # (2026-12-05, with the imaging and clinical stages: 48 min quiet, over the goal: to shrink)
-    # GENBRAIN_DEMO_SEED: the demo at another simulator (and training) seed, as its results must
-    # hold there too (issue 29); the assertions are the same
-    seed = os.environ.get("GENBRAIN_DEMO_SEED")
-    extra = ["--config", f"seed={int(seed)}"] if seed else []
-    res = snakemake("--configfile", str(ROOT / "config" / "demo.yaml"), *extra, "--cores", "2",
-                    "-d", str(work), timeout=4200)
+    res = snakemake(*demo_config(), "--cores", "2", "-d", str(work), timeout=4200)
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
     return work
 
@@ -499,7 +504,7 @@ def test_demo_imaging_scores_every_method_and_the_fine_tune_against_its_controls
                    *(IDENTIFIABILITY_METRICS if task.get("identifiability", True) else ())]
         scored = summary[summary["baseline"] == "input"] if "baseline" in summary else summary
         assert sorted(set(zip(scored["method"], scored["metric"]))) == sorted(
-            (m, k) for m in task["methods"] for k in metrics), (name, scored)
+            (m, k) for m in ("input", *task["methods"]) for k in metrics), (name, scored)
         assert summary[["mean", "ci_low", "ci_high"]].notna().all().all(), name
         for fig in ("examples", "metrics", "identifiability"):
             png = res / "figures" / "imaging" / name / f"{fig}.png"
@@ -536,8 +541,7 @@ def test_demo_report_opens_in_chromium_with_every_stage_and_its_provenance(demo,
     import json
 
     html = demo / "results" / "report.html"
-    res = snakemake("--configfile", str(ROOT / "config" / "demo.yaml"), "-d", str(demo),
-                    "--report", str(html), timeout=600)
+    res = snakemake(*demo_config(), "-d", str(demo), "--report", str(html), timeout=600)
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
     by_rule = categories_by_rule()
     ran = {p.name for p in (demo / "results" / "benchmarks").iterdir()}
@@ -660,9 +664,8 @@ def test_privacy_gate_stops_the_export_of_a_planted_training_copy(demo):
         x.flush()
         del x
         shutil.rmtree(export)
-        out = snakemake("--cores", "2", "-d", str(demo), "--configfile",
-                        str(ROOT / "config" / "demo.yaml"), "--forcerun", "audit_memorisation",
-                        str(export.relative_to(demo)), timeout=900)
+        out = snakemake("--cores", "2", "-d", str(demo), *demo_config(), "--forcerun",
+                        "audit_memorisation", str(export.relative_to(demo)), timeout=900)
         assert out.returncode != 0
         log = (demo / "logs" / "privacy_gate" / "pretrain.log").read_text()
         assert f"synthetic {first['synthetic_id']} ~ training {victim} (VBM, r = 1.0000)" in log
@@ -671,7 +674,6 @@ def test_privacy_gate_stops_the_export_of_a_planted_training_copy(demo):
         assert not (res / "evaluate" / "audit" / "pretrain_gate.tsv").exists()
     finally:  # put the demo back as it was for the other tests
         shard.write_bytes(original)
-        snakemake("--cores", "2", "-d", str(demo), "--configfile",
-                  str(ROOT / "config" / "demo.yaml"), "--forcerun", "audit_memorisation",
-                  timeout=900)
+        snakemake("--cores", "2", "-d", str(demo), *demo_config(), "--forcerun",
+                  "audit_memorisation", timeout=900)
 

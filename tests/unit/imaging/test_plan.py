@@ -471,6 +471,12 @@ def test_fidelity_rows_of_identifiability_and_similarity(tmp_path):
     table = fidelity_table(tmp_path).set_index("claim_id")
     row = table.loc["imaging.similarity_vs_real.sex"]
     assert row["verdict"] == "not measured" and "n_test 8 < biology_min_n 20" in row["note"]
+    # as similarity_task writes it then: every method against the targets only, no genbrain vs
+    # scratch rows; the comparison with scratch says why too
+    save_tsv(t[t["baseline"] == "target"], out / "similarity.tsv")
+    table = fidelity_table(tmp_path).set_index("claim_id")
+    row = table.loc["imaging.similarity_vs_scratch.age"]
+    assert row["verdict"] == "not measured" and "n_test 8 < biology_min_n 20" in row["note"]
 
 
 def test_scores_outputs_write_the_biology_tables_and_the_figure(store, tmp_path):
