@@ -87,7 +87,7 @@ def main(argv: list[str] | None = None) -> None:
                         "diagnosis") if c in rows.columns]
     rows = rows[keep]
 
-    images, effects, timing = {}, {}, {}
+    images, effects, checks_by_steps, timing = {}, {}, {}, {}
     for n in steps:
         sampling = replace(base, steps=n)
         t0 = time.perf_counter()
@@ -101,10 +101,10 @@ def main(argv: list[str] | None = None) -> None:
         got = {(r.check, r.modality): r.value for r in checks.itertuples()}
         effects[n] = {(m, label): mp["sample"] for (m, label, _), mp in maps.items()
                       if "sample" in mp}
-        effects[n]["_rows"] = got
+        checks_by_steps[n] = got
     print("steps  modality  label     gain    r_truth  r_ref   (check s, images s)")
     for n in steps:
-        got = effects[n]["_rows"]
+        got = checks_by_steps[n]
         for m in mods:
             for label in LABELS:
                 key = (m, label)
