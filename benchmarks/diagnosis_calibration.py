@@ -80,7 +80,7 @@ def main() -> None:
         index_of = {p: i for i, p in enumerate(table["participant_id"])}
         control = table["diagnosis"] == levels[0]
         t0 = time.perf_counter()
-        gen = Generator(spec["kind"], float(spec.get("disease_effect", 0.10)))
+        gen = Generator.from_spec(spec)
         vol_c = vol.volumes_table(list(table.loc[control, "participant_id"]),
                                   t1_vectors(gen, args.cohort, spec, seed, table[control],
                                              index_of))

@@ -282,8 +282,7 @@ def baseline_write_subjects(gen: Generator, cohort: str, spec: Mapping, seed: in
 def new_generator(kind: str, spec: Mapping) -> Generator:
     """Ours, paying the per-job setup (the anatomy cache cleared, as in a fresh job)."""
     anatomy_mod.anatomy.cache_clear()
-    return Generator(kind, float(spec.get("disease_effect", 0.10)),
-                     float(spec.get("lesion_effect", 0.25)))
+    return Generator.from_spec({**spec, "kind": kind})
 
 
 def old_generator(kind: str, spec: Mapping) -> Generator:

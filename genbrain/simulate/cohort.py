@@ -47,6 +47,11 @@ from genbrain.space import standard_space, template_t1
 FUNCTIONAL = ("fc01", "fc02", "fc03", "task_shapes", "task_faces")  # built on the FC maps
 KINDS = ("population", "disorder", "clinical")
 EFFECTS = ("age", "sex", "diagnosis", "score")
+#: the atlas regions a disorder's grey-matter loss may hit (``simulate.disease_regions``):
+#: its own temporo-insular / medial frontal / thalamic regions (the default), or the regions
+#: of the age effect, i.e. a disease that looks like accelerated ageing of the same regions,
+#: an axis the healthy pretraining population varies along (issue 28's prior experiment)
+DISEASE_REGIONS = ("disease_gm", "age_gm")
 
 
 @dataclass(frozen=True)
@@ -232,7 +237,11 @@ class _Fields:
 class Generator:
     """Turns a participants row into raw standard-space voxel vectors per modality."""
 
-    def __init__(self, kind: str, disease_effect: float = 0.10, lesion_effect: float = 0.25):
+    def __init__(self, kind: str, disease_effect: float = 0.10, lesion_effect: float = 0.25,
+                 disease_regions: str = "disease_gm"):
+        if disease_regions not in DISEASE_REGIONS:
+            raise GenbrainInputError(f"simulate.disease_regions is '{disease_regions}'; expected "
+                                     f"one of {', '.join(DISEASE_REGIONS)}")
         space = standard_space()
         anat = anatomy()
         self.space = space
@@ -247,7 +256,7 @@ class Generator:
         self.w = {
             "age": v(anat.region(REGIONS["age_gm"], 8.0)),
             "sex": v(anat.region(REGIONS["sex_pos"], 8.0) - anat.region(REGIONS["sex_neg"], 8.0)),
-            "disease": v(anat.region(REGIONS["disease_gm"], 8.0)),
+            "disease": v(anat.region(REGIONS[disease_regions], 8.0)),
             "wmh": v(anat.region(REGIONS["ventricles"], 14.0)),
             "lesion": v(anat.region(REGIONS["lesion"], 16.0)),
             "dmn": v(anat.region(REGIONS["net_dmn"], 8.0)),
@@ -259,6 +268,14 @@ class Generator:
         # slowly varying multiplicative bias-field basis (per site)
         self.gm_v = v(self.gm)
         self.wm_v = v(self.wm)
+
+    @classmethod
+    def from_spec(cls, spec: Mapping) -> Generator:
+        """The generator of a cohort's ``simulate`` spec (its kind, disease_effect,
+        lesion_effect and disease_regions; the defaults where a key is absent)."""
+        return cls(spec["kind"], float(spec.get("disease_effect", 0.10)),
+                   float(spec.get("lesion_effect", 0.25)),
+                   str(spec.get("disease_regions", "disease_gm")))
 
     def subject(self, row: Mapping, site: SiteSpec | None, rng: np.random.Generator | None,
                 modalities: Sequence[str]) -> dict[str, np.ndarray]:
@@ -470,8 +487,7 @@ def reference_subject(spec: Mapping, modalities: Sequence[str]) -> dict[str, np.
     :func:`ground_truth` maps: ``{modality: (V,)}`` in raw units. A planted change put through
     a modality's normalisation at this image is the change in the units of an image store
     (:func:`genbrain.finetune.finetune_checks`)."""
-    gen = Generator(spec["kind"], float(spec.get("disease_effect", 0.10)),
-                    float(spec.get("lesion_effect", 0.25)))
+    gen = Generator.from_spec(spec)
     return gen.subject(TRUTH_BASE, None, None, modalities)
 
 
@@ -481,8 +497,7 @@ def ground_truth(cohort: str, spec: Mapping, modalities: Sequence[str]) -> dict[
     age: change per year at age 60; sex: male minus female; diagnosis: patient minus control
     (disorder cohorts); score: change per unit of score at score 0 (clinical cohorts).
     """
-    gen = Generator(spec["kind"], float(spec.get("disease_effect", 0.10)),
-                    float(spec.get("lesion_effect", 0.25)))
+    gen = Generator.from_spec(spec)
     base = dict(TRUTH_BASE)
     ref = gen.subject(base, None, None, modalities)
     changes = {"age": {"age": 61.0}, "sex": {"sex": "M"}}

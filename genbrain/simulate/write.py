@@ -68,8 +68,7 @@ def write_chunk(cohort: str, spec: Mapping, seed: int, rows: pd.DataFrame,
     random pose. The manifest (written last, atomically) lists every file with its pose, and is
     the rule's declared output: if it exists, the whole chunk was written.
     """
-    gen = Generator(spec["kind"], float(spec.get("disease_effect", 0.10)),
-                    float(spec.get("lesion_effect", 0.25)))
+    gen = Generator.from_spec(spec)
     records = write_subjects(gen, cohort, spec, seed, rows, modalities, pattern)
     save_tsv(pd.DataFrame(records), manifest)
 

@@ -3,6 +3,7 @@ import pandas as pd
 import pytest
 from scipy import stats
 
+from genbrain.errors import GenbrainInputError
 from genbrain.modalities import DEFAULT_REGISTRY, SIMULATED_MODALITIES, SIMULATED_NEW
 from genbrain.simulate import Generator, ground_truth, participants, site_specs
 from genbrain.simulate.cohort import subject_rng
@@ -46,6 +47,20 @@ def test_the_simulator_writes_every_simulated_modality():
     images = Generator("clinical").subject({"age": 60, "sex": "M", "score": 5.0}, None, None,
                                            SIMULATED_MODALITIES)
     assert set(images) == set(SIMULATED_MODALITIES)
+
+
+def test_disease_regions_move_the_planted_disease_onto_the_age_effect():
+    spec = {**SPEC, "disease_regions": "age_gm"}
+    truth = ground_truth("c", spec, ["VBM"])
+    own = ground_truth("c", SPEC, ["VBM"])["VBM_diagnosis"]
+    aged, age = truth["VBM_diagnosis"], truth["VBM_age"]
+    # the disease now loses GM where age does (r 0.89: age adds a small global loss), and
+    # far more alike than its own regions (r 0.33)
+    assert np.corrcoef(aged, age)[0, 1] > 0.8
+    assert np.corrcoef(aged, age)[0, 1] > np.corrcoef(own, age)[0, 1] + 0.3
+    assert aged.sum() < 0 and own.sum() < 0
+    with pytest.raises(GenbrainInputError, match="disease_regions is 'lesion'"):
+        Generator.from_spec({**SPEC, "disease_regions": "lesion"})
 
 
 @pytest.fixture(scope="module")
@@ -125,7 +140,6 @@ def test_task_maps_depend_on_rest_maps():
 
 
 def test_ground_truth_written_reads_back_and_is_drawn(tmp_path):
-    from genbrain.errors import GenbrainInputError
     from genbrain.figures import truth_maps
     from genbrain.simulate import read_truth, write_truth
 
