@@ -327,7 +327,8 @@ def run_finetune(job: Mapping[str, Any] | FinetuneJob, index: str | os.PathLike,
              config.steps)
     meta = {"task": job.to_dict(), "training_participants": sorted(ids),
             "init_checkpoint": str(init_checkpoint),
-            "init_sha256": file_sha256(init_checkpoint)}
+            "init_sha256": file_sha256(init_checkpoint),
+            "training_sha256": store.sha256()}
     _discard_stale_work(Path(work_dir), meta)
     result = train(config, store, work_dir, init_checkpoint=init_checkpoint, meta=meta)
     with atomic_path(checkpoint) as tmp:
@@ -337,15 +338,17 @@ def run_finetune(job: Mapping[str, Any] | FinetuneJob, index: str | os.PathLike,
 
 def _discard_stale_work(work_dir: Path, meta: Mapping[str, Any]) -> None:
     """Remove a work folder whose checkpoint was trained from another init checkpoint (its
-    sha256) or on other participants: the workflow reruns a fine-tune exactly when one of
-    those changed, and resuming would return the stale model."""
+    sha256), on other participants or on other images or covariates of them (the training
+    store's sha256: a site re-simulated or re-preprocessed keeps its participant ids): the
+    workflow reruns a fine-tune exactly when one of those changed, and resuming would return
+    the stale model. A work folder from before a key was recorded starts afresh too."""
     import torch
 
     ckpt = work_dir / "checkpoint.pt"
     if not ckpt.exists():
         return
     old = torch.load(ckpt, map_location="cpu", weights_only=True)["config"].get("meta") or {}
-    for key in ("init_sha256", "training_participants"):
+    for key in ("init_sha256", "training_participants", "training_sha256"):
         if old.get(key) != meta[key]:
             log.info("%s: %s changed since this work folder was trained; starting afresh",
                      work_dir, key.replace("_", " "))

@@ -726,6 +726,33 @@ def test_a_changed_init_checkpoint_retrains_instead_of_resuming(tmp_path, pretra
     assert len(b["losses"]) == 4  # trained afresh from step 1, not resumed at step 4
 
 
+def test_changed_images_of_the_same_participants_retrain_instead_of_resuming(tmp_path,
+                                                                          pretrained):
+    """A site re-simulated or re-preprocessed keeps its participant ids: the fine-tune the
+    workflow reruns must not resume the work folder trained on the old images."""
+    store = effect_store(tmp_path / "s", diagnosis=True)
+    steps = {**job().train, "steps": 4, "checkpoint_every": 2}
+    first, training = tune(tmp_path, store, pretrained, diagnosis_levels=("CN", "SCZ"),
+                           train=steps)
+    redone = effect_store(tmp_path / "s2", diagnosis=True, seed=8)  # same ids, other images
+    assert (ImageStore(redone).table["participant_id"]
+            == ImageStore(store).table["participant_id"]).all()
+    assert ImageStore(redone).sha256() != ImageStore(store).sha256()
+    j = job(diagnosis_levels=("CN", "SCZ"), train=steps)
+    again = run_finetune(j, redone, training, pretrained, tmp_path / "work",
+                         tmp_path / "again.pt", seed=1)
+    a, b = read_checkpoint(first), read_checkpoint(again)
+    assert a["config"]["meta"]["training_participants"] == \
+        b["config"]["meta"]["training_participants"]
+    assert b["config"]["meta"]["training_sha256"] == ImageStore(redone).sha256()
+    assert len(b["losses"]) == 4  # trained afresh from step 1, not resumed at step 4
+    # the same store again resumes: the finished run is returned as it is
+    same = run_finetune(j, redone, training, pretrained, tmp_path / "work",
+                        tmp_path / "same.pt", seed=1)
+    assert torch.equal(read_checkpoint(same)["model"]["blocks.0.attn.qkv.weight"],
+                       b["model"]["blocks.0.attn.qkv.weight"])
+
+
 def test_the_default_targets_leave_out_the_sources():
     jobs = plan({"enh": {"cohort": "scz", "sources": ["T1w"], "demographics": False}})
     assert jobs["enh/all"].modalities == ("VBM",) and jobs["enh/all"].sources == ("T1w",)
