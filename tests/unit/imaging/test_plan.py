@@ -458,6 +458,46 @@ def test_fidelity_rows_of_synthesis_are_genbrain_against_scratch_and_mean(tmp_pa
     assert table.loc["imaging.baseline_gain.psnr", "verdict"] == "not measured"
 
 
+def test_fidelity_rows_of_rest_to_task_are_its_map_metrics_against_the_mean(tmp_path):
+    """rest -> task without a from-scratch control: its r and Dice AUC against the mean image
+    are measured with the paper's r; the comparisons it does not run give it no row, beside
+    the T1w -> FLAIR task's rows."""
+    (tmp_path / "imaging" / "t1flair").mkdir(parents=True)
+    save_tsv(_synthesis_summary(1.0), tmp_path / "imaging" / "t1flair" / "summary.tsv")
+    rows = []
+    for metric, (gb, mean) in {"r": (0.60, 0.55), "dice_auc": (0.30, 0.31),
+                               "psnr": (20.0, 18.0)}.items():
+        for method, base, value, d in (("input", "input", 0.3, 0.0),
+                                       ("mean", "input", mean, mean - 0.3),
+                                       ("genbrain", "input", gb, gb - 0.3),
+                                       ("genbrain", "mean", gb, gb - mean)):
+            rows.append({"task": "rest2task", "kind": "synthesis", "method": method,
+                         "metric": metric, "n": 8, "mean": value, "ci_low": value - 0.01,
+                         "ci_high": value + 0.01, "baseline": base, "mean_difference": d,
+                         "difference_ci_low": d - 0.02, "difference_ci_high": d + 0.02,
+                         "t": 1.0, "p": 0.01})
+    (tmp_path / "imaging" / "rest2task").mkdir()
+    save_tsv(pd.DataFrame(rows), tmp_path / "imaging" / "rest2task" / "summary.tsv")
+    table = fidelity_table(tmp_path)
+    r = table[table["claim_id"] == "imaging.genbrain_vs_mean.r"].set_index("subject")
+    row = r.loc["rest2task genbrain vs mean"]
+    assert row["measured"] == pytest.approx(0.05) and row["verdict"] == "met"
+    assert "r 0.54" in row["paper"] and "genbrain 0.600" in row["note"]
+    dice = table[table["claim_id"] == "imaging.genbrain_vs_mean.dice_auc"]
+    assert list(dice["subject"]) == ["rest2task genbrain vs mean"]
+    assert list(dice["verdict"]) == ["not met"]  # -0.01, its CI through 0
+    # rest2task has no scratch: the from-scratch rows are t1flair's alone, all measured
+    scratch = table[table["claim_id"].str.startswith("imaging.genbrain_vs_scratch.")]
+    assert set(scratch.loc[scratch["verdict"] != "not measured", "subject"]) == {
+        "t1flair genbrain vs scratch"}
+    psnr = table[table["claim_id"] == "imaging.genbrain_vs_mean.psnr"]
+    assert sorted(psnr["subject"]) == ["rest2task genbrain vs mean", "t1flair genbrain vs mean"]
+    # a comparison no task makes: one row, not measured, saying why
+    none = table[table["claim_id"] == "imaging.genbrain_vs_scratch.ssim3d"]
+    assert list(none["verdict"]) == ["not measured"]
+    assert "no synthesis task scores 'ssim3d' of genbrain and scratch" in none["note"].item()
+
+
 @pytest.mark.parametrize("value", [2, "20", 2.5, True])
 def test_a_bad_biology_min_n_is_refused_naming_the_key(value):
     with pytest.raises(GenbrainInputError) as err:
