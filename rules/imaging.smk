@@ -60,8 +60,9 @@ rule imaging_method:
 
 
 rule imaging_scores:
-    """An image task's scores (paper Figs. 3-4): PSNR, RMSE, 3D-SSIM and MS-SSIM of every
-    method's predictions and of the input against the targets, and the identifiability of
+    """An image task's scores (paper Figs. 3-4): PSNR, RMSE, 3D-SSIM, MS-SSIM and Dice AUC
+    (the task's metrics) of every method's predictions and of the input (several sources:
+    their mean) against the targets, and the identifiability of
     each image among the test images (own r, identified, own minus other r), per image; the
     summary per method and metric with bootstrap 95% CIs, and the paired difference from the
     input with its CI and the paired t-test; the correlation matrices; the age/sex
@@ -100,6 +101,10 @@ rule imaging_scores:
     conda:
         "../envs/model.yaml"
     threads: 1
+    # the float64 copies of the identifiability matrix grow with n_test (~8 GB at the paper's
+    # 500 test images); the rule, not the profile, sizes it
+    resources:
+        mem_mb=get_imaging_scores_mem_mb,
     params:
         job=get_imaging_job,
     script:
