@@ -111,13 +111,13 @@ def test_plan_of_a_valid_task_and_its_round_trip():
     ({**SYN, "source": ["T1w", "VBM", "T1w"]}, ("'imaging.tasks.t1.source' lists 'T1w' twice: "
                                                 "['T1w', 'VBM', 'T1w']")),
     ({**SYN, "source": []}, "'imaging.tasks.t1.source': a synthesis task needs the source"),
-    ({**SYN, "source": ["T1w", 3]}, "'imaging.tasks.t1.source' is ['T1w', 3]; expected a "
-                                    "modality name or a list"),
+    ({**SYN, "source": ["T1w", 3]}, ("'imaging.tasks.t1.source' is ['T1w', 3]; expected a "
+                                    "modality name or a list")),
     ({"source": ["T1w", "VBM"]}, ("'imaging.tasks.t1.source' is ['T1w', 'VBM'] on a task of kind "
                                   "'enhancement'")),
     # the DeepTaskGen metrics are scored metrics too; a name twice is refused
-    ({"metrics": ["dice_auk"]}, "'imaging.tasks.t1.metrics' is 'dice_auk' (did you mean "
-                                "'dice_auc'?)"),
+    ({"metrics": ["dice_auk"]}, ("'imaging.tasks.t1.metrics' is 'dice_auk' (did you mean "
+                                "'dice_auc'?)")),
     ({"metrics": ["psnr", "r", "psnr"]}, "'imaging.tasks.t1.metrics' lists a metric twice"),
 ])
 def test_each_bad_key_is_refused_with_one_line_naming_it(change, message):
@@ -160,6 +160,39 @@ def test_a_task_of_several_sources_keeps_their_order_and_a_single_name_stays_one
     assert {k: v.sources for k, v in jobs.items()} == {"t1/genbrain": ("VBM", "T1w"),
                                                       "t1/scratch": ("VBM", "T1w")}
     assert jobs["t1/genbrain"].modalities == ("FLAIR",)
+
+
+@pytest.mark.parametrize("name", ["config", "demo"])
+def test_the_shipped_configs_plan_their_rest_to_task_tasks(name):
+    """config/config.yaml (rest -> shapes / faces from the 15 FC maps, diffusion -> FC from
+    the 9 DTI/NODDI maps) and config/demo.yaml (fc01-fc03 -> task_faces) pass the schema and
+    the planner, the sources in their order; a fake pretraining cohort of 400 stands for the
+    cohort's table."""
+    from genbrain.config import load_yaml, validate_config
+    from tests.workflow.helpers import ROOT
+
+    cfg = validate_config(load_yaml(ROOT / "config" / f"{name}.yaml"),
+                          ROOT / "workflow" / "schemas" / "config.schema.yaml")
+    pre = next(k for k, c in cfg["cohorts"].items() if c.get("role") == "pretrain")
+    cohorts = {pre: SimpleNamespace(table=_table(400),
+                                    modalities=cfg["cohorts"][pre]["modalities"])}
+    plan = ip.plan_imaging(cfg, cohorts, pre)
+    fc = tuple(f"fc{i:02d}" for i in range(1, 16))
+    want = ({"rest2shapes": (fc, "task_shapes"), "rest2faces": (fc, "task_faces"),
+             "dwi2fc09": (("FA", "MD", "MO", "L1", "L2", "L3", "OD", "ICVF", "ISOVF"), "fc09"),
+             "dwi2fc13": (("FA", "MD", "MO", "L1", "L2", "L3", "OD", "ICVF", "ISOVF"), "fc13"),
+             "t1flair": (("T1w",), "FLAIR")}
+            if name == "config" else
+            {"rest2task": (("fc01", "fc02", "fc03"), "task_faces"), "t1flair": (("T1w",), "FLAIR")})
+    for task, (sources, target) in want.items():
+        assert (plan[task].sources, plan[task].modality) == (sources, target), task
+        if task.startswith("rest2"):
+            assert {"r", "identified", "dice_auc"} <= set(plan[task].metrics)
+    if name == "demo":
+        job = plan["rest2task"]
+        assert job.methods == ("mean", "genbrain")
+        assert (job.n_test, job.n_train, job.k) == (8, 64, 2)
+        assert job.train["steps"] == 120 and job.train["global_batch"] == 8
 
 
 def test_the_scores_step_asks_memory_for_its_test_images():
@@ -283,7 +316,7 @@ def store3(tmp_path_factory, store):
 
 
 def test_pairs_of_several_sources_carry_every_channel_in_order(store3, tmp_path):
-    root, split = store3
+    root, _split = store3
     job = _plan({**SYN, "source": ["VBM", "T1w"], "n_test": 2, "n_train": 3,
                  "methods": ["mean", "unet"]})
     out, images = _pairs(job, root / "index.tsv", root / "split.tsv", tmp_path)
