@@ -119,15 +119,16 @@ class ImagingTask:
     """One image-level task.
 
     ``task``: its name (``results/imaging/<task>/``); ``kind``: :data:`KINDS`; ``cohort``,
-    ``modality``: whose images and which (the target); ``sources``: the source modalities of
-    a synthesis task, in the config's order (empty for enhancement); ``n_test`` / ``n_train``: the images used (after the
-    caps; ``n_train`` is 0 when no method trains); ``methods``: :data:`METHODS` in the config's
-    order; ``corrupt`` / ``unet``: the settings' fields (seed included); ``metrics``: names of
-    :data:`genbrain.imaging.metrics.METRICS`; ``n_examples``: test images in the figure;
-    ``n_boot``: bootstrap resamples of the summary's CIs; ``k``: DiT samples averaged per test
-    image; ``demographics``: the DiT is conditioned on age and sex too; ``train``: the DiT
-    fine-tunes' TrainConfig keys (:data:`TRAIN_KEYS`); ``identifiability``: score the
-    identifiability metrics (:data:`genbrain.imaging.metrics.IDENTIFIABILITY_METRICS`) too;
+    ``modality``: whose images and which (the target); ``sources``: the source modalities of a
+    synthesis task, in the config's order (empty for enhancement); ``n_test`` / ``n_train``: the
+    images used (after the caps; ``n_train`` is 0 when no method trains); ``methods``:
+    :data:`METHODS` in the config's order; ``corrupt`` / ``unet``: the settings' fields (seed
+    included); ``metrics``: names of :data:`SCORED_METRICS`; ``n_examples``:
+    test images in the figure; ``n_boot``: bootstrap resamples of the summary's CIs; ``k``: DiT
+    samples averaged per test image; ``demographics``: the DiT is conditioned on age and sex
+    too; ``train``: the DiT fine-tunes' TrainConfig keys (:data:`TRAIN_KEYS`);
+    ``identifiability``: score the identifiability metrics
+    (:data:`genbrain.imaging.metrics.IDENTIFIABILITY_METRICS`) too;
     ``biology_min_n``: the age/sex similarity is computed only with at least this many test
     images (below, its rows say so)."""
 
@@ -568,16 +569,17 @@ def dit_predictions(task: ImagingTask, checkpoint: str | Path, index: str | Path
                     images: str | Path, sampling: Mapping, registry=None) -> np.ndarray:
     """A DiT method's predictions of the test targets -> float32 (n_test, V) in [0, 1].
 
-    Each test participant (``images.tsv``, ``set == test``, in row order) gets one covariate
-    row (``synthetic_id`` = its row, its age and sex, ``modality`` = the target) and its
-    ``sources`` images (K channels, the task's order) from the store (the store's normalised units, which the model was trained
-    on; not the pairs' [0, 1] copy); :func:`genbrain.sampling.sample_table` draws ``task.k``
-    DDIM samples per row with ``sampling`` (:class:`~genbrain.sampling.SamplingConfig` keys:
-    the ``synthesize`` section's steps, guidance, weights and the top-level seed) and averages
-    them. Row i's initial noise is seeded by (seed, i, j) whichever model draws it, so
-    ``genbrain`` and ``scratch`` start from identical noise: their paired difference is the
-    models', not the draws'. The average is mapped to [0, 1] over the brain
-    (:func:`genbrain.imaging.metrics.normalise_01`) as the pairs are."""
+    Each test participant (``images.tsv``, ``set == test``, in row order) gets one covariate row
+    (``synthetic_id`` = its row, its age and sex, ``modality`` = the target) and its ``sources``
+    images (K channels, the task's order) from the store (the store's normalised units, which
+    the model was trained on; not the pairs' [0, 1] copy);
+    :func:`genbrain.sampling.sample_table` draws ``task.k`` DDIM samples per row with
+    ``sampling`` (:class:`~genbrain.sampling.SamplingConfig` keys: the ``synthesize`` section's
+    steps, guidance, weights and the top-level seed) and averages them. Row i's initial noise is
+    seeded by (seed, i, j) whichever model draws it, so ``genbrain`` and ``scratch`` start from
+    identical noise: their paired difference is the models', not the draws'. The average is
+    mapped to [0, 1] over the brain (:func:`genbrain.imaging.metrics.normalise_01`) as the pairs
+    are."""
     from genbrain.imaging.metrics import normalise_01
     from genbrain.io import read_tsv
     from genbrain.modalities import DEFAULT_REGISTRY
