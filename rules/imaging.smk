@@ -4,7 +4,8 @@ rule imaging_pairs:
     [0, 1] over the brain, and their sources: corrupted copies (k-space rigid motion, Gaussian
     and Rician noise), each drawn from its own stream seeded by the config's seed and the
     image's participant id, the draws tabled per image; or, for synthesis, the same
-    participants' images of the source modality."""
+    participants' images of the source modality (of each, in order, with several: rest ->
+    task's FC maps)."""
     input:
         index=get_imaging_store,
         split="results/pretrain/split.tsv",
@@ -183,7 +184,7 @@ rule imaging_scratch_init:
 
 rule imaging_finetune:
     """A synthesis task's DiT method (paper Fig. 4, Methods "Cross-modality synthesis"):
-    the fine-tuning job (genbrain.finetune.run_finetune) with the source modality as an input
+    the fine-tuning job (genbrain.finetune.run_finetune) with each source modality as an input
     channel and the target as the modality, on the task's training participants, from the
     pretrained model (genbrain) or from random weights of its architecture (scratch): the same
     data, steps and seed. Resumable: trains in results/imaging/<task>/models/<method>/work/.
