@@ -424,7 +424,7 @@ def imaging_finetunes(imaging: Mapping[str, Any], cohorts: Mapping[str, Cohort]
     ``genbrain`` starts from the pretrained checkpoint, ``scratch`` from :data:`SCRATCH_INIT`
     (the same architecture, random weights: :func:`genbrain.training.checkpoints.
     random_init_checkpoint`); otherwise the two are the same job: target ``modality``, the
-    ``source`` modality as an input channel, age and sex with ``demographics``, the task's
+    ``sources`` modalities as input channels (in the task's order), age and sex with ``demographics``, the task's
     ``train`` keys, the top-level seed (set by the rule). ``split`` is ``train`` (the
     pretraining cohort's training split, capped at ``n_train``: the pairs' ``images.tsv``)."""
     from genbrain.finetune import TRAIN_KEYS, FinetuneJob
@@ -440,7 +440,7 @@ def imaging_finetunes(imaging: Mapping[str, Any], cohorts: Mapping[str, Cohort]
             jobs[f"{name}/{method}"] = FinetuneJob(
                 task=name, unit=method, cohort=task.cohort,
                 sites=tuple(cohorts[task.cohort].sites), modalities=(task.modality,),
-                diagnosis_levels=None, score_column=None, sources=(task.source,),
+                diagnosis_levels=None, score_column=None, sources=tuple(task.sources),
                 demographics=task.demographics, split="train", init=init,
                 train=dict(task.train))
     return jobs

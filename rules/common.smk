@@ -681,6 +681,11 @@ def get_imaging_predictions(wildcards):
     return [f"{job.out_dir}/predictions/{m}.npy" for m in job.methods]
 
 
+def get_imaging_scores_mem_mb(wildcards):
+    """The scores step's memory (MB), from the task's test images and methods."""
+    return IMAGING[wildcards.task].scores_mem_mb()
+
+
 def get_imaging_finetune_job(wildcards):
     """The fine-tuning job of an image task's DiT method, as a plain dict."""
     return IMAGING_FINETUNES[f"{wildcards.task}/{wildcards.method}"].to_dict()

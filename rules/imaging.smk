@@ -4,7 +4,8 @@ rule imaging_pairs:
     [0, 1] over the brain, and their sources: corrupted copies (k-space rigid motion, Gaussian
     and Rician noise), each drawn from its own stream seeded by the config's seed and the
     image's participant id, the draws tabled per image; or, for synthesis, the same
-    participants' images of the source modality."""
+    participants' images of the source modality (of each, in order, with several: rest ->
+    task's FC maps)."""
     input:
         index=get_imaging_store,
         split="results/pretrain/split.tsv",
@@ -60,8 +61,9 @@ rule imaging_method:
 
 
 rule imaging_scores:
-    """An image task's scores (paper Figs. 3-4): PSNR, RMSE, 3D-SSIM and MS-SSIM of every
-    method's predictions and of the input against the targets, and the identifiability of
+    """An image task's scores (paper Figs. 3-4): PSNR, RMSE, 3D-SSIM, MS-SSIM and Dice AUC
+    (the task's metrics) of every method's predictions and of the input (several sources:
+    their mean) against the targets, and the identifiability of
     each image among the test images (own r, identified, own minus other r), per image; the
     summary per method and metric with bootstrap 95% CIs, and the paired difference from the
     input with its CI and the paired t-test; the correlation matrices; the age/sex
@@ -100,6 +102,10 @@ rule imaging_scores:
     conda:
         "../envs/model.yaml"
     threads: 1
+    # the float64 copies of the identifiability matrix grow with n_test (~8 GB at the paper's
+    # 500 test images); the rule, not the profile, sizes it
+    resources:
+        mem_mb=get_imaging_scores_mem_mb,
     params:
         job=get_imaging_job,
     script:
@@ -178,7 +184,7 @@ rule imaging_scratch_init:
 
 rule imaging_finetune:
     """A synthesis task's DiT method (paper Fig. 4, Methods "Cross-modality synthesis"):
-    the fine-tuning job (genbrain.finetune.run_finetune) with the source modality as an input
+    the fine-tuning job (genbrain.finetune.run_finetune) with each source modality as an input
     channel and the target as the modality, on the task's training participants, from the
     pretrained model (genbrain) or from random weights of its architecture (scratch): the same
     data, steps and seed. Resumable: trains in results/imaging/<task>/models/<method>/work/.

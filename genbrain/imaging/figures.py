@@ -2,8 +2,9 @@
 predictions and the score tables of :mod:`genbrain.imaging.plan` (nothing is computed here
 but a display window).
 
-- :func:`examples`: the paper's Fig. 3 first row: for a few test images, the corrupted input,
-  each method's output and the clean target on the same axial slice.
+- :func:`examples`: the paper's Fig. 3 first row: for a few test images, the corrupted input
+  (or each source of a several-source synthesis task), each method's output and the clean
+  target on the same axial slice.
 - :func:`metric_distributions`: the paper's Fig. 3 second row: per metric, each method's
   per-image values with the mean and its bootstrap 95% CI.
 - :func:`identifiability`: per method, the test targets x predictions correlation matrix,
@@ -22,7 +23,7 @@ from genbrain.figures import CUTS, pyplot, save_figure
 
 METRIC_LABELS = {"psnr": "PSNR (dB)", "rmse": "RMSE", "ssim3d": "3D-SSIM", "ms_ssim": "MS-SSIM",
                  "r": "own r", "identified": "identified (0/1)",
-                 "r_gap": "own r - mean other r"}
+                 "r_gap": "own r - mean other r", "dice_auc": "Dice AUC (top 5-50%)"}
 
 
 def examples(panels: Mapping[str, np.ndarray], subjects: Sequence[str],

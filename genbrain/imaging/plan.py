@@ -9,7 +9,9 @@ modality and a kind:
   k-space rigid motion and Gaussian + Rician noise, drawn per image from the config's seed);
 - ``synthesis``: the source is the same participant's image of another modality (``source``,
   e.g. T1w -> FLAIR), from the same store, mapped to [0, 1] the same way; nothing is
-  corrupted (``corruption.tsv`` keeps its header only).
+  corrupted (``corruption.tsv`` keeps its header only). ``source`` may list several
+  modalities (rest -> task, the DeepTaskGen problem: ``source: [fc01, fc02, fc03]`` ->
+  ``task_faces``): every one is an input channel of the U-Net and the DiT, in that order.
 
 Who is used for what: the **test** images are the pretraining cohort's hold-out
 (``results/pretrain/split.tsv``, ``split == holdout``), never seen by the pretrained model; the
@@ -26,7 +28,7 @@ voxels (:func:`genbrain.imaging.metrics.normalise_01`, the metrics' own normalis
 Methods (``methods``, each one job writing ``predictions/<method>.npy``): ``mean`` (the mean
 training target), ``nlmeans`` (non-local means of the corrupted image; enhancement only),
 ``unet`` (a MONAI 3D U-Net trained on the training pairs), and on synthesis tasks the DiT:
-``genbrain`` (the pretrained model fine-tuned image-conditioned, ``sources: [source]``,
+``genbrain`` (the pretrained model fine-tuned image-conditioned, ``sources`` = the task's,
 ``modalities: [target]``, on the task's training participants) and ``scratch`` (the same DiT
 architecture from a random initialisation, the same data, steps and seed: the paper's
 "pretraining helps" control). Both train through the fine-tuning stage's own job
@@ -39,7 +41,8 @@ sources are not in a store.
 Scores: per test image and method the image metrics against the target, the method's input
 itself scored as method ``input`` (the corrupted image; for synthesis the source image as if
 it were the target: the floor of copying the input, which shows how far apart the two
-modalities are); a summary with bootstrap CIs and paired t-tests against ``input``, and for
+modalities are; with several sources, the mean of their [0, 1] images, :func:`input_image`);
+a summary with bootstrap CIs and paired t-tests against ``input``, and for
 ``genbrain`` against every other method too (:func:`score_task`).
 
 :func:`plan_imaging` runs at DAG build time: a config mistake is one line naming the key.
@@ -59,7 +62,7 @@ import pandas as pd
 from genbrain.errors import GenbrainInputError
 from genbrain.imaging.baselines import UNetSettings
 from genbrain.imaging.corrupt import CorruptionSettings
-from genbrain.imaging.metrics import IMAGE_METRICS
+from genbrain.imaging.metrics import IDENTIFIABILITY_METRICS, IMAGE_METRICS, MAP_METRICS
 from genbrain.seeds import name_seed, seed_of
 from genbrain.splits import holdout_split
 
@@ -95,6 +98,12 @@ INPUT = "input"
 TRAIN_KEYS = ("steps", "global_batch", "micro_batch", "lr", "weight_decay", "ema_decay",
               "label_dropout", "checkpoint_every", "log_every", "sampling_weights",
               "precision", "compile", "template_images")
+#: the metrics a task may list (``metrics``): the image metrics and the DeepTaskGen map
+#: metrics (own r, identified, Dice AUC); with ``identifiability`` (the default) ``r`` and
+#: ``identified`` come from the correlation matrix whether listed or not
+SCORED_METRICS = IMAGE_METRICS + MAP_METRICS
+#: the voxels the memory estimate of the scores step assumes (FSL's 2 mm brain mask)
+N_VOXELS = 228_483
 #: paired tests and bootstrap CIs need at least this many test images
 MIN_TEST = 2
 #: the age/sex similarity's default and least minimum of test images (a t-map needs 3; with
@@ -110,15 +119,16 @@ class ImagingTask:
     """One image-level task.
 
     ``task``: its name (``results/imaging/<task>/``); ``kind``: :data:`KINDS`; ``cohort``,
-    ``modality``: whose images and which (the target); ``source``: the source modality of a
-    synthesis task (None for enhancement); ``n_test`` / ``n_train``: the images used (after the
-    caps; ``n_train`` is 0 when no method trains); ``methods``: :data:`METHODS` in the config's
-    order; ``corrupt`` / ``unet``: the settings' fields (seed included); ``metrics``: names of
-    :data:`genbrain.imaging.metrics.METRICS`; ``n_examples``: test images in the figure;
-    ``n_boot``: bootstrap resamples of the summary's CIs; ``k``: DiT samples averaged per test
-    image; ``demographics``: the DiT is conditioned on age and sex too; ``train``: the DiT
-    fine-tunes' TrainConfig keys (:data:`TRAIN_KEYS`); ``identifiability``: score the
-    identifiability metrics (:data:`genbrain.imaging.metrics.IDENTIFIABILITY_METRICS`) too;
+    ``modality``: whose images and which (the target); ``sources``: the source modalities of a
+    synthesis task, in the config's order (empty for enhancement); ``n_test`` / ``n_train``: the
+    images used (after the caps; ``n_train`` is 0 when no method trains); ``methods``:
+    :data:`METHODS` in the config's order; ``corrupt`` / ``unet``: the settings' fields (seed
+    included); ``metrics``: names of :data:`SCORED_METRICS`; ``n_examples``:
+    test images in the figure; ``n_boot``: bootstrap resamples of the summary's CIs; ``k``: DiT
+    samples averaged per test image; ``demographics``: the DiT is conditioned on age and sex
+    too; ``train``: the DiT fine-tunes' TrainConfig keys (:data:`TRAIN_KEYS`);
+    ``identifiability``: score the identifiability metrics
+    (:data:`genbrain.imaging.metrics.IDENTIFIABILITY_METRICS`) too;
     ``biology_min_n``: the age/sex similarity is computed only with at least this many test
     images (below, its rows say so)."""
 
@@ -135,18 +145,43 @@ class ImagingTask:
     n_examples: int
     n_boot: int
     seed: int
-    source: str | None = None
+    sources: tuple[str, ...] = ()
     k: int = 5
     demographics: bool = True
     train: Mapping = field(default_factory=dict)
     identifiability: bool = True
     biology_min_n: int = 20
 
-    TUPLES = ("methods", "metrics")
+    TUPLES = ("methods", "metrics", "sources")
 
     @property
     def out_dir(self) -> str:
         return f"results/imaging/{self.task}"
+
+    @property
+    def source_label(self) -> str:
+        """The sources for titles and logs: ``T1w``, ``fc01 + fc02 + fc03``."""
+        return " + ".join(self.sources)
+
+    @property
+    def pixel_metrics(self) -> tuple[str, ...]:
+        """The metrics :func:`score_task` scores per image pair: ``metrics`` without those the
+        identifiability matrices give anyway (``r``, ``identified`` with ``identifiability``)."""
+        skip = IDENTIFIABILITY_METRICS if self.identifiability else ()
+        return tuple(m for m in self.metrics if m not in skip)
+
+    def scores_mem_mb(self, n_voxels: int = N_VOXELS) -> int:
+        """Memory (MB) the scores step needs, from n_test: the targets and every method's
+        predictions held as float32 ((1 + methods) x 4 n V bytes; the sources are memory-mapped
+        and reduced to the input image, one more), and the largest transient, the
+        identifiability matrix's float64 copies (targets, predictions, both centred and scaled,
+        one temporary: 5 x 8 n V; the per-image metrics' [0, 1] copies take no more), plus
+        1 GB for the interpreter, torch, MONAI and scikit-image. 500 test images with 4 methods:
+        ~8 GB (the float64 copies alone 4.6 GB)."""
+        n = int(self.n_test) * int(n_voxels)
+        held = (2 + len(self.methods)) * 4 * n
+        transient = 5 * 8 * n
+        return int(np.ceil((held + transient) / 2**20)) + 1024
 
     @property
     def dit_methods(self) -> tuple[str, ...]:
@@ -247,7 +282,7 @@ def plan_imaging(config: Mapping, cohorts: Mapping, pretrain: str | None
         if modality not in cohort.modalities:
             raise _unknown(f"{key}.modality", modality, cohort.modalities,
                            f"a modality of cohort '{cohort_name}', one of")
-        source = _source(spec, key, kind, modality, cohort, cohort_name)
+        sources = _sources(spec, key, kind, modality, cohort, cohort_name)
         if kind == "synthesis" and spec.get("corrupt"):
             raise GenbrainInputError(f"config: '{key}.corrupt': a synthesis task corrupts "
                                      "nothing (its source is another modality); remove the key")
@@ -269,8 +304,11 @@ def plan_imaging(config: Mapping, cohorts: Mapping, pretrain: str | None
         train = _train_spec(spec.get("train"), f"{key}.train")
         metrics = tuple(spec.get("metrics", IMAGE_METRICS))
         for m in metrics:
-            if m not in IMAGE_METRICS:
-                raise _unknown(f"{key}.metrics", m, IMAGE_METRICS, "image metrics among")
+            if m not in SCORED_METRICS:
+                raise _unknown(f"{key}.metrics", m, SCORED_METRICS, "metrics among")
+        if len(set(metrics)) != len(metrics):
+            raise GenbrainInputError(f"config: '{key}.metrics' lists a metric twice: "
+                                     f"{list(metrics)}")
         split = holdout_split(cohort.table, float(config["pretrain"]["holdout_fraction"]), seed)
         n_hold = int((split["split"] == "holdout").sum())
         n_train_all = int((split["split"] == "train").sum())
@@ -307,34 +345,44 @@ def plan_imaging(config: Mapping, cohorts: Mapping, pretrain: str | None
             corrupt=_corrupt_spec(spec.get("corrupt"), f"{key}.corrupt", seed),
             unet=_unet_spec(spec.get("unet"), f"{key}.unet", seed), metrics=metrics,
             n_examples=n_examples, n_boot=int(section.get("n_boot", 1000)), seed=seed,
-            source=source, k=k, demographics=bool(spec.get("demographics", True)),
+            sources=sources, k=k, demographics=bool(spec.get("demographics", True)),
             train=train, identifiability=identifiability, biology_min_n=int(min_n))
     return out
 
 
-def _source(spec: Mapping, key: str, kind: str, modality: str, cohort, cohort_name: str
-            ) -> str | None:
-    """A synthesis task's source modality (checked: one of the cohort's, not the target);
-    None for enhancement, which takes none."""
+def _sources(spec: Mapping, key: str, kind: str, modality: str, cohort, cohort_name: str
+             ) -> tuple[str, ...]:
+    """A synthesis task's source modalities (``source``: one name or a list; checked: each one
+    of the cohort's, none the target, none twice), in the config's order; () for enhancement,
+    which takes none."""
     source = spec.get("source")
     if kind != "synthesis":
         if source is not None:
-            raise GenbrainInputError(f"config: '{key}.source' is '{source}' on a task of kind "
+            raise GenbrainInputError(f"config: '{key}.source' is {source!r} on a task of kind "
                                      f"'{kind}', whose source is its target corrupted; remove "
-                                     "the key or "
-                                     "set kind: synthesis")
-        return None
-    if source is None:
+                                     "the key or set kind: synthesis")
+        return ()
+    if source is None or (isinstance(source, (list, tuple)) and not source):
         raise GenbrainInputError(f"config: '{key}.source': a synthesis task needs the source "
-                                 f"modality it maps to '{modality}' (one of cohort "
-                                 f"'{cohort_name}'s {list(cohort.modalities)})")
-    if source not in cohort.modalities:
-        raise _unknown(f"{key}.source", source, cohort.modalities,
-                       f"a modality of cohort '{cohort_name}', one of")
-    if source == modality:
-        raise GenbrainInputError(f"config: '{key}.source' is '{source}', the task's target "
-                                 "modality too; a synthesis task maps one modality to another")
-    return str(source)
+                                 f"modality it maps to '{modality}', or a list of them (of "
+                                 f"cohort '{cohort_name}'s {list(cohort.modalities)})")
+    names = [source] if isinstance(source, str) else source
+    if not isinstance(names, (list, tuple)) or not all(isinstance(m, str) for m in names):
+        raise GenbrainInputError(f"config: '{key}.source' is {source!r}; expected a modality "
+                                 "name or a list of modality names")
+    for m in names:
+        if m not in cohort.modalities:
+            raise _unknown(f"{key}.source", m, cohort.modalities,
+                           f"a modality of cohort '{cohort_name}', one of")
+    if modality in names:
+        raise GenbrainInputError(f"config: '{key}.source' is '{modality}', the task's target "
+                                 "modality too; a synthesis task maps its sources to another "
+                                 "modality")
+    twice = sorted({m for m in names if names.count(m) > 1})
+    if twice:
+        raise GenbrainInputError(f"config: '{key}.source' lists '{twice[0]}' twice: "
+                                 f"{list(names)}; each source is one input channel")
+    return tuple(str(m) for m in names)
 
 
 def _train_spec(spec: Mapping | None, key: str) -> dict:
@@ -384,7 +432,9 @@ def make_pairs(task: ImagingTask, index: str | Path, split: str | Path,
     """Write a task's pairs: ``out['images']`` (participant_id, set = test/train, row, site,
     age, sex), ``test_target`` / ``test_source`` (n_test, V) and ``train_target`` /
     ``train_source`` (n_train, V; (0, V) when no method trains) as float32 .npy in [0, 1]
-    (the source: the target corrupted, or for synthesis the ``source`` modality's image), and
+    (the source: the target corrupted, or for synthesis the ``source`` modality's image; with
+    K >= 2 sources, (n, K, V), channel j the j-th of ``task.sources``, written one channel at
+    a time into the memory-mapped file so a cohort's 15 FC maps are never all in memory), and
     ``out['corruption']``, the draws per image (:data:`genbrain.imaging.corrupt.TABLE_COLUMNS`
     with ``set``; the header only for synthesis). Returns the images table."""
     from genbrain.imaging.corrupt import TABLE_COLUMNS, corrupt_vectors
@@ -410,17 +460,24 @@ def make_pairs(task: ImagingTask, index: str | Path, split: str | Path,
                  else np.zeros((0, n_voxels), np.float32))
         n_voxels = clean.shape[1]
         source = clean
-        if ids and task.kind == "synthesis":  # the same participants' other modality
-            source = load_clean(index, task.source, ids)
-            log.info("%s: %d %s %s -> %s pairs", task.task, len(ids), which, task.source,
+        if task.kind == "synthesis" and len(task.sources) > 1:
+            save_npy(clean, out[f"{which}_target"])
+            _save_sources(index, task.sources, ids, n_voxels, out[f"{which}_source"])
+            log.info("%s: %d %s %s -> %s pairs", task.task, len(ids), which, task.source_label,
+                     task.modality)
+            source = None
+        elif ids and task.kind == "synthesis":  # the same participants' other modality
+            source = load_clean(index, task.sources[0], ids)
+            log.info("%s: %d %s %s -> %s pairs", task.task, len(ids), which, task.sources[0],
                      task.modality)
         elif ids:
             source, drawn = corrupt_vectors(clean, ids, settings)
             drawn.insert(1, "set", which)
             draws.append(drawn)
             log.info("%s: %d %s images corrupted", task.task, len(ids), which)
-        save_npy(clean, out[f"{which}_target"])
-        save_npy(source, out[f"{which}_source"])
+        if source is not None:
+            save_npy(clean, out[f"{which}_target"])
+            save_npy(source, out[f"{which}_source"])
         images.append(pd.DataFrame({"participant_id": ids, "set": which,
                                     "row": np.arange(len(ids)),
                                     "site": info.loc[ids, "site"].to_numpy() if ids else [],
@@ -432,6 +489,37 @@ def make_pairs(task: ImagingTask, index: str | Path, split: str | Path,
     save_tsv(pd.concat(draws, ignore_index=True) if len(draws) > 1 else draws[0],
              out["corruption"])
     return images_t
+
+
+def _save_sources(index: str | Path, sources: Sequence[str], ids: Sequence[str],
+                  n_voxels: int, path: str | Path) -> None:
+    """The K ``sources`` images of ``ids`` as one float32 (n, K, V) .npy in [0, 1], written
+    atomically one channel at a time (memory: one channel's (n, V))."""
+    from genbrain.io import atomic_path, save_npy
+
+    if not len(ids):  # no training set: nothing to map
+        save_npy(np.zeros((0, len(sources), n_voxels), np.float32), path)
+        return
+    with atomic_path(path) as tmp:
+        arr = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float32,
+                                        shape=(len(ids), len(sources), n_voxels))
+        for j, m in enumerate(sources):
+            arr[:, j] = load_clean(index, m, ids)
+        arr.flush()
+        del arr
+
+
+def input_image(source: np.ndarray) -> np.ndarray:
+    """The image scored as method ``input``: the source itself (n, V) (the corrupted image, a
+    single-source synthesis task's source), or for K sources (n, K, V) the mean of their [0, 1]
+    images (float32 (n, V)): what copying the input gives, channel-blind, one channel at a time
+    (``source`` may be memory-mapped)."""
+    if source.ndim == 2:
+        return np.asarray(source)
+    out = np.zeros((source.shape[0], source.shape[2]), np.float64)
+    for j in range(source.shape[1]):
+        out += source[:, j]
+    return (out / source.shape[1]).astype(np.float32)
 
 
 # ---------------------------------------------------------------- methods
@@ -481,16 +569,17 @@ def dit_predictions(task: ImagingTask, checkpoint: str | Path, index: str | Path
                     images: str | Path, sampling: Mapping, registry=None) -> np.ndarray:
     """A DiT method's predictions of the test targets -> float32 (n_test, V) in [0, 1].
 
-    Each test participant (``images.tsv``, ``set == test``, in row order) gets one covariate
-    row (``synthetic_id`` = its row, its age and sex, ``modality`` = the target) and its
-    ``source`` image from the store (the store's normalised units, which the model was trained
-    on; not the pairs' [0, 1] copy); :func:`genbrain.sampling.sample_table` draws ``task.k``
-    DDIM samples per row with ``sampling`` (:class:`~genbrain.sampling.SamplingConfig` keys:
-    the ``synthesize`` section's steps, guidance, weights and the top-level seed) and averages
-    them. Row i's initial noise is seeded by (seed, i, j) whichever model draws it, so
-    ``genbrain`` and ``scratch`` start from identical noise: their paired difference is the
-    models', not the draws'. The average is mapped to [0, 1] over the brain
-    (:func:`genbrain.imaging.metrics.normalise_01`) as the pairs are."""
+    Each test participant (``images.tsv``, ``set == test``, in row order) gets one covariate row
+    (``synthetic_id`` = its row, its age and sex, ``modality`` = the target) and its ``sources``
+    images (K channels, the task's order) from the store (the store's normalised units, which
+    the model was trained on; not the pairs' [0, 1] copy);
+    :func:`genbrain.sampling.sample_table` draws ``task.k`` DDIM samples per row with
+    ``sampling`` (:class:`~genbrain.sampling.SamplingConfig` keys: the ``synthesize`` section's
+    steps, guidance, weights and the top-level seed) and averages them. Row i's initial noise is
+    seeded by (seed, i, j) whichever model draws it, so ``genbrain`` and ``scratch`` start from
+    identical noise: their paired difference is the models', not the draws'. The average is
+    mapped to [0, 1] over the brain (:func:`genbrain.imaging.metrics.normalise_01`) as the pairs
+    are."""
     from genbrain.imaging.metrics import normalise_01
     from genbrain.io import read_tsv
     from genbrain.modalities import DEFAULT_REGISTRY
@@ -510,17 +599,17 @@ def dit_predictions(task: ImagingTask, checkpoint: str | Path, index: str | Path
                                  "pairs)")
     settings = SamplingConfig(**{**dict(sampling), "k": int(task.k)})
     model, norms, config = load_for_sampling(checkpoint, settings.weights)
-    if list(config.sources or []) != [task.source]:
+    if list(config.sources or []) != list(task.sources):
         raise GenbrainInputError(f"{checkpoint}: the model takes source images "
                                  f"{list(config.sources or [])}; imaging task '{task.task}' "
-                                 f"maps {task.source} -> {task.modality}")
+                                 f"maps {task.source_label} -> {task.modality}")
     covariates = pd.DataFrame({"synthetic_id": np.arange(len(ids)), "participant_id": ids,
                                "age": test["age"].to_numpy(np.float64),
                                "sex": test["sex"].astype(str).to_numpy(),
                                "modality": task.modality})
     where = f"imaging task '{task.task}' test images"
-    store = ImageStore(index, modalities=[task.source], participants=ids)
-    sources = source_images(store, covariates, [task.source], where)  # (n, 1, V)
+    store = ImageStore(index, modalities=list(task.sources), participants=ids)
+    sources = source_images(store, covariates, list(task.sources), where)  # (n, K, V)
     log.info("%s: %d test images, %d DDIM steps, k = %d samples averaged each", task.task,
              len(ids), settings.steps, settings.k)
     x = sample_table(model, norms, config, covariates, settings, registry or DEFAULT_REGISTRY,
@@ -539,7 +628,9 @@ def score_task(task: ImagingTask, test_source: np.ndarray, test_target: np.ndarr
                predictions: Mapping[str, np.ndarray], subjects: Sequence[str]
                ) -> dict[str, pd.DataFrame]:
     """Score every method's (n, V) predictions and the input (method ``input``: the corrupted
-    image, or a synthesis task's source image) against the targets -> {"scores": one row per
+    image, or a synthesis task's source image; ``test_source`` (n, V), or (n, K, V) for K
+    sources, scored as their mean, :func:`input_image`) against the targets on
+    ``task.metrics`` -> {"scores": one row per
     (method, subject, metric): task, method, subject, metric, value; "summary": per (method,
     metric, baseline) the mean with its bootstrap CI and the mean paired difference from the
     baseline with its bootstrap CI and the paired two-sided t-test (:data:`SUMMARY_COLUMNS`)}.
@@ -564,11 +655,12 @@ def score_task(task: ImagingTask, test_source: np.ndarray, test_target: np.ndarr
         score_batch,
     )
 
-    runs = {INPUT: test_source, **predictions}
+    runs = {INPUT: input_image(test_source), **predictions}
     parts, corrs = [], []
     for m, p in runs.items():
-        parts.append(score_batch(p, test_target, subjects, task.metrics, task=task.task,
-                                 method=m))
+        if task.pixel_metrics:
+            parts.append(score_batch(p, test_target, subjects, task.pixel_metrics,
+                                     task=task.task, method=m))
         if task.identifiability:
             c = correlation_matrix(test_target, p)  # (n, n): targets x predictions
             corrs.append(c.astype(np.float32))
@@ -717,7 +809,7 @@ def scores_outputs(task: ImagingTask, pairs: Mapping[str, str], predictions: Seq
             raise GenbrainInputError(f"{path}: predictions of shape {p.shape}; the task's test "
                                      f"targets are {target.shape}")
         preds[method] = p
-    source = np.load(pairs["test_source"])
+    source = input_image(np.load(pairs["test_source"], mmap_mode="r"))  # (n, V)
     res = score_task(task, source, target, preds, subjects)
     save_tsv(res["scores"], out["scores"])
     save_tsv(res["summary"], out["summary"])
@@ -754,11 +846,14 @@ def figure_outputs(task: ImagingTask, pairs: Mapping[str, str], predictions: Seq
     pos = np.linspace(0, len(by) - 1, task.n_examples).round().astype(int)
     ids = list(dict.fromkeys(by["subject"].astype(str).iloc[pos]))
     rows = [int(test.index[test["participant_id"].astype(str) == i][0]) for i in ids]
-    panels = {"input": np.load(pairs["test_source"], mmap_mode="r")[rows]}
+    source = np.load(pairs["test_source"], mmap_mode="r")
+    # several sources: each its own panel (the scored input is their mean)
+    panels = ({"input": source[rows]} if source.ndim == 2 else
+              {m: source[rows, j] for j, m in enumerate(task.sources)})
     for method, path in zip(task.methods, predictions):
         panels[method] = np.load(path, mmap_mode="r")[rows]
     panels["target"] = np.load(pairs["test_target"], mmap_mode="r")[rows]
-    what = (f"{task.source} -> {task.modality} synthesis" if task.kind == "synthesis"
+    what = (f"{task.source_label} -> {task.modality} synthesis" if task.kind == "synthesis"
             else f"{task.modality} {task.kind}")
     fg.examples(panels, ids, out["examples"],
                 title=f"{task.task}: {what}, test images with the lowest to highest input "

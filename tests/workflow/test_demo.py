@@ -481,10 +481,11 @@ def test_demo_clinical_fine_tunes_an_unseen_modality_and_sweeps_the_ratios(demo)
 
 @pytest.mark.demo
 def test_demo_imaging_scores_every_method_and_the_fine_tune_against_its_controls(demo):
-    """config/demo.yaml's imaging tasks: enhancement (corrupted T1w of the pretraining hold-out)
-    and T1w -> FLAIR synthesis; every method and the input scored on every metric of the
-    task with CIs, figures; the synthesis task's GenBrain fine-tune starts from the pretrained
-    model and its control from random weights, both trained the task's steps on its training
+    """config/demo.yaml's imaging tasks: enhancement (corrupted T1w of the pretraining hold-out),
+    T1w -> FLAIR synthesis and rest -> task (three FC maps -> the faces map); every method and
+    the input scored on every metric of the task with CIs, figures; the synthesis tasks'
+    GenBrain fine-tunes start from the pretrained model (with every source as a channel) and
+    the control from random weights, both trained the task's steps on its training
     participants only (none from the hold-out), and their fidelity rows are measured."""
     cfg = yaml.safe_load((ROOT / "config" / "demo.yaml").read_text())
     res = demo / "results"
@@ -500,8 +501,10 @@ def test_demo_imaging_scores_every_method_and_the_fine_tune_against_its_controls
         assert len(test) == task["n_test"] and test <= holdout, name
         assert not set(images.loc[images["set"] == "train", "participant_id"]) & holdout
         summary = read_tsv(out / "summary.tsv")
-        metrics = [*task.get("metrics", ["psnr", "rmse", "ssim3d", "ms_ssim"]),
-                   *(IDENTIFIABILITY_METRICS if task.get("identifiability", True) else ())]
+        # r and identified may be listed and come from the identifiability matrices too
+        metrics = list(dict.fromkeys([
+            *task.get("metrics", ["psnr", "rmse", "ssim3d", "ms_ssim"]),
+            *(IDENTIFIABILITY_METRICS if task.get("identifiability", True) else ())]))
         scored = summary[summary["baseline"] == "input"] if "baseline" in summary else summary
         assert sorted(set(zip(scored["method"], scored["metric"]))) == sorted(
             (m, k) for m in ("input", *task["methods"]) for k in metrics), (name, scored)
@@ -512,9 +515,13 @@ def test_demo_imaging_scores_every_method_and_the_fine_tune_against_its_controls
         if kind != "synthesis":
             continue
         train = set(images.loc[images["set"] == "train", "participant_id"])
+        sources = task["source"] if isinstance(task["source"], list) else [task["source"]]
         for method, init in (("genbrain", "results/pretrain/checkpoint.pt"),
                              ("scratch", "results/imaging/scratch_init.pt")):
+            if method not in task["methods"]:
+                continue
             ckpt = torch.load(out / "models" / method / "checkpoint.pt", weights_only=True)
+            assert ckpt["config"]["train"]["sources"] == sources, method
             assert ckpt["config"]["init_checkpoint"] == init, method
             assert ckpt["step"] == task["train"]["steps"], method
             assert set(ckpt["config"]["meta"]["training_participants"]) == train, method
@@ -525,6 +532,10 @@ def test_demo_imaging_scores_every_method_and_the_fine_tune_against_its_controls
     rows = fidelity[fidelity["claim_id"].str.startswith("imaging.")]
     assert {"imaging.baseline_gain.psnr", "imaging.genbrain_vs_scratch.psnr",
             "imaging.genbrain_vs_mean.ssim3d"} <= set(rows["claim_id"]), rows
+    # rest -> task (several sources): its map metrics against the mean image, measured
+    rest = rows[rows["subject"] == "rest2task genbrain vs mean"]
+    assert {"imaging.genbrain_vs_mean.r", "imaging.genbrain_vs_mean.dice_auc"} <= set(
+        rest["claim_id"]), rows
     # the age/sex similarity needs more test images than the demo's (biology_min_n): its rows
     # say so; every other imaging row is measured
     similarity = rows["claim_id"].str.startswith("imaging.similarity_")

@@ -1,5 +1,6 @@
 """Dry-runs: the demo, the paper config pointed at a tiny fake dataset, and parse-time errors."""
 
+import re
 import zipfile
 
 import nibabel as nib
@@ -8,6 +9,7 @@ import pandas as pd
 import torch
 import yaml
 
+from genbrain.imaging.plan import N_VOXELS
 from genbrain.space import AFFINE
 from tests.workflow.helpers import ROOT, fake_checkpoint, snakemake
 
@@ -539,18 +541,19 @@ def _imaging_config(tmp_path, source, tasks=None):
 def test_imaging_jobs_are_planned_for_the_demo_and_smoke_and_a_task_adds_only_its_own(tmp_path):
     imaging = ("imaging_pairs", "imaging_method", "imaging_scores", "imaging_figure")
     dit = ("imaging_scratch_init", "imaging_finetune", "imaging_sample")
-    # (task, its synthesis task, baseline jobs of the two): the demo's synthesis task has no
-    # U-Net; the smoke run's has every method
-    for name, source, synth, baselines in (
-            ("demo", ROOT / "config" / "demo.yaml", "t1flair", "4"),
-            ("smoke", ROOT / ".test" / "smoke" / "config.yaml", "t1vbm", "5")):
+    # per scenario: its synthesis task with both DiT methods, and the jobs of each rule. The
+    # demo: t1enhance (3 baselines), t1flair (mean; genbrain, scratch), rest2task (mean;
+    # genbrain); the smoke run: t1enhance and t1flair2vbm with every method (two sources)
+    for name, source, synth, tasks, baselines, dits in (
+            ("demo", ROOT / "config" / "demo.yaml", "t1flair", "3", "5", "3"),
+            ("smoke", ROOT / ".test" / "smoke" / "config.yaml", "t1flair2vbm", "2", "5", "2")):
         res = snakemake("-n", "--configfile", str(source), "-d", str(tmp_path / name))
         assert res.returncode == 0, res.stderr
         jobs = _jobs(res.stdout)
         # one pairs, scores and figure job per task; one prediction job per baseline method;
         # one random init, and one fine-tune and one sampling job per DiT method
-        assert [jobs.get(r) for r in imaging] == ["2", baselines, "2", "2"], (name, jobs)
-        assert [jobs.get(r) for r in dit] == ["1", "2", "2"], (name, jobs)
+        assert [jobs.get(r) for r in imaging] == [tasks, baselines, tasks, tasks], (name, jobs)
+        assert [jobs.get(r) for r in dit] == ["1", dits, dits], (name, jobs)
         for path in ("results/imaging/t1enhance/predictions/unet.npy",
                      "results/imaging/t1enhance/summary.tsv",
                      "results/figures/imaging/t1enhance/examples.png",
@@ -561,6 +564,21 @@ def test_imaging_jobs_are_planned_for_the_demo_and_smoke_and_a_task_adds_only_it
                      f"results/imaging/{synth}/summary.tsv"):
             assert path in res.stdout, (name, path)
         assert f"results/imaging/{synth}/predictions/nlmeans.npy" not in res.stdout
+        if name == "demo":  # rest -> task: the fine-tune and the mean image, no control
+            for path in ("results/imaging/rest2task/models/genbrain/checkpoint.pt",
+                         "results/imaging/rest2task/predictions/mean.npy"):
+                assert path in res.stdout, path
+            for path in ("results/imaging/rest2task/models/scratch/checkpoint.pt",
+                         "results/imaging/rest2task/predictions/unet.npy"):
+                assert path not in res.stdout, path
+        # the scores step asks the memory its test images need (the rule sizes it)
+        block = _job_block(res.stdout, "imaging_scores")
+        task = re.search(r"results/imaging/(\w+)/scores\.tsv", block).group(1)
+        cfg = yaml.safe_load(source.read_text())["imaging"]["tasks"][task]
+        n = cfg["n_test"] * N_VOXELS
+        methods = len(cfg.get("methods", ("mean", "nlmeans", "unet")))
+        want = -(-((2 + methods) * 4 * n + 40 * n) // 2**20) + 1024
+        assert f"mem_mb={want}," in block, (name, block)
     # a third task with one method: its own four jobs and nothing else of the others
     smoke = ROOT / ".test" / "smoke" / "config.yaml"
     cfg = _imaging_config(tmp_path, smoke, {"t1nl": {"n_test": 2, "methods": ["nlmeans"]}})
@@ -586,8 +604,10 @@ def test_imaging_mistakes_stop_the_dag_with_one_line(tmp_path):
             ({"corrupt": {"max_translation": 20}}, "imaging.tasks.t1enhance.corrupt"),
             ({"kind": "synthesis", "corrupt": None, "source": "T1w"},
              "'imaging.tasks.t1enhance.source' is 'T1w', the task's target modality too"),
-            ({"kind": "synthesis", "corrupt": None, "source": "FLAIR"},
-             "'imaging.tasks.t1enhance.source' is 'FLAIR'"),
+            ({"kind": "synthesis", "corrupt": None, "source": "FA"},
+             "'imaging.tasks.t1enhance.source' is 'FA'"),
+            ({"kind": "synthesis", "corrupt": None, "source": ["VBM", "FLAIR", "VBM"]},
+             "'imaging.tasks.t1enhance.source' lists 'VBM' twice"),
             ({"kind": "synthesis", "corrupt": None, "source": "VBM", "methods": ["nlmeans"]},
              "'imaging.tasks.t1enhance.methods' has 'nlmeans' on a task of kind 'synthesis'")):
         cfg = yaml.safe_load(smoke.read_text())

@@ -149,6 +149,7 @@ def test_each_stage_wrote_what_it_promises(smoke):
         # the biology: identifiability per image, its matrices; the similarity not computed
         # (n_test 2 < biology_min_n)
         assert {"r", "identified", "r_gap"} <= set(summary["metric"]), name
+        assert set(task.get("metrics", ())) <= set(summary["metric"]), name
         corr = np.load(res / "imaging" / name / "correlations.npy")
         assert corr.shape == (1 + len(methods), task["n_test"], task["n_test"]), name
         sim = read_tsv(res / "imaging" / name / "similarity.tsv")
@@ -156,12 +157,17 @@ def test_each_stage_wrote_what_it_promises(smoke):
         assert sim["note"].str.startswith("not computed").all(), name
         if kind != "synthesis":
             continue
+        # every source a channel of the pairs ((n, K, V) with several)
+        pairs = np.load(res / "imaging" / name / "pairs" / "test_source.npy", mmap_mode="r")
+        assert pairs.shape[:-1] == ((task["n_test"], len(task["source"]))
+                                    if isinstance(task["source"], list) else (task["n_test"],))
         # the DiT methods: fine-tuned from the pretrained model and from the random start of
         # its architecture, each on the task's training participants, sampled per test image
+        sources = task["source"] if isinstance(task["source"], list) else [task["source"]]
         for method in ("genbrain", "scratch"):
             ckpt = torch.load(res / "imaging" / name / "models" / method / "checkpoint.pt",
                               weights_only=True)
-            assert ckpt["config"]["train"]["sources"] == [task["source"]], method
+            assert ckpt["config"]["train"]["sources"] == sources, method
             assert ckpt["config"]["train"]["modalities"] == [task["modality"]], method
             assert ckpt["step"] == task["train"]["steps"], method
             pred = np.load(res / "imaging" / name / "predictions" / f"{method}.npy")

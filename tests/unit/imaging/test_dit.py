@@ -14,9 +14,9 @@ import torch
 from genbrain.errors import GenbrainInputError
 from genbrain.imaging import plan as ip
 from genbrain.imaging.metrics import normalise_01
-from genbrain.io import save_tsv
+from genbrain.io import read_tsv, save_tsv
 from genbrain.sampling import SamplingConfig, sample_table, source_images
-from genbrain.store import ImageStore
+from genbrain.store import ImageStore, write_shard
 from genbrain.training.checkpoints import (
     load_for_sampling,
     random_init_checkpoint,
@@ -44,7 +44,7 @@ def _task(n_test: int, **changes) -> ip.ImagingTask:
     base = {"task": "syn", "kind": "synthesis", "cohort": "c", "modality": "T1w",
             "n_test": n_test, "n_train": 4, "methods": ("genbrain", "scratch"), "corrupt": {},
             "unet": {}, "metrics": ("psnr",), "n_examples": 1, "n_boot": 10, "seed": 3,
-            "source": "FLAIR", "k": 2}
+            "sources": ("FLAIR",), "k": 2}
     return ip.ImagingTask(**{**base, **changes})
 
 
@@ -113,10 +113,55 @@ def test_predictions_are_k_averaged_samples_from_the_source_mapped_to_01(tmp_pat
     assert not np.allclose(one, got)  # the second sample changes the average
     # a model of another mapping is refused naming both
     with pytest.raises(GenbrainInputError, match="maps T1w -> FLAIR"):
-        ip.dit_predictions(_task(3, source="T1w", modality="FLAIR"), ckpt, index,
+        ip.dit_predictions(_task(3, sources=("T1w",), modality="FLAIR"), ckpt, index,
                            tmp_path / "images.tsv", SAMPLING, REG)
     with pytest.raises(GenbrainInputError, match="3 test participants; the plan .* made for 2"):
         ip.dit_predictions(_task(2), ckpt, index, tmp_path / "images.tsv", SAMPLING, REG)
+
+
+def test_a_model_of_several_sources_predicts_from_all_of_them(tmp_path, pretrained):
+    """rest -> task's shape: two source channels (FLAIR and a second map) -> T1w, through the
+    fine-tuning job and the sampler; each test participant's two sources, in the task's
+    order, condition its samples, and a model of one source is refused for the task."""
+    index = effect_store(tmp_path / "store", n=10, source=True)
+    table = read_tsv(index)
+    rng = np.random.default_rng(2)
+    second = rng.standard_normal((10, ImageStore(index).n_voxels)).cumsum(axis=1) / 10
+    write_shard(second, tmp_path / "store" / "VBM.npy", "float32")
+    flair = table[table["modality"] == "FLAIR"]
+    extra = flair.assign(modality="VBM", modality_index=2, shard="VBM.npy")
+    save_tsv(pd.concat([table, extra], ignore_index=True), index)
+    ckpt, _ = tune(tmp_path, index, pretrained, sources=("FLAIR", "VBM"),
+                   train={"steps": 2, "global_batch": 4, "checkpoint_every": 1000,
+                          "log_every": 1000, "sampling_weights": "model"})
+    images = _images(ImageStore(index), tmp_path / "images.tsv", n_test=3)
+    task = _task(3, sources=("FLAIR", "VBM"), k=1)
+    got = ip.dit_predictions(task, ckpt, index, tmp_path / "images.tsv", SAMPLING, REG)
+    model, norms, config = load_for_sampling(ckpt)
+    assert list(config.sources) == ["FLAIR", "VBM"]
+    test = images[images["set"] == "test"]
+    rows = pd.DataFrame({"synthetic_id": np.arange(3), "participant_id": test["participant_id"],
+                         "age": test["age"], "sex": test["sex"], "modality": "T1w"})
+    src = source_images(ImageStore(index), rows, ["FLAIR", "VBM"])  # (3, 2, V)
+    want = sample_table(model, norms, config, rows, SamplingConfig(**{**SAMPLING, "k": 1}),
+                        REG, sources=src)
+    np.testing.assert_allclose(got, normalise_01(want), atol=1e-5)
+    # the channels' order is the model's: the task listing them the other way is refused
+    with pytest.raises(GenbrainInputError, match=r"source images \['FLAIR', 'VBM'\]"):
+        ip.dit_predictions(_task(3, sources=("VBM", "FLAIR")), ckpt, index,
+                           tmp_path / "images.tsv", SAMPLING, REG)
+    # and so is a model of one source
+    one = _one_source(tmp_path, pretrained)
+    with pytest.raises(GenbrainInputError, match=r"maps FLAIR \+ VBM -> T1w"):
+        ip.dit_predictions(task, one, index, tmp_path / "images.tsv", SAMPLING, REG)
+
+
+def _one_source(tmp_path, pretrained):
+    index = effect_store(tmp_path / "one", n=6, source=True)
+    ckpt, _ = tune(tmp_path / "one", index, pretrained, sources=("FLAIR",),
+                   train={"steps": 1, "global_batch": 2, "checkpoint_every": 1000,
+                          "log_every": 1000, "sampling_weights": "model"})
+    return ckpt
 
 
 def test_the_training_set_is_the_pairs_training_participants(tmp_path):

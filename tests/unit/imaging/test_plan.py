@@ -103,6 +103,22 @@ def test_plan_of_a_valid_task_and_its_round_trip():
     ({"source": "VBM"}, "'imaging.tasks.t1.source' is 'VBM' on a task of kind 'enhancement'"),
     ({"methods": ["mean", "genbrain"]}, ("'imaging.tasks.t1.methods' has 'genbrain' on a task "
                                          "of kind 'enhancement': the GenBrain method")),
+    # several sources (rest -> task): each checked, the target not among them, none twice
+    ({**SYN, "source": ["T1w", "VBMM"]}, ("'imaging.tasks.t1.source' is 'VBMM' (did you mean "
+                                          "'VBM'?)")),
+    ({**SYN, "source": ["T1w", "FLAIR"]}, ("'imaging.tasks.t1.source' is 'FLAIR', the task's "
+                                           "target modality too")),
+    ({**SYN, "source": ["T1w", "VBM", "T1w"]}, ("'imaging.tasks.t1.source' lists 'T1w' twice: "
+                                                "['T1w', 'VBM', 'T1w']")),
+    ({**SYN, "source": []}, "'imaging.tasks.t1.source': a synthesis task needs the source"),
+    ({**SYN, "source": ["T1w", 3]}, ("'imaging.tasks.t1.source' is ['T1w', 3]; expected a "
+                                    "modality name or a list")),
+    ({"source": ["T1w", "VBM"]}, ("'imaging.tasks.t1.source' is ['T1w', 'VBM'] on a task of kind "
+                                  "'enhancement'")),
+    # the DeepTaskGen metrics are scored metrics too; a name twice is refused
+    ({"metrics": ["dice_auk"]}, ("'imaging.tasks.t1.metrics' is 'dice_auk' (did you mean "
+                                "'dice_auc'?)")),
+    ({"metrics": ["psnr", "r", "psnr"]}, "'imaging.tasks.t1.metrics' lists a metric twice"),
 ])
 def test_each_bad_key_is_refused_with_one_line_naming_it(change, message):
     with pytest.raises(GenbrainInputError) as err:
@@ -113,8 +129,8 @@ def test_each_bad_key_is_refused_with_one_line_naming_it(change, message):
 
 def test_plan_of_a_synthesis_task():
     job = _plan({**SYN, "k": 2, "demographics": False, "train": {"steps": 7}})
-    assert (job.kind, job.source, job.modality, job.k, job.demographics) == (
-        "synthesis", "T1w", "FLAIR", 2, False)
+    assert (job.kind, job.sources, job.modality, job.k, job.demographics) == (
+        "synthesis", ("T1w",), "FLAIR", 2, False)
     # its default methods: no non-local means; the DiT fine-tuned and from scratch
     assert job.methods == ("mean", "unet", "genbrain", "scratch")
     assert job.dit_methods == ("genbrain", "scratch") and job.n_train == 4
@@ -123,6 +139,74 @@ def test_plan_of_a_synthesis_task():
     # the paper's k and demographics by default; a DiT method alone trains
     only = _plan({**SYN, "methods": ["scratch"]})
     assert (only.k, only.demographics, only.n_train) == (5, True, 4)
+
+
+def test_a_task_of_several_sources_keeps_their_order_and_a_single_name_stays_one():
+    job = _plan({**SYN, "source": ["VBM", "T1w"], "metrics": ["r", "identified", "dice_auc",
+                                                              "psnr"]})
+    assert job.sources == ("VBM", "T1w") and job.source_label == "VBM + T1w"
+    assert job.metrics == ("r", "identified", "dice_auc", "psnr")
+    # r and identified come from the identifiability matrices: scored once, not twice
+    assert job.pixel_metrics == ("dice_auc", "psnr")
+    assert _plan({**SYN, "metrics": ["r", "dice_auc"], "identifiability": False}
+                 ).pixel_metrics == ("r", "dice_auc")
+    assert ip.ImagingTask.from_dict(job.to_dict()) == job
+    assert _plan(SYN).sources == ("T1w",) and _plan().sources == ()
+    # the fine-tuning jobs of its DiT methods take every source, in that order
+    from genbrain.workflow import imaging_finetunes
+
+    cohorts = {"population": SimpleNamespace(**vars(COHORTS["population"]), sites=["S1"])}
+    jobs = imaging_finetunes({"t1": job}, cohorts)
+    assert {k: v.sources for k, v in jobs.items()} == {"t1/genbrain": ("VBM", "T1w"),
+                                                      "t1/scratch": ("VBM", "T1w")}
+    assert jobs["t1/genbrain"].modalities == ("FLAIR",)
+
+
+@pytest.mark.parametrize("name", ["config", "demo"])
+def test_the_shipped_configs_plan_their_rest_to_task_tasks(name):
+    """config/config.yaml (rest -> shapes / faces from the 15 FC maps, diffusion -> FC from
+    the 9 DTI/NODDI maps) and config/demo.yaml (fc01-fc03 -> task_faces) pass the schema and
+    the planner, the sources in their order; a fake pretraining cohort of 400 stands for the
+    cohort's table."""
+    from genbrain.config import load_yaml, validate_config
+    from tests.workflow.helpers import ROOT
+
+    cfg = validate_config(load_yaml(ROOT / "config" / f"{name}.yaml"),
+                          ROOT / "workflow" / "schemas" / "config.schema.yaml")
+    pre = next(k for k, c in cfg["cohorts"].items() if c.get("role") == "pretrain")
+    cohorts = {pre: SimpleNamespace(table=_table(400),
+                                    modalities=cfg["cohorts"][pre]["modalities"])}
+    plan = ip.plan_imaging(cfg, cohorts, pre)
+    fc = tuple(f"fc{i:02d}" for i in range(1, 16))
+    want = ({"rest2shapes": (fc, "task_shapes"), "rest2faces": (fc, "task_faces"),
+             "dwi2fc09": (("FA", "MD", "MO", "L1", "L2", "L3", "OD", "ICVF", "ISOVF"), "fc09"),
+             "dwi2fc13": (("FA", "MD", "MO", "L1", "L2", "L3", "OD", "ICVF", "ISOVF"), "fc13"),
+             "t1flair": (("T1w",), "FLAIR")}
+            if name == "config" else
+            {"rest2task": (("fc01", "fc02", "fc03"), "task_faces"), "t1flair": (("T1w",), "FLAIR")})
+    for task, (sources, target) in want.items():
+        assert (plan[task].sources, plan[task].modality) == (sources, target), task
+        if task.startswith("rest2"):
+            assert {"r", "identified", "dice_auc"} <= set(plan[task].metrics)
+    if name == "demo":
+        job = plan["rest2task"]
+        assert job.methods == ("mean", "genbrain")
+        assert (job.n_test, job.n_train, job.k) == (8, 64, 2)
+        assert job.train["steps"] == 120 and job.train["global_batch"] == 8
+
+
+def test_the_scores_step_asks_memory_for_its_test_images():
+    small, paper = _plan({"n_test": 3}), _plan({"n_test": None}, fraction=0.25)
+    assert small.scores_mem_mb() == pytest.approx(1064, abs=5)  # 3 images: ~the overhead
+    # the paper's 500 test images, 4 methods: the float64 correlation inputs alone are
+    # 4 x 500 x 228,483 x 8 bytes = 3.66 GB; with the arrays held, ~8 GB
+    big = ip.ImagingTask(**{**small.to_dict(), "n_test": 500,
+                            "methods": ("mean", "unet", "genbrain", "scratch")})
+    assert 7500 < big.scores_mem_mb() < 9000
+    assert big.scores_mem_mb() > 4 * 500 * ip.N_VOXELS * 8 / 2**20
+    more = ip.ImagingTask(**{**big.to_dict(), "n_test": 1000})
+    assert more.scores_mem_mb() - 1024 == pytest.approx(2 * (big.scores_mem_mb() - 1024), abs=2)
+    assert paper.scores_mem_mb() >= small.scores_mem_mb()
 
 
 def test_a_task_without_a_pretraining_cohort_is_refused():
@@ -210,6 +294,73 @@ def test_pairs_without_a_trained_method_keep_an_empty_training_set(store, tmp_pa
     out, images = _pairs(job, root / "index.tsv", root / "split.tsv", tmp_path)
     assert np.load(out["train_source"]).shape == (0, standard_space().n_voxels)
     assert set(images["set"]) == {"test"}
+
+
+@pytest.fixture(scope="module")
+def store3(tmp_path_factory, store):
+    """The T1w store plus VBM and FLAIR images of the same 20 participants (the T1w store's
+    split): a target and two sources."""
+    root, split = store
+    out = tmp_path_factory.mktemp("store3")
+    rng = np.random.default_rng(1)
+    index = read_tsv(root / "index.tsv")
+    frames = [index]
+    for j, m in enumerate(("VBM", "FLAIR"), start=1):
+        write_shard(rng.uniform(size=(20, standard_space().n_voxels)), out / f"{m}.npy",
+                    dtype="float32")
+        frames.append(index.assign(modality=m, modality_index=j, shard=f"{m}.npy"))
+    (out / "T1w.npy").symlink_to(root / "T1w.npy")
+    save_tsv(split, out / "split.tsv")
+    save_tsv(pd.concat(frames, ignore_index=True), out / "index.tsv")
+    return out, split
+
+
+def test_pairs_of_several_sources_carry_every_channel_in_order(store3, tmp_path):
+    root, _split = store3
+    job = _plan({**SYN, "source": ["VBM", "T1w"], "n_test": 2, "n_train": 3,
+                 "methods": ["mean", "unet"]})
+    out, images = _pairs(job, root / "index.tsv", root / "split.tsv", tmp_path)
+    v = standard_space().n_voxels
+    test_src, train_src = np.load(out["test_source"]), np.load(out["train_source"])
+    assert test_src.shape == (2, 2, v) and train_src.shape == (3, 2, v)
+    assert np.load(out["test_target"]).shape == (2, v)
+    # channel j is the j-th source of the same participant, on [0, 1] as the target
+    for which, src in (("test", test_src), ("train", train_src)):
+        ids = list(images.loc[images["set"] == which, "participant_id"])
+        for j, m in enumerate(job.sources):
+            np.testing.assert_array_equal(src[:, j], ip.load_clean(root / "index.tsv", m, ids))
+    assert read_tsv(out["corruption"]).empty  # nothing corrupted
+    # the input scored is the mean of the sources' [0, 1] images
+    np.testing.assert_allclose(ip.input_image(test_src), test_src.mean(axis=1), atol=1e-6)
+    np.testing.assert_array_equal(ip.input_image(test_src[:, 0]), test_src[:, 0])
+    # the baselines take the channels: the U-Net's input has two, the mean image none
+    assert ip.predict(job, "mean", out).shape == (2, v)
+    assert ip.predict(job, "unet", out).shape == (2, v)
+    # an empty training set is (0, K, V) (every synthesis method trains, so only by hand)
+    none = _plan({**SYN, "source": ["VBM", "T1w"], "n_test": 2, "methods": ["unet"]})
+    none = ip.ImagingTask(**{**none.to_dict(), "n_train": 0, "methods": ("mean",)})
+    out0, _ = _pairs(none, root / "index.tsv", root / "split.tsv", tmp_path / "none")
+    assert np.load(out0["train_source"]).shape == (0, 2, v)
+
+
+def test_scores_of_several_sources_score_their_mean_as_the_input():
+    job = _plan({**SYN, "source": ["VBM", "T1w"], "n_test": 4,
+                 "metrics": ["r", "identified", "dice_auc", "psnr"], "methods": ["mean"]})
+    rng = np.random.default_rng(3)
+    target = rng.uniform(size=(4, 80))
+    source = rng.uniform(size=(4, 2, 80))
+    mean = np.broadcast_to(target.mean(0), target.shape)
+    res = ip.score_task(job, source, target, {"mean": mean}, list("abcd"))
+    sc = res["scores"]
+    # every metric once per (method, image): r and identified from the matrices only
+    assert sorted(sc.groupby(["method", "metric"]).size().unique()) == [4]
+    assert set(sc["metric"]) == {"r", "identified", "r_gap", "dice_auc", "psnr"}
+    want = ip.score_task(job, source.mean(axis=1), target, {"mean": mean}, list("abcd"))
+    pd.testing.assert_frame_equal(sc, want["scores"])
+    from genbrain.imaging.metrics import dice_auc
+
+    got = sc[(sc["method"] == "input") & (sc["metric"] == "dice_auc")]["value"].to_numpy()
+    np.testing.assert_allclose(got, dice_auc(source.mean(axis=1), target))
 
 
 def test_mean_baseline_predicts_the_mean_training_target(store, tmp_path):
@@ -338,6 +489,46 @@ def test_fidelity_rows_of_synthesis_are_genbrain_against_scratch_and_mean(tmp_pa
     # no ssim3d rows: not measured, naming why; a synthesis task is no enhancement baseline
     assert table.loc["imaging.genbrain_vs_scratch.ssim3d", "verdict"] == "not measured"
     assert table.loc["imaging.baseline_gain.psnr", "verdict"] == "not measured"
+
+
+def test_fidelity_rows_of_rest_to_task_are_its_map_metrics_against_the_mean(tmp_path):
+    """rest -> task without a from-scratch control: its r and Dice AUC against the mean image
+    are measured with the paper's r; the comparisons it does not run give it no row, beside
+    the T1w -> FLAIR task's rows."""
+    (tmp_path / "imaging" / "t1flair").mkdir(parents=True)
+    save_tsv(_synthesis_summary(1.0), tmp_path / "imaging" / "t1flair" / "summary.tsv")
+    rows = []
+    for metric, (gb, mean) in {"r": (0.60, 0.55), "dice_auc": (0.30, 0.31),
+                               "psnr": (20.0, 18.0)}.items():
+        for method, base, value, d in (("input", "input", 0.3, 0.0),
+                                       ("mean", "input", mean, mean - 0.3),
+                                       ("genbrain", "input", gb, gb - 0.3),
+                                       ("genbrain", "mean", gb, gb - mean)):
+            rows.append({"task": "rest2task", "kind": "synthesis", "method": method,
+                         "metric": metric, "n": 8, "mean": value, "ci_low": value - 0.01,
+                         "ci_high": value + 0.01, "baseline": base, "mean_difference": d,
+                         "difference_ci_low": d - 0.02, "difference_ci_high": d + 0.02,
+                         "t": 1.0, "p": 0.01})
+    (tmp_path / "imaging" / "rest2task").mkdir()
+    save_tsv(pd.DataFrame(rows), tmp_path / "imaging" / "rest2task" / "summary.tsv")
+    table = fidelity_table(tmp_path)
+    r = table[table["claim_id"] == "imaging.genbrain_vs_mean.r"].set_index("subject")
+    row = r.loc["rest2task genbrain vs mean"]
+    assert row["measured"] == pytest.approx(0.05) and row["verdict"] == "met"
+    assert "r 0.54" in row["paper"] and "genbrain 0.600" in row["note"]
+    dice = table[table["claim_id"] == "imaging.genbrain_vs_mean.dice_auc"]
+    assert list(dice["subject"]) == ["rest2task genbrain vs mean"]
+    assert list(dice["verdict"]) == ["not met"]  # -0.01, its CI through 0
+    # rest2task has no scratch: the from-scratch rows are t1flair's alone, all measured
+    scratch = table[table["claim_id"].str.startswith("imaging.genbrain_vs_scratch.")]
+    assert set(scratch.loc[scratch["verdict"] != "not measured", "subject"]) == {
+        "t1flair genbrain vs scratch"}
+    psnr = table[table["claim_id"] == "imaging.genbrain_vs_mean.psnr"]
+    assert sorted(psnr["subject"]) == ["rest2task genbrain vs mean", "t1flair genbrain vs mean"]
+    # a comparison no task makes: one row, not measured, saying why
+    none = table[table["claim_id"] == "imaging.genbrain_vs_scratch.ssim3d"]
+    assert list(none["verdict"]) == ["not measured"]
+    assert "no synthesis task scores 'ssim3d' of genbrain and scratch" in none["note"].item()
 
 
 @pytest.mark.parametrize("value", [2, "20", 2.5, True])
