@@ -59,7 +59,7 @@ SPLITS = ("all", "train")
 TRAIN_KEYS = ("steps", "global_batch", "micro_batch", "lr", "weight_decay", "ema_decay",
               "label_dropout", "seed", "checkpoint_every", "log_every", "sampling_weights",
               "precision", "compile", "finetune", "finetune_k", "template_images",
-              "label_tokens", "label_tokens_lr")
+              "label_tokens", "label_tokens_lr", "label_heads_lr")
 #: the fewest participants per diagnosis level of a fine-tune's training set
 MIN_PER_LEVEL = 2
 #: a label head -> the simulated effect whose true map it is checked against

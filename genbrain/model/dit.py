@@ -100,6 +100,9 @@ TIMESTEP_FREQUENCY_DIMS = 256  # sinusoidal features of t fed to the timestep ML
 SPEC_DEFAULTS: dict[str, Any] = {"label_tokens": False}
 #: the parameters :meth:`DiT.add_label_tokens` adds (None until then)
 LABEL_TOKEN_PARAMS = ("disease_tokens", "score_tokens")
+#: the label heads' embedders (:meth:`DiT.add_disease_head`, :meth:`~DiT.add_score_head`): the
+#: parameters whose names start so
+LABEL_HEAD_PREFIXES = ("disease_embedder.", "score_embedder.")
 
 
 # --------------------------------------------------------------------------------------------

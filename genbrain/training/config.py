@@ -71,7 +71,9 @@ class TrainConfig:
     ``add_label_tokens`` surgery after the heads', see :mod:`genbrain.model.dit`; not in the
     paper); new parameters, they train in every ``finetune`` mode, at ``label_tokens_lr``
     (None = ``lr``: zero-initialised, AdamW moves each entry by about lr per step, so short
-    fine-tunes may want them faster than the pretrained weights). ``sampling_weights``:
+    fine-tunes may want them faster than the pretrained weights); ``label_heads_lr`` the same
+    for the disease and score embedders (their path through adaLN, zero-initialised too).
+    ``sampling_weights``:
     which weights (``ema`` or ``model``) sampling uses by default; short runs want ``model``
     (with decay 0.9999 the EMA is still ~90% initial weights after 1,000 steps).
     ``precision``: ``auto`` (bf16 autocast on CUDA, fp32 on CPU), ``fp32`` or ``bf16`` (autocast
@@ -108,6 +110,7 @@ class TrainConfig:
     finetune_k: int = 2
     label_tokens: bool = False
     label_tokens_lr: float | None = None
+    label_heads_lr: float | None = None
     sampling_weights: str = "ema"
     precision: str = "auto"
     compile: bool | None = None
@@ -142,6 +145,9 @@ class TrainConfig:
         if self.label_tokens_lr is not None and not (
                 isinstance(self.label_tokens_lr, (int, float)) and self.label_tokens_lr > 0):
             bad("label_tokens_lr", "a number > 0 or null (the label tokens train at lr)")
+        if self.label_heads_lr is not None and not (
+                isinstance(self.label_heads_lr, (int, float)) and self.label_heads_lr > 0):
+            bad("label_heads_lr", "a number > 0 or null (the label heads train at lr)")
         if not self.lr > 0 or self.weight_decay < 0:
             bad("lr" if not self.lr > 0 else "weight_decay", "lr > 0 and weight_decay >= 0")
         if not 0 <= self.ema_decay <= 1:

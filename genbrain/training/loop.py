@@ -80,7 +80,7 @@ from torch.utils.data import DataLoader
 from genbrain.conditions import Conditions, inherited_ranges
 from genbrain.errors import GenbrainInputError
 from genbrain.model.diffusion import GaussianDiffusion
-from genbrain.model.dit import LABEL_TOKEN_PARAMS, DiT
+from genbrain.model.dit import LABEL_HEAD_PREFIXES, LABEL_TOKEN_PARAMS, DiT
 from genbrain.precision import use_bf16
 from genbrain.progress import hms
 from genbrain.seeds import seed_of
@@ -262,11 +262,17 @@ def _optimizer(model: DiT, rules: Mapping[str, bool | Tensor], config: TrainConf
     masks = {n: r.to(params[n].device) for n, r in rules.items() if isinstance(r, Tensor)}
     for name, p in params.items():
         p.requires_grad_(rules[name] is not False)
-    # the label tokens train in a group of their own at label_tokens_lr, when it is set
-    fast = set(LABEL_TOKEN_PARAMS) if config.label_tokens_lr is not None else set()
-    groups = [{"params": [params[n] for n, r in rules.items() if r is True and n not in fast]},
-              {"params": [params[n] for n, r in rules.items() if r is True and n in fast],
+    # the label tokens and the label heads train in groups of their own at label_tokens_lr
+    # and label_heads_lr, when set
+    tokens = set(LABEL_TOKEN_PARAMS) if config.label_tokens_lr is not None else set()
+    heads = ({n for n in params if n.startswith(LABEL_HEAD_PREFIXES)}
+             if config.label_heads_lr is not None else set())
+    own = tokens | heads
+    groups = [{"params": [params[n] for n, r in rules.items() if r is True and n not in own]},
+              {"params": [params[n] for n, r in rules.items() if r is True and n in tokens],
                "lr": config.label_tokens_lr},
+              {"params": [params[n] for n, r in rules.items() if r is True and n in heads],
+               "lr": config.label_heads_lr},
               # partly frozen tensors: no weight decay, so their frozen entries stay exact
               {"params": [params[n] for n in masks], "weight_decay": 0.0}]
     cuda = next(iter(params.values())).is_cuda

@@ -304,28 +304,32 @@ def test_label_tokens_train_round_trip_and_reach_the_checks(tmp_path, pretrained
     assert np.isfinite(value[("disease_sample_gain", "paired-sample")])
 
 
-def test_label_tokens_lr_moves_only_the_tokens_faster(tmp_path, pretrained):
-    """``label_tokens_lr``: the tokens get their own AdamW group. AdamW's first step moves each
-    entry by lr x g / (|g| + eps), and the zero-initialised tokens change no forward pass before
-    it, so after one step the tokens are exactly the ratio of the rates apart and every other
-    weight is bitwise the same."""
+@pytest.mark.parametrize("key, param, extra", [
+    ("label_tokens_lr", "disease_tokens", {"label_tokens": True}),
+    ("label_heads_lr", "disease_embedder.weight", {}),
+])
+def test_a_label_lr_moves_only_its_parameters_faster(tmp_path, pretrained, key, param, extra):
+    """``label_tokens_lr`` / ``label_heads_lr``: the label tokens / the disease embedder get
+    their own AdamW group. AdamW's first step moves each entry by lr x g / (|g| + eps), and the
+    zero-initialised parameters change no forward pass before it, so after one step they are
+    exactly the ratio of the rates apart and every other weight is bitwise the same."""
     store = effect_store(tmp_path / "s", diagnosis=True)
-    one = {**job().train, "steps": 1, "label_tokens": True}
+    one = {**job().train, "steps": 1, **extra}
     runs = {}
     for name, lr in (("same", None), ("fast", 0.05)):
         ckpt, _ = tune(tmp_path / name, store, pretrained, diagnosis_levels=("CN", "SCZ"),
-                       train={**one, "label_tokens_lr": lr})
+                       train={**one, key: lr})
         runs[name] = read_checkpoint(ckpt)["model"]
     same, fast = runs["same"], runs["fast"]
-    assert same["disease_tokens"].abs().max() > 0
-    torch.testing.assert_close(fast["disease_tokens"], same["disease_tokens"] * (0.05 / 5e-3),
-                               rtol=1e-5, atol=1e-9)
-    assert all(torch.equal(same[k], fast[k]) for k in same if k != "disease_tokens")
+    assert same[param].abs().max() > 0
+    torch.testing.assert_close(fast[param], same[param] * (0.05 / 5e-3), rtol=1e-5, atol=1e-9)
+    assert all(torch.equal(same[k], fast[k]) for k in same if k != param)
 
 
-def test_label_tokens_lr_is_checked():
-    with pytest.raises(GenbrainInputError, match="'label_tokens_lr' is -1"):
-        TrainConfig(label_tokens_lr=-1)
+@pytest.mark.parametrize("key", ["label_tokens_lr", "label_heads_lr"])
+def test_label_lrs_are_checked(key):
+    with pytest.raises(GenbrainInputError, match=f"'{key}' is -1"):
+        TrainConfig(**{key: -1})
 
 
 @pytest.mark.parametrize("mode", ["new-modules-only", "last-k-blocks"])
