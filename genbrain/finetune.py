@@ -46,6 +46,7 @@ from genbrain.io import (
 )
 from genbrain.splits import SplitBasis
 from genbrain.tables import score_names
+from genbrain.training.config import FINETUNE_KEYS
 
 if TYPE_CHECKING:  # torch stays out of the plan, which runs at DAG build time
     from genbrain.modalities import ModalityRegistry
@@ -56,10 +57,7 @@ log = logging.getLogger(__name__)
 SPLITS = ("all", "train")
 #: TrainConfig keys a fine-tune may set (its architecture comes from the init checkpoint and
 #: its data and conditions from the task).
-TRAIN_KEYS = ("steps", "global_batch", "micro_batch", "lr", "weight_decay", "ema_decay",
-              "label_dropout", "seed", "checkpoint_every", "log_every", "sampling_weights",
-              "precision", "compile", "finetune", "finetune_k", "template_images",
-              "label_tokens", "label_tokens_lr", "label_heads_lr")
+TRAIN_KEYS = FINETUNE_KEYS
 #: the fewest participants per diagnosis level of a fine-tune's training set
 MIN_PER_LEVEL = 2
 #: a label head -> the simulated effect whose true map it is checked against

@@ -15,7 +15,6 @@ memory map (``store[i]``).
 from __future__ import annotations
 
 import hashlib
-
 import os
 from collections.abc import Collection, Sequence
 from pathlib import Path

@@ -65,6 +65,7 @@ from genbrain.imaging.corrupt import CorruptionSettings
 from genbrain.imaging.metrics import IDENTIFIABILITY_METRICS, IMAGE_METRICS, MAP_METRICS
 from genbrain.seeds import name_seed, seed_of
 from genbrain.splits import holdout_split
+from genbrain.training.config import FINETUNE_KEYS, NOT_IMAGING_KEYS
 
 log = logging.getLogger(__name__)
 
@@ -93,11 +94,9 @@ TRAINED = ("mean", "unet", "genbrain", "scratch")
 COMPARED = "genbrain"
 INPUT = "input"
 #: TrainConfig keys an image task's DiT fine-tunes (``genbrain`` and ``scratch`` alike) may
-#: set under ``train``; the seed is the top-level one, the architecture the pretrained model's,
-#: and there is no label head to give label tokens
-TRAIN_KEYS = ("steps", "global_batch", "micro_batch", "lr", "weight_decay", "ema_decay",
-              "label_dropout", "checkpoint_every", "log_every", "sampling_weights",
-              "precision", "compile", "template_images")
+#: set under ``train``: a fine-tune's keys (genbrain.training.config.FINETUNE_KEYS) but the
+#: seed (the top-level one), the fine-tuning mode and the label heads' (there are none)
+TRAIN_KEYS = tuple(k for k in FINETUNE_KEYS if k not in NOT_IMAGING_KEYS)
 #: the metrics a task may list (``metrics``): the image metrics and the DeepTaskGen map
 #: metrics (own r, identified, Dice AUC); with ``identifiability`` (the default) ``r`` and
 #: ``identified`` come from the correlation matrix whether listed or not

@@ -23,6 +23,17 @@ CHECKPOINT = "checkpoint.pt"
 #: TrainConfig keys a resumed run may change: they do not alter the trajectory (``compile``
 #: only its float rounding, as the number of processes does).
 RESUMABLE_CHANGES = ("steps", "checkpoint_every", "log_every", "sampling_weights", "compile")
+#: TrainConfig keys a fine-tune may set (its architecture comes from the init checkpoint and
+#: its data and conditions from the task): the fine-tuning stage's tasks take all of them
+#: (genbrain.finetune.TRAIN_KEYS)
+FINETUNE_KEYS = ("steps", "global_batch", "micro_batch", "lr", "weight_decay", "ema_decay",
+                 "label_dropout", "seed", "checkpoint_every", "log_every", "sampling_weights",
+                 "precision", "compile", "finetune", "finetune_k", "template_images",
+                 "label_tokens", "label_tokens_lr", "label_heads_lr")
+#: ... and an image task's DiT fine-tunes all but these (genbrain.imaging.plan.TRAIN_KEYS):
+#: the seed is the top-level one, the whole model trains, and there is no label head
+NOT_IMAGING_KEYS = ("seed", "finetune", "finetune_k", "label_tokens", "label_tokens_lr",
+                    "label_heads_lr")
 # independent random streams of a seed (genbrain.seeds.seed_of(seed, STREAM_*, ...))
 STREAM_ORDER, STREAM_ITEM, STREAM_INIT = 1, 2, 3
 
