@@ -18,10 +18,12 @@
 - **3D U-Net** (MONAI ``UNet``, spatial_dims = 3, one input channel per source modality, one
   output channel): voxel vectors are scattered onto the brain's bounding box of the 2 mm grid
   (x 10:82, y 10:100, z 0:77; the GenBrain ResNet crop [9:81, 10:100, 1:77] cuts 39 mask
-  voxels) and zero-padded to a multiple of 2^len(strides) per side (72 x 96 x 80 for two
+  voxels) and zero-padded to a multiple of 2^len(strides) per side (72 x 96 x 80 for three
   strides); trained with Adam for a fixed number of steps on random mini-batches, the loss
   (L1 or MSE) taken over brain voxels only. Seeded: the initialisation and the batches come
-  from ``settings.seed`` without touching the global torch RNG.
+  from ``settings.seed`` without touching the global torch RNG. Only the drawn batch is
+  gridded (training and prediction), so the pairs can stay memory-mapped: 1,000 pairs of 15
+  sources would be 33 GB on the grid.
 
 Inputs and targets are whatever the stores hold (per-modality normalised vectors); each
 baseline's output is in its target's units (NL-means: the input's raw units).
@@ -29,8 +31,10 @@ baseline's output is in its target's units (NL-means: the input's raw units).
 
 from __future__ import annotations
 
+import functools
 import math
 import os
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
@@ -203,33 +207,65 @@ def _loss(pred: torch.Tensor, target: torch.Tensor, weight: torch.Tensor | None,
     return (err * weight).sum() / (weight.sum() * err.shape[0]).clamp_min(1.0)
 
 
+def _checked(sources: np.ndarray, targets: np.ndarray | None, grid: BrainGrid | None,
+             settings: UNetSettings | None = None) -> tuple[np.ndarray, np.ndarray | None]:
+    """The inputs as arrays (no copy: a memmap stays one), their shapes checked: volumes
+    (n, K, X, Y, Z) and (n, X, Y, Z), or with ``grid`` voxel vectors (n, K, V) and (n, V)."""
+    src = np.asarray(sources)
+    tgt = None if targets is None else np.asarray(targets)
+    if grid is None:
+        want, ok = "(n, K, X, Y, Z) and targets (n, X, Y, Z)", src.ndim == 5
+    else:
+        want = f"(n, K, V) and targets (n, V), V = {grid.space.n_voxels}"
+        ok = src.ndim == 3 and src.shape[2] == grid.space.n_voxels
+    if tgt is not None:
+        want += ", n >= 1"
+        ok = ok and len(src) >= 1 and tgt.shape == (src.shape[0], *src.shape[2:])
+    if not ok:
+        got = "" if tgt is None else f" and {tgt.shape}"
+        raise GenbrainInputError(f"unet: expected sources {want}, got {src.shape}{got}")
+    sides = src.shape[2:] if grid is None else grid.shape
+    if settings is not None and any(s % settings.multiple for s in sides):
+        raise GenbrainInputError(f"unet: volume sides {sides} must be multiples of "
+                                 f"{settings.multiple} (the product of the strides)")
+    return src, tgt
+
+
+def _volumes(grid: BrainGrid | None) -> Callable[[np.ndarray], np.ndarray]:
+    """Rows of the inputs -> float32 volumes: scattered onto ``grid`` when there is one."""
+    return grid.to_grid if grid is not None else (lambda rows: np.asarray(rows, np.float32))
+
+
 def train_unet(sources: np.ndarray, targets: np.ndarray, settings: UNetSettings,
                mask: np.ndarray | None = None, device: str | torch.device | None = None,
-               model: torch.nn.Module | None = None) -> tuple[torch.nn.Module, np.ndarray]:
+               model: torch.nn.Module | None = None, grid: BrainGrid | None = None
+               ) -> tuple[torch.nn.Module, np.ndarray]:
     """Train a 3D U-Net on volumes: sources (n, K, X, Y, Z), targets (n, X, Y, Z), sides
-    multiples of ``settings.multiple``; ``mask`` (X, Y, Z) restricts the loss.
+    multiples of ``settings.multiple``; ``mask`` (X, Y, Z) restricts the loss. With ``grid``,
+    sources (n, K, V) and targets (n, V) are voxel vectors, scattered onto the grid one batch
+    at a time, and ``mask`` defaults to ``grid.mask``.
+
+    Either may be a memmap: each step reads only its batch's rows, so memory is one batch
+    (its rows, and batch_size x (K + 1) float32 volumes), the model, its Adam state and one
+    batch's activations, whatever n is.
 
     Returns (the model in eval mode, on ``device``; the (steps,) training losses). Batches are
     drawn with replacement by a generator seeded with ``settings.seed``."""
-    src = np.asarray(sources, np.float32)
-    tgt = np.asarray(targets, np.float32)
-    if src.ndim != 5 or tgt.shape != (src.shape[0], *src.shape[2:]):
-        raise GenbrainInputError(f"unet: expected sources (n, K, X, Y, Z) and targets "
-                                 f"(n, X, Y, Z), got {src.shape} and {tgt.shape}")
-    if any(s % settings.multiple for s in src.shape[2:]):
-        raise GenbrainInputError(f"unet: volume sides {src.shape[2:]} must be multiples of "
-                                 f"{settings.multiple} (the product of the strides)")
+    src, tgt = _checked(sources, targets, grid, settings)
+    volumes = _volumes(grid)
+    if mask is None and grid is not None:
+        mask = grid.mask
     dev = _device(device)
     net = (build_unet(src.shape[1], settings) if model is None else model).to(dev).train()
     opt = torch.optim.Adam(net.parameters(), lr=settings.lr)
     weight = None if mask is None else torch.as_tensor(np.asarray(mask, np.float32),
                                                        device=dev)[None, None]
     gen = torch.Generator().manual_seed(settings.seed)
-    x_all, y_all = torch.from_numpy(src), torch.from_numpy(tgt)[:, None]
     losses = np.empty(settings.steps)
     for step in range(settings.steps):
-        idx = torch.randint(0, len(src), (settings.batch_size,), generator=gen)
-        x, y = x_all[idx].to(dev), y_all[idx].to(dev)  # (B, K, X, Y, Z), (B, 1, X, Y, Z)
+        idx = torch.randint(0, len(src), (settings.batch_size,), generator=gen).numpy()
+        x = torch.from_numpy(volumes(src[idx])).to(dev)  # (B, K, X, Y, Z)
+        y = torch.from_numpy(volumes(tgt[idx]))[:, None].to(dev)  # (B, 1, X, Y, Z)
         loss = _loss(net(x), y, weight, settings.loss)
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -239,15 +275,22 @@ def train_unet(sources: np.ndarray, targets: np.ndarray, settings: UNetSettings,
 
 
 @torch.no_grad()
-def predict_unet(model: torch.nn.Module, sources: np.ndarray, batch_size: int = 2
-                 ) -> np.ndarray:
-    """U-Net predictions: sources (n, K, X, Y, Z) -> float32 (n, X, Y, Z)."""
+def predict_unet(model: torch.nn.Module, sources: np.ndarray, batch_size: int = 2,
+                 grid: BrainGrid | None = None) -> np.ndarray:
+    """U-Net predictions: sources (n, K, X, Y, Z) -> float32 (n, X, Y, Z); with ``grid``,
+    voxel vectors (n, K, V) -> float32 (n, V). Sources may be a memmap: one batch of them is
+    read and gridded at a time (memory: the output and one batch)."""
     model.eval()
     dev = next(model.parameters()).device
-    src = np.asarray(sources, np.float32)
-    out = [model(torch.from_numpy(src[i:i + batch_size]).to(dev))[:, 0].float().cpu().numpy()
-           for i in range(0, len(src), batch_size)]
-    return np.concatenate(out) if out else np.zeros((0, *src.shape[2:]), np.float32)
+    src, _ = _checked(sources, None, grid)
+    volumes = _volumes(grid)
+    out = np.empty((len(src), *(src.shape[2:] if grid is None else (grid.space.n_voxels,))),
+                   np.float32)
+    for i in range(0, len(src), batch_size):
+        pred = model(torch.from_numpy(volumes(src[i:i + batch_size])).to(dev))[:, 0]
+        pred = pred.float().cpu().numpy()  # (B, X, Y, Z)
+        out[i:i + batch_size] = pred if grid is None else grid.to_vectors(pred)
+    return out
 
 
 @dataclass(frozen=True)
@@ -275,9 +318,9 @@ class BrainGrid:
         sides = [len(range(*b.indices(n))) for b, n in zip(self.box, self.space.shape)]
         return tuple(int(math.ceil(s / self.multiple) * self.multiple) for s in sides)
 
-    @property
+    @functools.cached_property
     def mask(self) -> np.ndarray:
-        """Boolean (X, Y, Z) brain mask on the padded crop."""
+        """Boolean (X, Y, Z) brain mask on the padded crop (its voxels in vector order)."""
         return self._pad(self.space.mask[self.box])
 
     def _pad(self, crop: np.ndarray) -> np.ndarray:
@@ -287,9 +330,14 @@ class BrainGrid:
         return out
 
     def to_grid(self, vectors: np.ndarray) -> np.ndarray:
-        """(..., V) vectors -> float32 (..., X, Y, Z) padded crops (0 outside the mask)."""
-        vol = self.space.to_volume(np.asarray(vectors, np.float32))
-        return self._pad(vol[(..., *self.box)])
+        """(..., V) vectors -> float32 (..., X, Y, Z) padded crops (0 outside the mask);
+        scattered straight onto the crop, never the whole 91x109x91 grid."""
+        v = np.asarray(vectors, np.float32)
+        if v.shape[-1] != self.space.n_voxels:
+            raise ValueError(f"expected vectors of length {self.space.n_voxels}, got {v.shape}")
+        out = np.zeros(v.shape[:-1] + self.shape, np.float32)
+        out[..., self.mask] = v
+        return out
 
     def to_vectors(self, grids: np.ndarray) -> np.ndarray:
         """(..., X, Y, Z) padded crops -> float32 (..., V) vectors."""
@@ -321,26 +369,22 @@ class UNetBaseline:
     def fit(cls, sources: np.ndarray, targets: np.ndarray, settings: UNetSettings,
             space: StandardSpace | None = None, device: str | torch.device | None = None
             ) -> UNetBaseline:
-        """Train on sources (n, K, V) (or (n, V) for one source) and targets (n, V)."""
+        """Train on sources (n, K, V) (or (n, V) for one source) and targets (n, V), either
+        possibly memory-mapped: see :func:`train_unet` (``grid``) for what is held."""
         space = standard_space() if space is None else space
-        src = cls._sources(sources)
-        tgt = np.asarray(targets)
-        if src.ndim != 3 or tgt.shape != (len(src), src.shape[2]):
-            raise GenbrainInputError(f"unet: expected sources (n, K, V) and targets (n, V), got "
-                                     f"{np.shape(sources)} and {np.shape(targets)}")
         grid = BrainGrid(space, multiple=settings.multiple)
-        model, losses = train_unet(grid.to_grid(src), grid.to_grid(tgt), settings,
-                                   mask=grid.mask, device=device)
+        src = cls._sources(sources)
+        model, losses = train_unet(src, targets, settings, device=device, grid=grid)
         return cls(model, settings, grid, src.shape[1], losses)
 
     def predict(self, sources: np.ndarray, batch_size: int = 2) -> np.ndarray:
-        """Predictions for sources (n, K, V) (or (n, V)) -> float32 (n, V)."""
+        """Predictions for sources (n, K, V) (or (n, V)), possibly memory-mapped, -> float32
+        (n, V), gridded one batch at a time."""
         src = self._sources(sources)
         if src.ndim != 3 or src.shape[1] != self.in_channels:
             raise GenbrainInputError(f"unet: the model takes {self.in_channels} source "
                                      f"channels, got sources of shape {np.shape(sources)}")
-        return self.grid.to_vectors(predict_unet(self.model, self.grid.to_grid(src),
-                                                 batch_size))
+        return predict_unet(self.model, src, batch_size, grid=self.grid)
 
     def save(self, path: str | os.PathLike) -> None:
         """Write {state_dict, settings, in_channels, losses} with ``torch.save``."""

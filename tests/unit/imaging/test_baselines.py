@@ -1,5 +1,7 @@
 """Non-DiT baselines: population mean, NL-means, the MONAI 3D U-Net."""
 
+import tracemalloc
+
 import numpy as np
 import pytest
 import torch
@@ -11,6 +13,7 @@ from genbrain.imaging.baselines import (
     BrainGrid,
     UNetBaseline,
     UNetSettings,
+    build_unet,
     estimate_noise_sigma,
     nlmeans_denoise,
     nlmeans_vectors,
@@ -132,6 +135,110 @@ def test_unet_baseline_on_voxel_vectors(tmp_path):
     np.testing.assert_allclose(again.predict(src), pred, atol=1e-6)
     with pytest.raises(GenbrainInputError, match="takes 2 source channels"):
         baseline.predict(src[:, :1])
+
+
+def _memmap(tmp_path, name, array):
+    np.save(tmp_path / f"{name}.npy", array)
+    return np.load(tmp_path / f"{name}.npy", mmap_mode="r")
+
+
+def _eager_unet(src, tgt, settings, space):
+    """The U-Net baseline as it was before it streamed (issue 30): every pair scattered onto
+    the 91x109x91 grid, cropped and padded up front, batches indexed from those tensors."""
+    box, m = BRAIN_BOX, settings.multiple
+    sides = [len(range(*b.indices(n))) for b, n in zip(box, space.shape)]
+    shape = tuple(-(-s // m) * m for s in sides)
+
+    def to_grid(v):
+        vol = space.to_volume(np.asarray(v, np.float32))[(..., *box)]
+        out = np.zeros(vol.shape[:-3] + shape, np.float32)
+        out[..., :vol.shape[-3], :vol.shape[-2], :vol.shape[-1]] = vol
+        return out
+
+    mask = to_grid(np.ones(space.n_voxels)) != 0
+    net = build_unet(src.shape[1], settings).train()
+    opt = torch.optim.Adam(net.parameters(), lr=settings.lr)
+    weight = torch.as_tensor(mask.astype(np.float32))[None, None]
+    gen = torch.Generator().manual_seed(settings.seed)
+    x_all, y_all = torch.from_numpy(to_grid(src)), torch.from_numpy(to_grid(tgt))[:, None]
+    losses = np.empty(settings.steps)
+    for step in range(settings.steps):
+        idx = torch.randint(0, len(src), (settings.batch_size,), generator=gen)
+        err = (net(x_all[idx]) - y_all[idx]).abs()
+        loss = (err * weight).sum() / (weight.sum() * err.shape[0]).clamp_min(1.0)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        losses[step] = float(loss.detach())
+    net.eval()
+    with torch.no_grad():
+        pred = torch.cat([net(x_all[i:i + 2]) for i in range(0, len(src), 2)])[:, 0].numpy()
+    return net.state_dict(), losses, pred[:, mask]
+
+
+def test_streamed_unet_is_bitwise_the_eager_one(tmp_path):
+    """Gridding one batch at a time from memmapped vectors trains and predicts exactly what
+    gridding every pair up front did: same draws, same volumes, same arithmetic."""
+    space = standard_space()
+    rng = np.random.default_rng(9)
+    src = rng.uniform(size=(3, 2, space.n_voxels)).astype(np.float32)  # (n=3, K=2, V)
+    tgt = (0.5 * src[:, 0] + 0.25 * src[:, 1]).astype(np.float32)
+    settings = UNetSettings(channels=(2, 4), strides=(2,), num_res_units=0, steps=3,
+                            batch_size=2, lr=1e-2, seed=4)
+    state, losses, pred = _eager_unet(src, tgt, settings, space)
+    mapped = _memmap(tmp_path, "src", src)
+    streamed = UNetBaseline.fit(mapped, _memmap(tmp_path, "tgt", tgt), settings, space=space,
+                                device="cpu")
+    np.testing.assert_array_equal(streamed.losses, losses)
+    assert not np.all(losses == losses[0])  # it did learn something to compare
+    got = streamed.model.state_dict()
+    assert got.keys() == state.keys()
+    assert all(torch.equal(got[k], state[k]) for k in state)
+    np.testing.assert_array_equal(streamed.predict(mapped), pred)
+
+
+def _numpy_peak(fn) -> int:
+    """Peak bytes of the allocations tracemalloc sees (numpy's arrays; not torch's) in fn()."""
+    tracemalloc.start()
+    try:
+        fn()
+        return tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+
+
+def test_unet_memory_does_not_grow_with_the_memmapped_pairs(tmp_path):
+    """Training holds one batch of volumes, however many pairs there are; prediction adds
+    only its (n, V) output. Eager gridding added ~7 MB per pair here."""
+    space = standard_space()
+    v = space.n_voxels
+    data = np.random.default_rng(10).uniform(size=(8, v)).astype(np.float32)
+    small, large = _memmap(tmp_path, "small", data[:2]), _memmap(tmp_path, "large", data)
+    settings = UNetSettings(channels=(2, 4), strides=(2,), num_res_units=0, steps=2,
+                            batch_size=1, seed=0)
+
+    def fit(x):
+        return UNetBaseline.fit(x, x, settings, space=space, device="cpu")
+
+    model = fit(small)  # warm-up: lazily built caches are not the pairs' cost
+    grow = _numpy_peak(lambda: fit(large)) - _numpy_peak(lambda: fit(small))
+    assert grow < 0.25 * v * 4  # under a quarter of one vector; eager: 6 pairs x ~6 MB
+    grow = _numpy_peak(lambda: model.predict(large)) - _numpy_peak(lambda: model.predict(small))
+    assert grow < 6 * v * 4 + 0.25 * v * 4  # the 6 more output rows
+
+
+def test_unet_inputs_of_the_wrong_shape_say_what_was_expected():
+    space = standard_space()
+    grid = BrainGrid(space, multiple=2)
+    settings = UNetSettings(**TINY, steps=1)
+    vectors = np.zeros((2, 1, space.n_voxels - 1), np.float32)
+    with pytest.raises(GenbrainInputError, match=r"\(n, K, V\) and targets \(n, V\), V = 228483"):
+        train_unet(vectors, vectors[:, 0], settings, grid=grid, device="cpu")
+    empty = np.zeros((0, 1, space.n_voxels), np.float32)
+    with pytest.raises(GenbrainInputError, match="n >= 1"):
+        train_unet(empty, empty[:, 0], settings, grid=grid, device="cpu")
+    with pytest.raises(GenbrainInputError, match="expected sources"):
+        predict_unet(build_unet(1, settings), vectors, grid=grid)
 
 
 @pytest.mark.parametrize("kwargs, key", [

@@ -15,6 +15,7 @@ from scipy import stats as sstats
 from genbrain.errors import GenbrainInputError
 from genbrain.fidelity import fidelity_table
 from genbrain.imaging import plan as ip
+from genbrain.imaging.baselines import nlmeans_vectors
 from genbrain.io import read_tsv, save_tsv
 from genbrain.space import standard_space, template_t1
 from genbrain.splits import holdout_split
@@ -294,6 +295,9 @@ def test_pairs_without_a_trained_method_keep_an_empty_training_set(store, tmp_pa
     out, images = _pairs(job, root / "index.tsv", root / "split.tsv", tmp_path)
     assert np.load(out["train_source"]).shape == (0, standard_space().n_voxels)
     assert set(images["set"]) == {"test"}
+    # the test sources are read memory-mapped, to the same result as from memory
+    np.testing.assert_array_equal(ip.predict(job, "nlmeans", out),
+                                  nlmeans_vectors(np.load(out["test_source"])))
 
 
 @pytest.fixture(scope="module")
