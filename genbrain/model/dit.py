@@ -478,7 +478,11 @@ class DiT(nn.Module):
             n = self.disease_tokens.shape[0]
             label = disease.long().reshape(-1)  # (N,)
             keep = ~drop & (label < n)  # index n is the null row: no tokens
-            tok = self.disease_tokens[label.clamp(0, n - 1)].to(x.dtype)  # (N, T, D)
+            # F.embedding of the flattened table, not advanced indexing: the indexing's
+            # backward (index_put_ accumulate) made fine-tunes with label tokens differ between
+            # two runs on a CPU (weights 1.8e-5 apart at 120 steps); embedding's does not
+            tok = F.embedding(label.clamp(0, n - 1), self.disease_tokens.flatten(1))
+            tok = tok.view(-1, *self.disease_tokens.shape[1:]).to(x.dtype)  # (N, T, D)
             x = torch.where(keep[:, None, None], x + tok, x)
         if self.score_tokens is not None and score is not None:
             s = score.reshape(-1, 1, 1).to(x.dtype)  # (N, 1, 1) standardised
