@@ -153,12 +153,10 @@ class TrainConfig:
                 bad(key, "an integer >= 1 or null")
         if not isinstance(self.seed, int) or self.seed < 0:
             bad("seed", "an integer >= 0")
-        if self.label_tokens_lr is not None and not (
-                isinstance(self.label_tokens_lr, (int, float)) and self.label_tokens_lr > 0):
-            bad("label_tokens_lr", "a number > 0 or null (the label tokens train at lr)")
-        if self.label_heads_lr is not None and not (
-                isinstance(self.label_heads_lr, (int, float)) and self.label_heads_lr > 0):
-            bad("label_heads_lr", "a number > 0 or null (the label heads train at lr)")
+        for key, what in (("label_tokens_lr", "tokens"), ("label_heads_lr", "heads")):
+            value = getattr(self, key)
+            if value is not None and not (isinstance(value, (int, float)) and value > 0):
+                bad(key, f"a number > 0 or null (the label {what} train at lr)")
         if not self.lr > 0 or self.weight_decay < 0:
             bad("lr" if not self.lr > 0 else "weight_decay", "lr > 0 and weight_decay >= 0")
         if not 0 <= self.ema_decay <= 1:
